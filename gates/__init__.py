@@ -1,0 +1,1 @@
+"""Gate rules, the gate report and the smoke checks: pure logic, no I/O."""

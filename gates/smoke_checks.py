@@ -1,0 +1,84 @@
+"""Smoke checks: pure verdicts over what a served model answered."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+PROBABILITY_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    version: str
+    target: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def summary(self) -> str:
+        failed = [c for c in self.checks if not c.passed]
+        if not failed:
+            return f"{len(self.checks)} checks passed"
+        return "; ".join(f"{c.name}: {c.detail}" for c in failed)
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "target": self.target,
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    def to_markdown(self) -> str:
+        icon = "✅" if self.passed else "❌"
+        lines = [
+            f"## {icon} Smoke {'passed' if self.passed else 'failed'}: version {self.version}",
+            "",
+            f"Target: `{self.target}`",
+            "",
+            "| check | verdict | detail |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {c.name} | {'✅' if c.passed else '❌'} | {c.detail} |" for c in self.checks]
+        return "\n".join(lines) + "\n"
+
+
+def predictions_match(expected: dict, predictions: list, probabilities: list | None) -> Check:
+    """Labels must be identical and probabilities equal within float noise."""
+    want = [str(p) for p in expected["predictions"]]
+    got = [str(p) for p in predictions]
+    if len(got) != len(want):
+        return Check("predictions", False, f"expected {len(want)} predictions, got {len(got)}")
+    wrong = [i for i, (a, b) in enumerate(zip(want, got, strict=True)) if a != b]
+    if wrong:
+        i = wrong[0]
+        return Check(
+            "predictions",
+            False,
+            f"{len(wrong)} of {len(want)} labels differ; first at record {i}: expected {want[i]!r}, got {got[i]!r}",
+        )
+    if probabilities is not None and expected.get("probabilities") is not None:
+        off = [
+            i
+            for i, (a, b) in enumerate(zip(expected["probabilities"], probabilities, strict=True))
+            if not math.isclose(float(a), float(b), rel_tol=0, abs_tol=PROBABILITY_TOLERANCE)
+        ]
+        if off:
+            i = off[0]
+            return Check(
+                "predictions",
+                False,
+                f"{len(off)} probabilities differ; first at record {i}: "
+                f"expected {expected['probabilities'][i]}, got {probabilities[i]}",
+            )
+    return Check("predictions", True, f"{len(want)} stored examples answered exactly as at training time")

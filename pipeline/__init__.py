@@ -1,0 +1,1 @@
+"""Gated training and deployment of a scikit-learn model with MLflow."""

@@ -1,0 +1,91 @@
+"""python -m pipeline COMMAND: the CLI contract of DESIGN.md.
+
+Exit codes: 0 success, 1 a gate/smoke/promotion check said no, 2 bad usage,
+config or data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.errors import PipelineError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key, e.g. --set gates.f1_min=0.9 (repeatable)",
+    )
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="Gated training and deployment.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+
+    add("run", "the whole flow: train, gate, register, smoke, promote")
+    add("make-data", "write the generated churn data set to data.path")
+    add("train", "fit and log a run; prints the run id")
+    add("gate", "evaluate gates for a run; writes reports/gate.{json,md}").add_argument("--run-id", required=True)
+    add("register", "register a gated run and set the candidate alias; prints the version").add_argument(
+        "--run-id", required=True
+    )
+    smoke = add("smoke", "smoke-test a registered version (default: the candidate)")
+    smoke.add_argument("--version")
+    add("promote", "move production to a version (compare-and-set)").add_argument("--version", required=True)
+    rollback = add("rollback", "move production back to the previous good version, or --to V")
+    rollback.add_argument("--to", metavar="V")
+    rollback.add_argument("--reason", required=True)
+    add("status", "versions, aliases, gate and smoke results, history").add_argument(
+        "--json", action="store_true", help="print one JSON object"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return dispatch(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    # Imported here so `--help` and usage errors answer without loading MLflow.
+    from pipeline import stages, status, tracking
+    from pipeline.config import load_params
+
+    params = load_params(args.params, args.overrides)
+    command = args.command
+    if command == "make-data":
+        print(stages.make_data(params))
+    elif command == "run":
+        print(stages.run_all(params))
+    elif command == "train":
+        print(stages.train_stage(params))
+    elif command == "gate":
+        stages.gate_stage(params, args.run_id)
+    elif command == "register":
+        print(stages.register_stage(params, args.run_id))
+    elif command == "smoke":
+        stages.smoke_stage(params, args.version)
+    elif command == "promote":
+        stages.promote_stage(params, args.version)
+    elif command == "rollback":
+        print(stages.rollback_stage(params, args.reason, args.to))
+    elif command == "status":
+        state = status.collect(tracking.connect(params), params.registry.model_name)
+        print(json.dumps(state, indent=2) if args.json else status.render_table(state), end="\n" if args.json else "")
+    return 0

@@ -1,0 +1,169 @@
+"""params.yaml loaded once into typed, frozen objects.
+
+An unknown key or a wrong type fails at load time with the key's dotted name,
+never as a KeyError in the middle of a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    path: str = "data/churn.csv"
+    target: str = "Churn"
+    # Compared as text, so `1` in YAML matches a 0/1 target column.
+    positive_label: str = "Yes"
+    id_column: str | None = "customerID"
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    seed: int = 42
+    rows: Annotated[int, Field(gt=0)] = 7043  # size of the generated default data set
+
+    @field_validator("positive_label", mode="before")
+    @classmethod
+    def _label_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+
+class LogisticRegressionParams(Section):
+    C: Annotated[float, Field(gt=0)] = 1.0
+    max_iter: Annotated[int, Field(gt=0)] = 1000
+    class_weight: Literal["balanced"] | None = "balanced"
+
+
+class RandomForestParams(Section):
+    n_estimators: Annotated[int, Field(gt=0)] = 200
+    max_depth: Annotated[int, Field(gt=0)] | None = 10
+    min_samples_leaf: Annotated[int, Field(gt=0)] = 5
+    class_weight: Literal["balanced", "balanced_subsample"] | None = "balanced"
+
+
+class HistGradientBoostingParams(Section):
+    learning_rate: Annotated[float, Field(gt=0)] = 0.05
+    max_iter: Annotated[int, Field(gt=0)] = 200
+    max_depth: Annotated[int, Field(gt=0)] | None = None
+    class_weight: Literal["balanced"] | None = "balanced"
+
+
+ModelType = Literal["logistic_regression", "random_forest", "hist_gradient_boosting"]
+
+
+class ModelParams(Section):
+    type: ModelType = "logistic_regression"
+    logistic_regression: LogisticRegressionParams = LogisticRegressionParams()
+    random_forest: RandomForestParams = RandomForestParams()
+    hist_gradient_boosting: HistGradientBoostingParams = HistGradientBoostingParams()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The hyperparameters of the selected model type."""
+        return getattr(self, self.type).model_dump()
+
+
+class GateParams(Section):
+    f1_min: Annotated[float, Field(ge=0, le=1)] = 0.55
+    # Champion/challenger: the candidate may be at most this much worse than
+    # production on the same test set. null disables the comparison.
+    max_f1_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.02
+
+
+class RegistryParams(Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    # Where artifacts go when the experiment is created on a local database
+    # store; a tracking server decides for itself.
+    artifact_location: str = "mlartifacts"
+    experiment: str = "churn"
+    model_name: str = "churn-classifier"
+    candidate_alias: str = "candidate"
+    production_alias: str = "production"
+
+
+class SmokeParams(Section):
+    examples: Annotated[int, Field(gt=0, le=1000)] = 25
+    latency_budget_ms: Annotated[float, Field(gt=0)] = 250.0
+    ready_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+
+
+class ServingParams(Section):
+    max_batch_size: Annotated[int, Field(gt=0)] = 10_000
+    reload_interval_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    gates: GateParams = GateParams()
+    registry: RegistryParams = RegistryParams()
+    smoke: SmokeParams = SmokeParams()
+    serving: ServingParams = ServingParams()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=VALUE` into its key path and a YAML-typed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `--set KEY=VALUE` applied."""
+    merged = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def build_params(raw: dict[str, Any]) -> Params:
+    """Validate a raw mapping into Params, naming the offending key on error."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key {key}")
+            else:
+                problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid params: " + "; ".join(problems)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read a params file, apply overrides and validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read params file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return build_params(apply_overrides(raw, overrides or []))
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}

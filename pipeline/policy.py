@@ -1,0 +1,70 @@
+"""Pure release rules: may a version be promoted, where does a rollback go.
+
+These functions see plain values read from the registry and decide; the
+registry adapter does the reading and the moving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import CheckFailed
+
+
+@dataclass(frozen=True)
+class VersionState:
+    version: str
+    gate: str  # passed | failed | pending
+    smoke: str  # passed | failed | pending
+    baseline: str | None  # the production version its gate compared against
+
+    @property
+    def releasable(self) -> bool:
+        return self.gate == "passed" and self.smoke == "passed"
+
+
+def check_promotion(state: VersionState, candidate: str | None, production: str | None) -> bool:
+    """Compare-and-set precondition (DESIGN.md invariants 1 and 3).
+
+    Returns False when production already points at the version (nothing to
+    do), True when the move may go ahead, and raises CheckFailed otherwise.
+    """
+    if production == state.version:
+        return False
+    if state.gate != "passed":
+        raise CheckFailed(f"version {state.version} did not pass its gates (gate: {state.gate})")
+    if state.smoke != "passed":
+        raise CheckFailed(f"version {state.version} has not passed smoke tests (smoke: {state.smoke})")
+    if candidate != state.version:
+        raise CheckFailed(
+            f"candidate alias points at {candidate or 'nothing'}, not {state.version}: "
+            "a newer candidate was registered; promote that one instead"
+        )
+    if production != state.baseline:
+        raise CheckFailed(
+            f"production moved from {state.baseline or 'nothing'} to {production or 'nothing'} after "
+            f"version {state.version} was gated against it; re-run the gate"
+        )
+    return True
+
+
+def rollback_target(versions: list[VersionState], production: str | None, to: str | None) -> VersionState:
+    """The version a rollback moves production to; raises CheckFailed if there is none."""
+    if production is None:
+        raise CheckFailed("production points at nothing: there is nothing to roll back")
+    by_version = {v.version: v for v in versions}
+    if to is not None:
+        if to not in by_version:
+            known = ", ".join(sorted(by_version, key=int)) or "none"
+            raise CheckFailed(f"version {to} does not exist (registered versions: {known})")
+        target = by_version[to]
+        if not target.releasable:
+            raise CheckFailed(
+                f"version {to} never passed gates and smoke (gate: {target.gate}, smoke: {target.smoke}); "
+                "refusing to serve it"
+            )
+        return target
+    older = [v for v in versions if int(v.version) < int(production) and v.releasable]
+    if not older:
+        raise CheckFailed(f"no version older than {production} passed gates and smoke: nothing to roll back to")
+    return max(older, key=lambda v: int(v.version))
