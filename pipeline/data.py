@@ -50,10 +50,12 @@ def load_dataset(params: DataParams) -> Dataset:
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"data file {path} is empty")
+    if b"\x00" in raw[:8192]:
+        raise DataError(f"data file {path} is binary, not a CSV")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"data file {path} is not a readable CSV: {exc}") from None
+        raise DataError(f"data file {path} is not a readable CSV: {str(exc).strip()}") from None
     return prepare(frame, params, fingerprint=hashlib.sha256(raw).hexdigest())
 
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: a throwaway project directory with its own sqlite MLflow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.churn_data import generate_churn
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def churn_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "churn.csv"
+    generate_churn(7043, 42).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An initialised MLflow sqlite database; creating one costs seconds, copying it does not."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, churn_csv, empty_mlflow_db) -> Path:
+    """A working directory like a fresh clone after `make data`, with its own registry."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "data").mkdir()
+    shutil.copy(churn_csv, tmp_path / "data" / "churn.csv")
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_SHA", "GITHUB_ACTOR"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+class Cli:
+    """Calls `python -m pipeline` in-process and keeps what it printed."""
+
+    def __init__(self, capsys):
+        self.capsys = capsys
+        self.out = self.err = ""
+
+    def __call__(self, *args: str) -> int:
+        code = main(list(args))
+        captured = self.capsys.readouterr()
+        self.out, self.err = captured.out, captured.err
+        return code
+
+    def status(self) -> dict:
+        assert self("status", "--json") == 0, self.err
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys) -> Cli:
+    return Cli(capsys)

@@ -1,0 +1,255 @@
+"""The stages run for real against a temporary sqlite MLflow."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+WEAKER_MODEL = "model.logistic_regression.class_weight=null"  # F1 about 0.57 vs 0.62: passes f1_min, drops > 0.02
+
+
+def production(cli) -> str | None:
+    return cli.status()["aliases"].get("production")
+
+
+def deploy(cli, *overrides: str) -> str:
+    """train -> gate -> register -> smoke -> promote, one stage at a time."""
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert cli("train", *sets) == 0, cli.err
+    run_id = cli.out.strip()
+    assert cli("gate", "--run-id", run_id, *sets) == 0, cli.err
+    assert cli("register", "--run-id", run_id) == 0, cli.err
+    version = cli.out.strip()
+    assert cli("smoke", "--version", version) == 0, cli.err
+    assert cli("promote", "--version", version) == 0, cli.err
+    return version
+
+
+def test_run_does_the_whole_flow(project, cli):
+    assert cli("run") == 0, cli.err
+    assert cli.out.strip() == "1"
+    progress = cli.err
+    state = cli.status()
+    assert state["aliases"] == {"candidate": "1", "production": "1"}
+    [version] = state["versions"]
+    assert version["gate"] == "passed" and version["smoke"] == "passed"
+    assert set(version["metrics"]) == {"f1", "precision", "recall", "roc_auc", "accuracy"}
+    assert version["metrics"]["f1"] > 0.55
+    moves = [(m["alias"], m["from"], m["to"]) for m in state["history"]]
+    assert moves == [("candidate", None, "1"), ("production", None, "1")]
+    assert all(m["reason"] and m["at"] and m["git_sha"] and m["by"] for m in state["history"])
+    gate = json.loads((project / "reports" / "gate.json").read_text())
+    assert gate["verdict"] == "passed" and gate["run_id"] == version["run_id"]
+    for step in ("▶ train", "✓ gate", "✓ register", "✓ smoke", "✓ promote"):
+        assert step in progress
+
+
+def test_training_run_logs_what_people_and_later_stages_need(project, cli):
+    assert cli("train") == 0, cli.err
+    run = MlflowClient().get_run(cli.out.strip())
+    assert {"f1", "precision", "recall", "roc_auc", "accuracy", "training_time_s"} <= set(run.data.metrics)
+    assert run.data.params["model.type"] == "logistic_regression"
+    assert len(run.data.tags["data.fingerprint"]) == 64 and run.data.tags["data.rows"] == "7043"
+    assert run.data.tags["git_sha"]
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/confusion_matrix.png", "plots/roc_curve.png", "plots/precision_recall.png"}
+    model = mlflow.models.get_model_info(f"models:/{run.data.tags['model_id']}")
+    assert model.signature is not None and "tenure" in model.signature.inputs.input_names()
+    assert "customerID" not in model.signature.inputs.input_names()
+
+
+def test_a_failing_gate_registers_nothing_and_leaves_production(project, cli):
+    assert cli("run") == 0
+    before = cli.status()
+    assert cli("run", "--set", "gates.f1_min=0.99") == 1
+    assert "gate failed" in cli.err
+    after = cli.status()
+    assert after["versions"] == before["versions"] and after["aliases"] == before["aliases"]
+    failed_run = json.loads((project / "reports" / "gate.json").read_text())["run_id"]
+    run = MlflowClient().get_run(failed_run)
+    assert run.data.tags["gate"] == "failed"
+    with open(MlflowClient().download_artifacts(failed_run, "gate/gate.json")) as stored_report:
+        stored = json.load(stored_report)
+    assert stored["verdict"] == "failed" and stored["rules"][0]["threshold"] == 0.99
+
+
+def test_a_failing_gate_on_an_empty_registry_creates_no_model(project, cli):
+    assert cli("run", "--set", "gates.f1_min=0.99") == 1
+    assert cli.status()["versions"] == []
+
+
+def test_champion_challenger_refuses_a_worse_candidate(project, cli):
+    assert cli("run") == 0
+    assert cli("run", "--set", WEAKER_MODEL) == 1
+    report = json.loads((project / "reports" / "gate.json").read_text())
+    [f1_rule, drop_rule] = report["rules"]
+    assert f1_rule["passed"] and not drop_rule["passed"]
+    assert report["baseline"]["version"] == "1"
+    assert production(cli) == "1" and len(cli.status()["versions"]) == 1
+
+
+def test_register_is_idempotent_and_refuses_an_ungated_run(project, cli):
+    assert cli("train") == 0
+    run_id = cli.out.strip()
+    assert cli("register", "--run-id", run_id) == 1
+    assert "only runs that passed the gate" in cli.err
+    assert cli("gate", "--run-id", run_id) == 0
+    assert cli("register", "--run-id", run_id) == 0 and cli.out.strip() == "1"
+    assert cli("register", "--run-id", run_id) == 0 and cli.out.strip() == "1"
+    assert len(cli.status()["versions"]) == 1
+
+
+def test_promote_refuses_when_a_newer_candidate_was_registered(project, cli):
+    deploy(cli)
+    assert cli("train") == 0
+    run_2 = cli.out.strip()
+    assert cli("gate", "--run-id", run_2) == 0 and cli("register", "--run-id", run_2) == 0
+    assert cli("smoke", "--version", "2") == 0
+    assert cli("train") == 0
+    run_3 = cli.out.strip()
+    assert cli("gate", "--run-id", run_3) == 0 and cli("register", "--run-id", run_3) == 0
+    before = cli.status()
+    assert cli("promote", "--version", "2") == 1
+    assert "candidate alias points at 3, not 2" in cli.err
+    assert cli.status() == before
+
+
+def test_promote_refuses_when_production_moved_after_the_gate(project, cli):
+    deploy(cli)
+    deploy(cli)
+    assert cli("train") == 0
+    run_id = cli.out.strip()
+    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    assert cli("smoke", "--version", "3") == 0
+    assert cli("rollback", "--reason", "incident 42") == 0  # production 2 -> 1 underneath
+    before = cli.status()
+    assert cli("promote", "--version", "3") == 1
+    assert "production moved from 2 to 1" in cli.err
+    assert cli.status() == before
+
+
+def test_promote_is_idempotent(project, cli):
+    version = deploy(cli)
+    moves = len(cli.status()["history"])
+    assert cli("promote", "--version", version) == 0
+    assert len(cli.status()["history"]) == moves
+
+
+def test_promote_refuses_a_version_whose_smoke_failed(project, cli):
+    assert cli("train") == 0
+    run_id = cli.out.strip()
+    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    # Tamper with the stored expectations so the served model genuinely disagrees.
+    client = MlflowClient()
+    with open(client.download_artifacts(run_id, "smoke/examples.json")) as stored_examples:
+        examples = json.load(stored_examples)
+    examples["predictions"] = ["No" if p == "Yes" else "Yes" for p in examples["predictions"]]
+    client.log_dict(run_id, examples, "smoke/examples.json")
+    assert cli("smoke", "--version", "1") == 1
+    assert "labels differ" in cli.err
+    assert cli("promote", "--version", "1") == 1
+    assert "has not passed smoke" in cli.err
+    [version] = cli.status()["versions"]
+    assert version["smoke"] == "failed" and production(cli) is None
+
+
+def test_rollback_to_previous_and_to_a_named_version(project, cli):
+    for _ in range(3):
+        deploy(cli)
+    assert production(cli) == "3"
+    assert cli("rollback", "--reason", "latency regression") == 0
+    assert cli.out.strip() == "2" and production(cli) == "2"
+    assert cli("rollback", "--to", "3", "--reason", "false alarm") == 0
+    assert production(cli) == "3"
+    assert cli("rollback", "--to", "1", "--reason", "back to the first") == 0
+    assert production(cli) == "1"
+    rollbacks = [m for m in cli.status()["history"] if m["reason"].startswith("rollback:")]
+    assert [(m["from"], m["to"], m["reason"]) for m in rollbacks] == [
+        ("3", "2", "rollback: latency regression"),
+        ("2", "3", "rollback: false alarm"),
+        ("3", "1", "rollback: back to the first"),
+    ]
+    assert cli.status()["aliases"]["candidate"] == "3"  # rollback moves production only
+
+
+def test_rollback_refusals_change_nothing(project, cli):
+    assert cli("rollback", "--reason", "x") == 2  # no model registered at all
+    assert "not registered" in cli.err
+    deploy(cli)
+    before = cli.status()
+    assert cli("rollback", "--reason", "no older version") == 1
+    assert "nothing to roll back to" in cli.err
+    assert cli("rollback", "--to", "7", "--reason", "typo") == 1
+    assert "version 7 does not exist" in cli.err
+    assert cli("rollback", "--reason", "   ") == 2
+    assert "--reason" in cli.err
+    assert cli("train") == 0
+    run_id = cli.out.strip()
+    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    before = cli.status()
+    assert cli("rollback", "--to", "2", "--reason", "never smoke tested") == 1
+    assert "version 2 never passed gates and smoke" in cli.err
+    assert cli.status() == before
+
+
+def test_bad_params_exit_2_and_name_the_key(project, cli):
+    assert cli("run", "--set", "gates.f1_min=high") == 2
+    assert "gates.f1_min" in cli.err
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "\nextra: 1\n")
+    assert cli("train") == 2
+    assert "unknown key extra" in cli.err
+    assert cli("gate") == 2  # --run-id is required
+
+
+def test_unknown_run_id_is_a_clear_error(project, cli):
+    assert cli("gate", "--run-id", "0123456789abcdef") == 2
+    assert "run '0123456789abcdef' not found" in cli.err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.path=data/missing.csv", "does not exist"),
+        ("data.target=Churned", "target column 'Churned' not found"),
+        ("data.target=gender", "positive_label 'Yes' is not a class of 'gender'"),
+    ],
+)
+def test_bad_data_exits_2_and_registers_nothing(project, cli, override, message):
+    assert cli("run", "--set", override) == 2
+    assert message in cli.err
+    assert cli.status()["versions"] == []
+
+
+def test_another_csv_works_by_pointing_params_at_it(project, cli):
+    rng = np.random.default_rng(0)
+    n = 600
+    signal = rng.normal(size=n)
+    frame = pd.DataFrame(
+        {
+            "age": (40 + 10 * rng.normal(size=n)).round(),
+            "balance": np.where(
+                rng.random(n) < 0.05, "", (1000 * signal + rng.normal(size=n) * 300).round(2).astype(str)
+            ),
+            "region": rng.choice(["north", "south", "east"], n),
+            "defaulted": (signal + rng.normal(scale=0.7, size=n) > 0.8).astype(int),
+        }
+    )
+    frame.to_csv(project / "loans.csv", index=False)
+    sets = ["data.path=loans.csv", "data.target=defaulted", "data.positive_label=1", "data.id_column=null",
+            "gates.f1_min=0.3", "registry.model_name=loans"]  # fmt: skip
+    assert cli("run", *[a for s in sets for a in ("--set", s)]) == 0, cli.err
+    assert cli("status", "--json", "--set", "registry.model_name=loans") == 0
+    state = json.loads(cli.out)
+    assert state["aliases"]["production"] == "1" and state["versions"][0]["metrics"]["f1"] > 0.3
+
+
+def test_status_table_shows_versions_aliases_and_history(project, cli):
+    assert cli("status") == 0 and "no versions registered yet" in cli.out
+    deploy(cli)
+    assert cli("status") == 0
+    assert "@production -> 1" in cli.out and "alias history" in cli.out and "promoted after" in cli.out

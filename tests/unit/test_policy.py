@@ -1,0 +1,59 @@
+import pytest
+
+from pipeline.errors import CheckFailed
+from pipeline.policy import VersionState, check_promotion, rollback_target
+
+
+def state(version, gate="passed", smoke="passed", baseline=None):
+    return VersionState(version, gate, smoke, baseline)
+
+
+def test_promotion_goes_ahead_when_nothing_moved():
+    assert check_promotion(state("2", baseline="1"), candidate="2", production="1") is True
+    assert check_promotion(state("1"), candidate="1", production=None) is True
+
+
+def test_promotion_is_a_no_op_when_production_is_already_there():
+    assert check_promotion(state("2", baseline="1"), candidate="3", production="2") is False
+
+
+@pytest.mark.parametrize(
+    ("version", "candidate", "production", "message"),
+    [
+        (state("2", gate="failed", baseline="1"), "2", "1", "did not pass its gates"),
+        (state("2", smoke="pending", baseline="1"), "2", "1", "has not passed smoke"),
+        (state("2", smoke="failed", baseline="1"), "2", "1", "has not passed smoke"),
+        (state("2", baseline="1"), "3", "1", "candidate alias points at 3, not 2"),
+        (state("3", baseline="2"), "3", "1", "production moved from 2 to 1"),
+        (state("1"), "1", "5", "production moved from nothing to 5"),
+    ],
+)
+def test_promotion_refusals(version, candidate, production, message):
+    with pytest.raises(CheckFailed, match=message):
+        check_promotion(version, candidate, production)
+
+
+VERSIONS = [state("1"), state("2", smoke="failed"), state("3"), state("4")]
+
+
+def test_rollback_goes_to_the_newest_good_version_below_production():
+    assert rollback_target(VERSIONS, "4", None).version == "3"
+    assert rollback_target(VERSIONS, "3", None).version == "1"  # 2 failed smoke
+
+
+def test_rollback_to_a_named_good_version():
+    assert rollback_target(VERSIONS, "4", "1").version == "1"
+
+
+@pytest.mark.parametrize(
+    ("production", "to", "message"),
+    [
+        (None, None, "nothing to roll back"),
+        ("4", "9", r"version 9 does not exist \(registered versions: 1, 2, 3, 4\)"),
+        ("4", "2", "version 2 never passed gates and smoke"),
+        ("1", None, "no version older than 1"),
+    ],
+)
+def test_rollback_refusals(production, to, message):
+    with pytest.raises(CheckFailed, match=message):
+        rollback_target(VERSIONS, production, to)
