@@ -82,3 +82,27 @@ def predictions_match(expected: dict, predictions: list, probabilities: list | N
                 f"expected {expected['probabilities'][i]}, got {probabilities[i]}",
             )
     return Check("predictions", True, f"{len(want)} stored examples answered exactly as at training time")
+
+
+def version_matches(expected: str, reported: object) -> Check:
+    passed = str(reported) == str(expected)
+    return Check("model version", passed, f"/model reports version {reported}, expected {expected}")
+
+
+def rejects_bad_input(status: int, what: str) -> Check:
+    passed = 400 <= status < 500
+    return Check(f"rejects {what}", passed, f"answered {status}, expected a 4xx")
+
+
+def latency_within(samples_ms: list[float], budget_ms: float, quantile: float = 0.95) -> Check:
+    """The `quantile` of single-record latencies must stay within the budget."""
+    if not samples_ms:
+        return Check("latency", False, "no latency samples")
+    ordered = sorted(samples_ms)
+    value = ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+    passed = value <= budget_ms
+    return Check(
+        "latency",
+        passed,
+        f"p{int(quantile * 100)} {value:.1f} ms over {len(ordered)} requests, budget {budget_ms:.0f} ms",
+    )

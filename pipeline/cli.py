@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("register", "register a gated run and set the candidate alias; prints the version").add_argument(
         "--run-id", required=True
     )
-    smoke = add("smoke", "smoke-test a registered version (default: the candidate)")
+    smoke = add("smoke", "smoke-test a served version (default: the candidate)")
     smoke.add_argument("--version")
+    smoke.add_argument("--base-url", help="a running API (default: start one here with uvicorn)")
     add("promote", "move production to a version (compare-and-set)").add_argument("--version", required=True)
     rollback = add("rollback", "move production back to the previous good version, or --to V")
     rollback.add_argument("--to", metavar="V")
@@ -80,7 +81,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif command == "register":
         print(stages.register_stage(params, args.run_id))
     elif command == "smoke":
-        stages.smoke_stage(params, args.version)
+        stages.smoke_stage(params, args.version, base_url=args.base_url)
     elif command == "promote":
         stages.promote_stage(params, args.version)
     elif command == "rollback":

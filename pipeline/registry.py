@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from api.artifacts import METRIC_TAG_PREFIX as METRIC_PREFIX
 from pipeline.errors import CheckFailed, ConfigError
 from pipeline.policy import VersionState
 from pipeline.provenance import actor, git_sha, now
 
 HISTORY_PREFIX = "alias_history."
-METRIC_PREFIX = "metric."
 METRICS = ("f1", "precision", "recall", "roc_auc", "accuracy")
 
 

@@ -2,28 +2,75 @@
 
 from __future__ import annotations
 
-import mlflow
-import pandas as pd
-from mlflow.tracking import MlflowClient
+import time
 
-from gates.smoke_checks import Check, SmokeReport, predictions_match
-from pipeline.data import coerce_to_schema
-from pipeline.tracking import load_feature_schema, load_smoke_examples
+import httpx
+
+from gates.smoke_checks import (
+    Check,
+    SmokeReport,
+    latency_within,
+    predictions_match,
+    rejects_bad_input,
+    version_matches,
+)
+from pipeline.config import SmokeParams
+
+LATENCY_REQUESTS = 40
 
 
-def smoke_in_process(client: MlflowClient, name: str, version: str, run_id: str) -> SmokeReport:
-    """Load the registered version with MLflow and check it on the stored examples."""
-    uri = f"models:/{name}/{version}"
-    examples = load_smoke_examples(client, run_id)
-    schema, positive_label = load_feature_schema(client, run_id)
+def smoke_http(base_url: str, version: str, examples: dict, params: SmokeParams, target: str) -> SmokeReport:
+    """Run every smoke check against a running API that should serve `version`."""
+    checks: list[Check] = []
     try:
-        model = mlflow.sklearn.load_model(uri)
-    except Exception as exc:  # any load failure is a smoke failure, with its reason
-        return SmokeReport(version, uri, [Check("load", False, f"{type(exc).__name__}: {exc}")])
-    X = coerce_to_schema(pd.DataFrame(examples["records"]), schema)
-    positive = list(model.classes_).index(positive_label)
-    checks = [
-        Check("load", True, f"loaded {uri}"),
-        predictions_match(examples, list(model.predict(X)), list(model.predict_proba(X)[:, positive])),
-    ]
-    return SmokeReport(version, uri, checks)
+        _run_checks(base_url, version, examples, params, checks)
+    except httpx.HTTPError as exc:  # the API went away or broke mid-check: a failure, never a pass
+        checks.append(Check("api", False, f"{type(exc).__name__}: {exc}"))
+    return SmokeReport(version, target, checks)
+
+
+def _run_checks(base_url: str, version: str, examples: dict, params: SmokeParams, checks: list[Check]) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        ready = _wait_ready(http, params.ready_timeout_s)
+        checks.append(ready)
+        if not ready.passed:
+            return
+        checks.append(version_matches(version, http.get("/model").json().get("version")))
+        answer = http.post("/predict", json={"records": examples["records"]})
+        if answer.status_code != 200:
+            checks.append(Check("predictions", False, f"/predict answered {answer.status_code}: {answer.text[:300]}"))
+        else:
+            body = answer.json()
+            checks.append(predictions_match(examples, body["predictions"], body["probabilities"]))
+        missing_field = dict(list(examples["records"][0].items())[1:])
+        checks.append(
+            rejects_bad_input(http.post("/predict", json={"records": [missing_field]}).status_code, "a missing field")
+        )
+        checks.append(
+            rejects_bad_input(
+                http.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code,
+                "malformed JSON",
+            )
+        )
+        samples = []
+        for i in range(LATENCY_REQUESTS):
+            record = examples["records"][i % len(examples["records"])]
+            started = time.perf_counter()
+            http.post("/predict", json={"records": [record]}).raise_for_status()
+            samples.append((time.perf_counter() - started) * 1000)
+        checks.append(latency_within(samples, params.latency_budget_ms))
+
+
+def _wait_ready(http: httpx.Client, timeout_s: float) -> Check:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = http.get("/ready", timeout=5)
+            if response.status_code == 200:
+                return Check("ready", True, "/ready answered 200")
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5)
+    return Check("ready", False, f"/ready not 200 within {timeout_s:.0f}s; last answer: {last}")

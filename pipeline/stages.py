@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from gates.report import GateReport
 from gates.rules import Baseline, evaluate_gates
-from gates.smoke_checks import SmokeReport
+from gates.smoke_checks import Check, SmokeReport
 from pipeline import registry, tracking
 from pipeline.churn_data import generate_churn
 from pipeline.config import Params
@@ -23,7 +23,8 @@ from pipeline.errors import CheckFailed, ConfigError
 from pipeline.policy import check_promotion, rollback_target
 from pipeline.progress import say, stage
 from pipeline.provenance import git_sha
-from pipeline.smoke import smoke_in_process
+from pipeline.serving import uvicorn_process
+from pipeline.smoke import smoke_http
 from pipeline.train import evaluate, train
 
 REPORTS = Path("reports")
@@ -114,20 +115,39 @@ def register_stage(params: Params, run_id: str) -> str:
     return version
 
 
-def smoke_stage(params: Params, version: str | None = None) -> SmokeReport:
-    """Smoke-test a registered version and record the verdict on it."""
+def smoke_stage(params: Params, version: str | None = None, base_url: str | None = None) -> SmokeReport:
+    """Smoke-test a served version and record the verdict on it.
+
+    Against `base_url` when given, else against a uvicorn process started here
+    serving exactly that version from the registry.
+    """
     client = tracking.connect(params)
     name = params.registry.model_name
     version = version or _candidate(client, params)
     mv = registry.get_version(client, name, version)
-    with stage("smoke", f"version {version}"):
-        report = smoke_in_process(client, name, version, mv.run_id)
+    examples = tracking.load_smoke_examples(client, mv.run_id)
+    where = base_url or "a local uvicorn process"
+    with stage("smoke", f"version {version} served by {where}"):
+        if base_url:
+            report = smoke_http(base_url, version, examples, params.smoke, target=base_url)
+        else:
+            report = _smoke_local(params, name, version, examples)
         registry.record_smoke(client, name, version, report.passed, report.target, report.summary())
         for check in report.checks:
             say(f"  {'pass' if check.passed else 'FAIL'} {check.name}: {check.detail}")
     if not report.passed:
         raise CheckFailed(f"smoke failed for version {version}: {report.summary()}")
     return report
+
+
+def _smoke_local(params: Params, name: str, version: str, examples: dict) -> SmokeReport:
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(params), "MODEL_NAME": name, "MODEL_VERSION": version}
+    target = f"uvicorn api.app:app (MODEL_VERSION={version})"
+    try:
+        with uvicorn_process(env, startup_timeout_s=params.smoke.ready_timeout_s) as url:
+            return smoke_http(url, version, examples, params.smoke, target=f"{target} at {url}")
+    except CheckFailed as exc:
+        return SmokeReport(version, target, [Check("start", False, str(exc))])
 
 
 def promote_stage(params: Params, version: str) -> None:

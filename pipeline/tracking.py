@@ -21,15 +21,14 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
+from api.artifacts import FEATURE_SCHEMA, SMOKE_EXAMPLES
 from pipeline.config import Params
 from pipeline.data import Dataset, Feature, coerce_to_schema
 from pipeline.errors import ConfigError, DataError
 from pipeline.provenance import git_sha
 from pipeline.train import TrainResult
 
-FEATURE_SCHEMA = "feature_schema.json"
 TEST_SET = "eval/test.csv"
-SMOKE_EXAMPLES = "smoke/examples.json"
 TARGET_COLUMN = "__target__"
 
 

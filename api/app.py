@@ -1,0 +1,148 @@
+"""The prediction service: `uvicorn api.app:app`.
+
+`create_app` builds the app around a ModelHolder, so nothing loads at import
+time and tests hand in a tiny model; the module-level `app` reads the
+environment (MLFLOW_TRACKING_URI, MODEL_NAME, MODEL_ALIAS or MODEL_VERSION,
+RELOAD_INTERVAL_S, MAX_BATCH_SIZE).
+"""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.holder import ModelHolder
+from api.loaded_model import LoadedModel
+from api.metrics import MetricsMiddleware, ServiceMetrics
+from api.schema import RequestError
+from api.settings import Settings
+
+INLINE_RECORDS = 64  # larger batches run in a worker thread so the event loop stays responsive
+VERSION_HEADER = "X-Model-Version"
+
+
+class NotReady(Exception):
+    pass
+
+
+def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    holder.metrics = metrics
+    if holder.current is not None:
+        metrics.serving_version.set(float(holder.current.version) if holder.current.version.isdigit() else 0)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if holder.source is not None:
+            interval = settings.reload_interval_s if not settings.model_version else 1e9
+            # Load in the background: /health answers at once, /ready once a model is in.
+            task = asyncio.create_task(holder.poll_forever(interval))
+        yield
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="churn prediction API", lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def serving_model() -> LoadedModel:
+        model = holder.current  # read once: this request keeps this model even if a swap happens
+        if model is None:
+            raise NotReady(holder.not_ready_reason)
+        return model
+
+    ModelDep = Annotated[LoadedModel, Depends(serving_model)]
+
+    @app.exception_handler(NotReady)
+    async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(RequestError)
+    async def bad_request(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.problems, "message": str(exc)}, status_code=exc.status)
+
+    @app.get("/health")
+    async def health() -> dict:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(model: ModelDep) -> dict:
+        """200 only with a model loaded."""
+        return {"status": "ready", "version": model.version}
+
+    @app.get("/model")
+    async def model_info(model: ModelDep) -> JSONResponse:
+        """What is serving, and the last reload failure if any."""
+        body = {**model.info, "target": settings.target, "last_reload_error": holder.last_error,
+                "last_reload_error_at": holder.last_error_at}  # fmt: skip
+        return JSONResponse(body, headers={VERSION_HEADER: model.version})
+
+    @app.post("/predict")
+    async def predict(request: Request, model: ModelDep) -> JSONResponse:
+        """{"records": [...]} -> predictions and positive-class probabilities."""
+        body = await _json_body(request)
+        records = model.validator.validate(body)
+        columns = model.validator.columns(records)
+        if len(records) <= INLINE_RECORDS:
+            result = model.predict_columns(columns)
+        else:
+            result = await asyncio.to_thread(model.predict_columns, columns)
+        metrics.predictions.labels(model.version).inc(len(records))
+        return JSONResponse(
+            {"model_version": model.version, "predictions": result.labels, "probabilities": result.probabilities},
+            headers={VERSION_HEADER: model.version},
+        )
+
+    @app.post("/invocations")
+    async def invocations(request: Request, model: ModelDep) -> Response:
+        """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances."""
+        from api.scoring import score
+
+        body = await request.body()
+        status, text, rows = await asyncio.to_thread(
+            score, model, body, request.headers.get("content-type", "application/json")
+        )
+        if status == 200:
+            metrics.predictions.labels(model.version).inc(rows)
+        media = "application/json" if status != 415 else "text/plain"
+        return Response(text, status_code=status, media_type=media, headers={VERSION_HEADER: model.version})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _json_body(request: Request):
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(
+            [{"loc": ["body"], "record": None, "field": None, "message": f"malformed JSON: {exc}"}], status=400
+        ) from None
+
+
+def _app_from_env() -> FastAPI:
+    from api.source import RegistrySource
+
+    settings = Settings.from_env()
+    return create_app(ModelHolder(source=RegistrySource(settings)), settings)
+
+
+def __getattr__(name: str):
+    # `uvicorn api.app:app` builds the app on first access, not at import time.
+    if name == "app":
+        return _app_from_env()
+    raise AttributeError(name)

@@ -1,0 +1,139 @@
+"""The fitted sklearn pipeline compiled into plain numpy for the request path.
+
+scikit-learn's ColumnTransformer costs milliseconds per call, almost all of it
+input validation and frame handling. The fitted statistics are few numbers:
+imputation values, means and scales, one-hot vocabularies, coefficients. This
+module reads them once at load time and applies them with numpy, in the same
+order of operations, so the outputs match the sklearn pipeline. A pipeline
+whose shape is not recognised raises NotCompilable and is served by sklearn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+
+class NotCompilable(Exception):
+    """The pipeline has a shape this module does not translate."""
+
+
+@dataclass(frozen=True)
+class NumericBlock:
+    columns: list[str]
+    fill: np.ndarray  # imputation value per column
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class CategoricalBlock:
+    columns: list[str]
+    fill: list[object]  # imputation value per column
+    lookups: list[dict[object, int]]  # category -> output column, per input column
+    width: int
+
+
+class CompiledPipeline:
+    """predict(columns) -> (labels, class probabilities) without sklearn on the hot path."""
+
+    def __init__(self, pipeline: Pipeline):
+        if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
+            raise NotCompilable("expected Pipeline(preprocess, classifier)")
+        preprocess, self.estimator = pipeline.steps[0][1], pipeline.steps[1][1]
+        if not isinstance(preprocess, ColumnTransformer):
+            raise NotCompilable("first step is not a ColumnTransformer")
+        if getattr(preprocess, "sparse_output_", False):
+            raise NotCompilable("ColumnTransformer produces sparse output")
+        self.blocks: list[NumericBlock | CategoricalBlock] = []
+        for name, transformer, columns in preprocess.transformers_:
+            if name == "remainder":
+                if transformer != "drop" and len(columns):
+                    raise NotCompilable("remainder columns are passed through")
+                continue
+            self.blocks.append(_compile_block(transformer, list(columns)))
+        self.width = sum(len(b.columns) if isinstance(b, NumericBlock) else b.width for b in self.blocks)
+        self.classes = self.estimator.classes_
+        self.linear = isinstance(self.estimator, LogisticRegression) and len(self.classes) == 2
+        if self.linear:
+            self.coef_T = self.estimator.coef_.T
+            self.intercept = self.estimator.intercept_
+
+    def transform(self, columns: dict[str, Sequence]) -> np.ndarray:
+        """The dense matrix the ColumnTransformer would produce."""
+        rows = len(next(iter(columns.values())))
+        out = np.zeros((rows, self.width))
+        offset = 0
+        for block in self.blocks:
+            if isinstance(block, NumericBlock):
+                values = np.column_stack([np.asarray(columns[c], dtype=np.float64) for c in block.columns])
+                values = np.where(np.isnan(values), block.fill, values)
+                if block.mean is not None:
+                    values -= block.mean
+                if block.scale is not None:
+                    values /= block.scale
+                out[:, offset : offset + len(block.columns)] = values
+                offset += len(block.columns)
+            else:
+                for column, fill, lookup in zip(block.columns, block.fill, block.lookups, strict=True):
+                    for row, value in enumerate(columns[column]):
+                        index = lookup.get(fill if _missing(value) else value)
+                        if index is not None:  # unknown categories encode as all zeros
+                            out[row, offset + index] = 1.0
+                offset += block.width
+        return out
+
+    def predict(self, columns: dict[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
+        X = self.transform(columns)
+        if self.linear:
+            scores = (X @ self.coef_T + self.intercept).reshape(-1)
+            positive = expit(scores)
+            return self.classes[(scores > 0).astype(int)], np.stack([1 - positive, positive], axis=1)
+        # predict() of RandomForest and HistGradientBoosting is argmax of predict_proba;
+        # the load-time parity check confirms it for the model at hand.
+        proba = self.estimator.predict_proba(X)
+        return self.classes[np.argmax(proba, axis=1)], proba
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _compile_block(transformer, columns: list[str]) -> NumericBlock | CategoricalBlock:
+    steps = transformer.steps if isinstance(transformer, Pipeline) else [("only", transformer)]
+    kinds = [type(step) for _, step in steps]
+    imputer = steps[0][1] if kinds[0] is SimpleImputer else None
+    rest = [step for _, step in steps[1 if imputer else 0 :]]
+    if imputer is not None and imputer.add_indicator:
+        raise NotCompilable("SimpleImputer with add_indicator")
+    if all(isinstance(s, StandardScaler) for s in rest) and len(rest) <= 1:
+        if imputer is None or imputer.strategy not in ("mean", "median", "most_frequent", "constant"):
+            raise NotCompilable("numeric block needs a SimpleImputer first")
+        scaler = rest[0] if rest else None
+        return NumericBlock(
+            columns,
+            np.asarray(imputer.statistics_, dtype=np.float64),
+            None if scaler is None or scaler.mean_ is None else scaler.mean_,
+            None if scaler is None or scaler.scale_ is None else scaler.scale_,
+        )
+    if len(rest) == 1 and isinstance(rest[0], OneHotEncoder):
+        encoder = rest[0]
+        if encoder.handle_unknown != "ignore" or encoder.drop_idx_ is not None:
+            raise NotCompilable("OneHotEncoder must ignore unknowns and drop nothing")
+        if getattr(encoder, "_infrequent_enabled", False):
+            raise NotCompilable("OneHotEncoder with infrequent categories")
+        lookups, width = [], 0
+        for categories in encoder.categories_:
+            lookups.append({value: width + i for i, value in enumerate(categories.tolist())})
+            width += len(categories)
+        fill = list(imputer.statistics_) if imputer is not None else [None] * len(columns)
+        return CategoricalBlock(columns, fill, lookups, width)
+    raise NotCompilable(f"unrecognised block {[k.__name__ for k in kinds]}")

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the service, on a registry of its own per app."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+KNOWN_PATHS = {"/health", "/ready", "/model", "/predict", "/invocations", "/metrics"}
+
+
+class ServiceMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "api_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "api_request_latency_seconds",
+            "HTTP request latency by endpoint",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "api_predictions_total", "Records predicted by model version", ["model_version"], registry=self.registry
+        )
+        self.serving_version = Gauge(
+            "api_serving_model_version", "The model version now serving (0: none)", registry=self.registry
+        )
+        self.reloads = Counter("api_model_reloads_total", "Model loads by result", ["result"], registry=self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times every HTTP request."""
+
+    def __init__(self, app, metrics: ServiceMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        status = {"code": 500}
+        started = time.perf_counter()
+
+        async def send_and_capture(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_capture)
+        finally:
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(endpoint, str(status["code"])).inc()

@@ -1,0 +1,49 @@
+"""Service configuration, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_name: str = "churn-classifier"
+    model_alias: str = "production"
+    model_version: str | None = None  # pins one version; no alias polling
+    reload_interval_s: float = 10.0
+    max_batch_size: int = 10_000
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            model_name=env.get("MODEL_NAME", cls.model_name),
+            model_alias=env.get("MODEL_ALIAS", cls.model_alias),
+            model_version=env.get("MODEL_VERSION") or None,
+            reload_interval_s=_number(env, "RELOAD_INTERVAL_S", cls.reload_interval_s, float),
+            max_batch_size=_number(env, "MAX_BATCH_SIZE", cls.max_batch_size, int),
+        )
+
+    @property
+    def target(self) -> str:
+        return (
+            f"{self.model_name}/{self.model_version}" if self.model_version else f"{self.model_name}@{self.model_alias}"
+        )
+
+
+def _number(env, name: str, default, kind):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be positive")
+    return value

@@ -1,0 +1,190 @@
+"""The service in-process: behaviour and every error path."""
+
+import asyncio
+import json
+import re
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.holder import ModelHolder
+
+from .conftest import make_model
+
+
+@pytest.fixture
+def client(trained):
+    with TestClient(create_app(ModelHolder(model=make_model(trained)))) as c:
+        yield c
+
+
+def test_health_ready_and_model(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready", "version": "7"}
+    info = client.get("/model").json()
+    assert info["version"] == "7" and info["run_id"] == "run-7" and info["git_sha"] == "abc"
+    assert info["metrics"] == {"f1": 0.6} and info["loaded_at"] and info["fast_path"] is True
+
+
+def test_predict_matches_the_sklearn_pipeline(client, trained, records):
+    response = client.post("/predict", json={"records": records})
+    assert response.status_code == 200
+    assert response.headers["X-Model-Version"] == "7"
+    body = response.json()
+    X = trained.split.X_test.head(20)
+    assert body["model_version"] == "7"
+    assert body["predictions"] == trained.model.predict(X).tolist()
+    positive = list(trained.model.classes_).index("Yes")
+    assert body["probabilities"] == trained.model.predict_proba(X)[:, positive].tolist()
+
+
+def test_unknown_categories_and_missing_optional_values_are_answered(client, records):
+    record = {**records[0], "Contract": "Ten year"}
+    assert client.post("/predict", json={"records": [record]}).status_code == 200
+
+
+def problems(response) -> list[dict]:
+    assert response.status_code == 422, response.text
+    return response.json()["detail"]
+
+
+def test_missing_field_names_field_and_record(client, records):
+    broken = [records[0], {k: v for k, v in records[1].items() if k != "tenure"}]
+    [problem] = problems(client.post("/predict", json={"records": broken}))
+    assert problem["record"] == 1 and problem["field"] == "tenure"
+    assert "record 1: field 'tenure'" in problem["message"]
+
+
+def test_unknown_field_is_refused(client, records):
+    [problem] = problems(client.post("/predict", json={"records": [{**records[0], "shoe_size": 44}]}))
+    assert problem["field"] == "shoe_size" and "not a feature" in problem["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("tenure", "twelve"), ("tenure", True), ("gender", 1), ("MonthlyCharges", None), ("Contract", ["x"])],
+)
+def test_wrong_type_is_refused(client, records, field, value):
+    [problem] = problems(client.post("/predict", json={"records": [{**records[0], field: value}]}))
+    assert problem["field"] == field and problem["record"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"records": []}, "records is empty"),
+        ({"rows": []}, 'body must be {"records": [...]}'),
+        ([1, 2], 'body must be {"records": [...]}'),
+        ({"records": {"a": 1}}, "records must be a list"),
+        ({"records": ["not a record"]}, "record 0"),
+    ],
+)
+def test_malformed_bodies_are_422(client, body, message):
+    assert message in problems(client.post("/predict", json=body))[0]["message"]
+
+
+def test_batch_over_the_limit_is_refused(client, records):
+    [problem] = problems(client.post("/predict", json={"records": records * 6}))
+    assert "120 records exceed the batch limit of 100" in problem["message"]
+
+
+def test_malformed_json_is_400(client):
+    response = client.post("/predict", content=b'{"records": [', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "malformed JSON" in response.json()["message"]
+
+
+def test_no_model_means_503_with_the_reason_and_health_still_200():
+    with TestClient(create_app(ModelHolder())) as c:
+        assert c.get("/health").status_code == 200
+        for response in (c.get("/ready"), c.get("/model"), c.post("/predict", json={"records": [{}]})):
+            assert response.status_code == 503 and "no model" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("fmt", ["dataframe_split", "dataframe_records", "inputs", "instances"])
+def test_invocations_accepts_every_mlflow_format(client, trained, fmt):
+    X = trained.split.X_test.head(15)
+    if fmt == "dataframe_split":
+        payload = {fmt: json.loads(X.to_json(orient="split", index=False))}
+    else:
+        payload = {fmt: json.loads(X.to_json(orient="records"))}
+    response = client.post("/invocations", json=payload)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": trained.model.predict(X).tolist()}
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [({"dataframe_records": [{"gender": "Male"}]}, 400), ({"nonsense": []}, 400), (b"{", 400)],
+)
+def test_invocations_bad_input_is_4xx(client, payload, status):
+    if isinstance(payload, bytes):
+        response = client.post("/invocations", content=payload, headers={"content-type": "application/json"})
+    else:
+        response = client.post("/invocations", json=payload)
+    assert response.status_code == status, response.text
+    assert "message" in response.json()
+
+
+def test_invocations_unsupported_content_type_is_415(client):
+    response = client.post("/invocations", content=b"a,b", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+
+
+def test_metrics_count_requests_predictions_and_version(client, records):
+    client.post("/predict", json={"records": records[:3]})
+    client.post("/predict", json={"records": []})
+    text = client.get("/metrics").text
+    assert 'api_requests_total{endpoint="/predict",status="200"} 1.0' in text
+    assert 'api_requests_total{endpoint="/predict",status="422"} 1.0' in text
+    assert 'api_predictions_total{model_version="7"} 3.0' in text
+    assert "api_serving_model_version 7.0" in text
+    assert 'api_request_latency_seconds_count{endpoint="/predict"} 2.0' in text
+
+
+class SwitchingSource:
+    """Stands in for the registry: which version to serve, and how to load it."""
+
+    def __init__(self, models: dict, target: str):
+        self.models, self.target = models, target
+
+    def target_version(self) -> str:
+        return self.target
+
+    def load(self, version: str):
+        model = self.models[version]
+        if isinstance(model, Exception):
+            raise model
+        return model
+
+
+def test_alias_move_swaps_the_model_and_a_failed_load_keeps_the_old_one(trained, records):
+    source = SwitchingSource({"1": make_model(trained, "1"), "2": RuntimeError("artifact store unreachable")}, "1")
+    holder = ModelHolder(source=source)
+    app = create_app(holder)
+    assert asyncio.run(holder.refresh()) and holder.current.version == "1"
+    source.target = "2"
+    assert not asyncio.run(holder.refresh())
+    with TestClient(app) as c:
+        info = c.get("/model").json()
+        assert info["version"] == "1" and "artifact store unreachable" in info["last_reload_error"]
+        assert c.post("/predict", json={"records": records[:1]}).json()["model_version"] == "1"
+        failures = re.search(r'api_model_reloads_total\{result="failure"\} (\S+)', c.get("/metrics").text)
+        assert failures and float(failures.group(1)) >= 1
+    source.models["2"] = make_model(trained, "2")
+    assert asyncio.run(holder.refresh()) and holder.current.version == "2"
+    assert holder.last_error is None
+
+
+def test_an_uncompilable_pipeline_is_served_by_sklearn(trained, records):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    odd = Pipeline([("identity", FunctionTransformer()), ("model", trained.model)])
+    model = make_model(trained, pipeline=odd)
+    assert model.compiled is None and "sklearn path" in model.compile_note
+    with TestClient(create_app(ModelHolder(model=model))) as c:
+        body = c.post("/predict", json={"records": records}).json()
+    assert body["predictions"] == trained.model.predict(trained.split.X_test.head(20)).tolist()
+    assert np.allclose(body["probabilities"], trained.model.predict_proba(trained.split.X_test.head(20))[:, 1])
