@@ -84,10 +84,13 @@ class CompiledPipeline:
                 offset += len(block.columns)
             else:
                 for column, fill, lookup in zip(block.columns, block.fill, block.lookups, strict=True):
-                    for row, value in enumerate(columns[column]):
-                        index = lookup.get(fill if _missing(value) else value)
-                        if index is not None:  # unknown categories encode as all zeros
-                            out[row, offset + index] = 1.0
+                    values = columns[column]
+                    index = np.fromiter((lookup.get(v, -1) for v in values), np.intp, rows)
+                    for row in np.nonzero(index < 0)[0]:  # unknown, or NaN missing (NaN is no dict key)
+                        if _missing(values[row]):
+                            index[row] = lookup.get(fill, -1)
+                    known = index >= 0  # unknown categories encode as all zeros
+                    out[np.nonzero(known)[0], offset + index[known]] = 1.0
                 offset += block.width
         return out
 
@@ -131,9 +134,12 @@ def _compile_block(transformer, columns: list[str]) -> NumericBlock | Categorica
         if getattr(encoder, "_infrequent_enabled", False):
             raise NotCompilable("OneHotEncoder with infrequent categories")
         lookups, width = [], 0
-        for categories in encoder.categories_:
-            lookups.append({value: width + i for i, value in enumerate(categories.tolist())})
-            width += len(categories)
         fill = list(imputer.statistics_) if imputer is not None else [None] * len(columns)
+        for categories, fill_value in zip(encoder.categories_, fill, strict=True):
+            lookup = {value: width + i for i, value in enumerate(categories.tolist())}
+            if fill_value in lookup:
+                lookup[None] = lookup[fill_value]  # JSON null is imputed like NaN
+            lookups.append(lookup)
+            width += len(categories)
         return CategoricalBlock(columns, fill, lookups, width)
     raise NotCompilable(f"unrecognised block {[k.__name__ for k in kinds]}")

@@ -1,0 +1,130 @@
+"""The API as a real uvicorn process against a sqlite registry."""
+
+import json
+import threading
+import time
+
+import httpx
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.serving import uvicorn_process
+
+from ..conftest import ROOT
+from .test_flow import deploy
+
+pytestmark = pytest.mark.integration
+POLL_S = 0.5
+
+
+class Hammer(threading.Thread):
+    """Keeps sending one-record predictions and remembers every answer."""
+
+    def __init__(self, url: str, record: dict):
+        super().__init__(daemon=True)
+        self.url, self.record = url, record
+        self.answers: list[tuple[int, str | None]] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            while not self.stop.is_set():
+                try:
+                    r = http.post("/predict", json={"records": [self.record]})
+                    self.answers.append((r.status_code, r.json().get("model_version")))
+                except httpx.HTTPError as exc:
+                    self.answers.append((0, repr(exc)))
+
+    def wait_for_version(self, version: str, timeout_s: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.answers and self.answers[-1][1] == version:
+                return time.monotonic() - started
+            time.sleep(0.02)
+        raise AssertionError(f"still answering {self.answers[-1] if self.answers else None} after {timeout_s}s")
+
+
+def test_service_follows_promote_and_rollback_without_failing_a_request(project, cli):
+    deploy(cli)
+    deploy(cli)
+    run_id = cli.status()["versions"][0]["run_id"]
+    with open(MlflowClient().download_artifacts(run_id, "smoke/examples.json")) as f:
+        record = json.load(f)["records"][0]
+    env = {"MODEL_NAME": "churn-classifier", "MODEL_ALIAS": "production", "RELOAD_INTERVAL_S": str(POLL_S)}
+    with uvicorn_process(env) as url:
+        wait_ready(url)
+        hammer = Hammer(url, record)
+        hammer.start()
+        try:
+            hammer.wait_for_version("2", 5)
+            assert cli("rollback", "--reason", "live swap test") == 0
+            back = hammer.wait_for_version("1", 10 * POLL_S)
+            assert cli("promote", "--version", "2") == 0
+            forward = hammer.wait_for_version("2", 10 * POLL_S)
+            time.sleep(0.2)
+        finally:
+            hammer.stop.set()
+            hammer.join(10)
+        model = httpx.get(url + "/model").json()
+        metrics = httpx.get(url + "/metrics").text
+    statuses = {status for status, _ in hammer.answers}
+    assert statuses == {200}, [a for a in hammer.answers if a[0] != 200][:5]
+    served = [v for _, v in hammer.answers]
+    first_1, last_1 = served.index("1"), len(served) - 1 - served[::-1].index("1")
+    assert set(served[first_1 : last_1 + 1]) == {"1"}  # one clean switch each way, no flapping
+    assert model["version"] == "2" and model["alias"] == "production"
+    assert 'api_model_reloads_total{result="success"} 3.0' in metrics
+    print(f"swap after rollback {back:.2f}s, after promote {forward:.2f}s, {len(served)} requests, 0 failed")
+
+
+@pytest.mark.parametrize("fmt", ["dataframe_split", "dataframe_records", "inputs", "instances"])
+def test_invocations_match_mlflow_pyfunc(served_production, fmt):
+    url, X, expected = served_production
+    if fmt == "dataframe_split":
+        payload = {fmt: json.loads(X.to_json(orient="split", index=False))}
+    else:
+        payload = {fmt: json.loads(X.to_json(orient="records"))}
+    response = httpx.post(url + "/invocations", json=payload, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": expected}
+
+
+@pytest.fixture(scope="module")
+def served_production(tmp_path_factory, churn_csv, empty_mlflow_db):
+    """One registered version served by uvicorn, with pyfunc's predictions on its test set."""
+    import shutil
+
+    from pipeline.cli import main
+    from pipeline.tracking import load_test_set
+
+    root = tmp_path_factory.mktemp("served")
+    shutil.copy(empty_mlflow_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    args = [
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--set",
+        f"data.path={churn_csv}",
+        "--set",
+        f"registry.artifact_location={root / 'artifacts'}",
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        assert main(["run", *args]) == 0
+        client = MlflowClient(uri)
+        version = client.get_model_version_by_alias("churn-classifier", "production")
+        X, _ = load_test_set(client, version.run_id)
+        mlflow.set_tracking_uri(uri)
+        expected = mlflow.pyfunc.load_model(f"models:/churn-classifier/{version.version}").predict(X).tolist()
+        with uvicorn_process({"MLFLOW_TRACKING_URI": uri, "MODEL_NAME": "churn-classifier"}) as url:
+            wait_ready(url)
+            yield url, X, expected
+
+
+def wait_ready(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(url + "/ready").status_code != 200:
+        assert time.monotonic() < deadline, httpx.get(url + "/ready").text
+        time.sleep(0.1)
