@@ -7,6 +7,7 @@ config or data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
 
     add("run", "the whole flow: train, gate, register, smoke, promote")
-    add("make-data", "write the generated churn data set to data.path")
+    add("make-data", "write the generated churn data set to data.path (if missing)").add_argument(
+        "--force", action="store_true", help="overwrite an existing file"
+    )
     add("train", "fit and log a run; prints the run id")
     add("gate", "evaluate gates for a run; writes reports/gate.{json,md}").add_argument("--run-id", required=True)
     add("register", "register a gated run and set the candidate alias; prints the version").add_argument(
@@ -39,10 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smoke = add("smoke", "smoke-test a served version (default: the candidate)")
     smoke.add_argument("--version")
-    smoke.add_argument("--base-url", help="a running API (default: start one here with uvicorn)")
+    target = smoke.add_mutually_exclusive_group()
+    target.add_argument("--base-url", help="a running API")
+    target.add_argument("--image", metavar="TAG", help="start a container of this image, pinned to the version")
+    image = add("image", "build the API image (docker, else podman); prints the tag")
+    image.add_argument("--tag")
+    image.add_argument("--base-image", help="default: python:3.11-slim-bookworm, or a local Debian base offline")
+    server = add("tracking-server", "use MLFLOW_TRACKING_URI if set, else start an ephemeral local MLflow server")
+    server.add_argument("--dir", default="build/mlflow-server", help="where the ephemeral server keeps its data")
+    server.add_argument("--stop", action="store_true", help="stop the ephemeral server started here")
+    comment = add("pr-comment", "post or update the gate report as the pull request's one comment")
+    comment.add_argument("--file", default="reports/gate.md")
     add("promote", "move production to a version (compare-and-set)").add_argument("--version", required=True)
     rollback = add("rollback", "move production back to the previous good version, or --to V")
-    rollback.add_argument("--to", metavar="V")
+    rollback.add_argument("--to", metavar="V", help="a version (empty: the previous good version)")
     rollback.add_argument("--reason", required=True)
     add("status", "versions, aliases, gate and smoke results, history").add_argument(
         "--json", action="store_true", help="print one JSON object"
@@ -57,13 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
     try:
-        return dispatch(args)
+        # Libraries print (MLflow's "View run" links); stdout carries only our answer.
+        with contextlib.redirect_stdout(sys.stderr):
+            answer = dispatch(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if answer is not None:
+        print(answer)
+    return 0
 
 
-def dispatch(args: argparse.Namespace) -> int:
+def dispatch(args: argparse.Namespace) -> str | None:
+    """Run one command; returns what it prints on stdout."""
     # Imported here so `--help` and usage errors answer without loading MLflow.
     from pipeline import stages, status, tracking
     from pipeline.config import load_params
@@ -71,22 +90,28 @@ def dispatch(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)
     command = args.command
     if command == "make-data":
-        print(stages.make_data(params))
-    elif command == "run":
-        print(stages.run_all(params))
-    elif command == "train":
-        print(stages.train_stage(params))
-    elif command == "gate":
+        return str(stages.make_data(params, args.force))
+    if command == "image":
+        return stages.image_stage(args.tag, args.base_image)
+    if command == "tracking-server":
+        return stages.tracking_server_stage(params, args.dir, args.stop)
+    if command == "pr-comment":
+        return stages.pr_comment_stage(args.file)
+    if command == "run":
+        return stages.run_all(params)
+    if command == "train":
+        return stages.train_stage(params)
+    if command == "gate":
         stages.gate_stage(params, args.run_id)
     elif command == "register":
-        print(stages.register_stage(params, args.run_id))
+        return stages.register_stage(params, args.run_id)
     elif command == "smoke":
-        stages.smoke_stage(params, args.version, base_url=args.base_url)
+        stages.smoke_stage(params, args.version, base_url=args.base_url, image=args.image)
     elif command == "promote":
         stages.promote_stage(params, args.version)
     elif command == "rollback":
-        print(stages.rollback_stage(params, args.reason, args.to))
+        return stages.rollback_stage(params, args.reason, args.to or None)
     elif command == "status":
         state = status.collect(tracking.connect(params), params.registry.model_name)
-        print(json.dumps(state, indent=2) if args.json else status.render_table(state), end="\n" if args.json else "")
-    return 0
+        return json.dumps(state, indent=2) if args.json else status.render_table(state).rstrip("\n")
+    return None

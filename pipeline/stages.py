@@ -6,16 +6,20 @@ plain value; a check that says no raises CheckFailed after recording why.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from gates.report import GateReport
+from gates.report import COMMENT_MARKER, GateReport
 from gates.rules import Baseline, evaluate_gates
 from gates.smoke_checks import Check, SmokeReport
-from pipeline import registry, tracking
+from pipeline import container, github, registry, tracking
 from pipeline.churn_data import generate_churn
 from pipeline.config import Params
 from pipeline.data import load_dataset
@@ -23,16 +27,19 @@ from pipeline.errors import CheckFailed, ConfigError
 from pipeline.policy import check_promotion, rollback_target
 from pipeline.progress import say, stage
 from pipeline.provenance import git_sha
-from pipeline.serving import uvicorn_process
+from pipeline.serving import free_port, start_tracking_server, uvicorn_process, wait_for
 from pipeline.smoke import smoke_http
 from pipeline.train import evaluate, train
 
 REPORTS = Path("reports")
 
 
-def make_data(params: Params) -> Path:
-    """Write the generated churn data set to `data.path`."""
+def make_data(params: Params, force: bool = False) -> Path:
+    """Write the generated churn data set to `data.path`, unless a file is already there."""
     path = Path(params.data.path)
+    if path.exists() and not force:
+        say(f"✓ data: {path} exists; left as is (--force regenerates)")
+        return path
     with stage("data", f"generating {params.data.rows} churn-shaped rows (seed {params.data.seed}) into {path}"):
         path.parent.mkdir(parents=True, exist_ok=True)
         generate_churn(params.data.rows, params.data.seed).to_csv(path, index=False)
@@ -53,6 +60,7 @@ def train_stage(params: Params) -> str:
         client = tracking.connect(params)
         run_id = tracking.log_training_run(client, params, data, result)
         say(f"  logged run {run_id}")
+    github.write_outputs(run_id=run_id)
     return run_id
 
 
@@ -84,6 +92,8 @@ def gate_stage(params: Params, run_id: str) -> GateReport:
         client.set_tag(run_id, "gate", report.verdict)
         for rule in rules:
             say(f"  {'pass' if rule.passed else 'FAIL'} {rule.rule}: {rule.detail}")
+    github.write_outputs(gate=report.verdict)
+    github.write_summary(report.to_markdown())
     if not report.passed:
         raise CheckFailed(f"gate failed for run {run_id}; report in {REPORTS / 'gate.md'} and on the run")
     return report
@@ -112,42 +122,72 @@ def register_stage(params: Params, run_id: str) -> str:
             f"  version {version} {'registered' if created else 'was already registered'}; "
             f"@{params.registry.candidate_alias} -> {version}"
         )
+    github.write_outputs(version=version)
+    github.write_summary(
+        f"Registered `{params.registry.model_name}` version **{version}** from run `{run_id}`; "
+        f"`@{params.registry.candidate_alias}` → {version}."
+    )
     return version
 
 
-def smoke_stage(params: Params, version: str | None = None, base_url: str | None = None) -> SmokeReport:
+def smoke_stage(
+    params: Params, version: str | None = None, base_url: str | None = None, image: str | None = None
+) -> SmokeReport:
     """Smoke-test a served version and record the verdict on it.
 
-    Against `base_url` when given, else against a uvicorn process started here
-    serving exactly that version from the registry.
+    Against `base_url` (a running API), `image` (a container of it started
+    here, pinned to the version), or else a uvicorn process started here.
     """
     client = tracking.connect(params)
     name = params.registry.model_name
     version = version or _candidate(client, params)
     mv = registry.get_version(client, name, version)
     examples = tracking.load_smoke_examples(client, mv.run_id)
-    where = base_url or "a local uvicorn process"
+    where = base_url or (f"a container of {image}" if image else "a local uvicorn process")
     with stage("smoke", f"version {version} served by {where}"):
         if base_url:
             report = smoke_http(base_url, version, examples, params.smoke, target=base_url)
         else:
-            report = _smoke_local(params, name, version, examples)
+            report = _smoke_started_here(params, name, version, examples, image)
         registry.record_smoke(client, name, version, report.passed, report.target, report.summary())
         for check in report.checks:
             say(f"  {'pass' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+    github.write_summary(report.to_markdown())
     if not report.passed:
         raise CheckFailed(f"smoke failed for version {version}: {report.summary()}")
     return report
 
 
-def _smoke_local(params: Params, name: str, version: str, examples: dict) -> SmokeReport:
-    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(params), "MODEL_NAME": name, "MODEL_VERSION": version}
-    target = f"uvicorn api.app:app (MODEL_VERSION={version})"
+def _smoke_started_here(params: Params, name: str, version: str, examples: dict, image: str | None) -> SmokeReport:
+    """Start the API serving exactly `version` (a container or uvicorn), smoke it, stop it."""
+    uri = tracking.tracking_uri(params)
+    env = {"MLFLOW_TRACKING_URI": uri, "MODEL_NAME": name, "MODEL_VERSION": version}
+    if image:
+        container.require_http_tracking(uri)
+        target = f"image {image}"
+    else:
+        target = f"uvicorn api.app:app (MODEL_VERSION={version})"
     try:
+        if image:
+            port = free_port()
+            with container.running_container(image, env, port) as url:
+                wait_for(url + "/health", params.smoke.ready_timeout_s)
+                return smoke_http(url, version, examples, params.smoke, target=target)
         with uvicorn_process(env, startup_timeout_s=params.smoke.ready_timeout_s) as url:
             return smoke_http(url, version, examples, params.smoke, target=f"{target} at {url}")
-    except CheckFailed as exc:
+    except (CheckFailed, OSError, subprocess.SubprocessError) as exc:  # could not even start: a failure, loudly
         return SmokeReport(version, target, [Check("start", False, str(exc))])
+
+
+def image_stage(tag: str | None, base_image: str | None) -> str:
+    """Build the API image; returns its tag."""
+    sha = git_sha()
+    tag = tag or f"churn-api:{sha[:12] if sha != 'unknown' else 'dev'}"
+    with stage("image", f"building {tag}"):
+        container.build_image(tag, sha, base_image)
+    github.write_outputs(image=tag)
+    github.write_summary(f"Built API image `{tag}` at commit `{sha[:12]}`.")
+    return tag
 
 
 def promote_stage(params: Params, version: str) -> None:
@@ -166,12 +206,17 @@ def promote_stage(params: Params, version: str) -> None:
             client, reg.model_name, reg.production_alias, version, reason="promoted after gates and smoke passed"
         )
         say(f"  @{reg.production_alias}: {production or 'nothing'} -> {version}")
+    github.write_summary(_alias_summary(reg.model_name, reg.production_alias, production, version, "promoted"))
 
 
 def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
     """Move production back to the previous good version, or to `to`; returns the version."""
     if not reason or not reason.strip():
         raise ConfigError("rollback needs a --reason saying why")
+    if os.environ.get("GITHUB_ACTIONS") == "true" and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(
+            "no MLFLOW_TRACKING_URI secret or variable is set: a rollback needs the team's tracking server"
+        )
     client = tracking.connect(params)
     reg = params.registry
     registry.require_model(client, reg.model_name)
@@ -188,7 +233,49 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
             client, reg.model_name, reg.production_alias, target.version, reason=f"rollback: {reason.strip()}"
         )
         say(f"  @{reg.production_alias}: {production} -> {target.version}")
+    github.write_summary(
+        _alias_summary(reg.model_name, reg.production_alias, production, target.version, f"rollback: {reason.strip()}")
+    )
     return target.version
+
+
+def _alias_summary(model: str, alias: str, before: str | None, after: str, why: str) -> str:
+    return f"`{model}` `@{alias}`: {before or 'nothing'} → **{after}** ({why})"
+
+
+def tracking_server_stage(params: Params, directory: str, stop: bool = False) -> str:
+    """The tracking URI later steps should use: the configured one, else an ephemeral local server."""
+    pid_file = Path(directory) / "server.pid"
+    if stop:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            pid_file.unlink()
+            return "stopped"
+        return "no ephemeral server running"
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        tracking.connect(params)  # fails fast, naming the server, if it is down
+        github.write_outputs(ephemeral="false")
+        github.export_env("MLFLOW_TRACKING_URI", configured)
+        return configured
+    with stage("tracking", f"no MLFLOW_TRACKING_URI set: starting an ephemeral MLflow server in {directory}"):
+        url, _ = start_tracking_server(Path(directory).resolve())
+    github.write_outputs(ephemeral="true")
+    github.export_env("MLFLOW_TRACKING_URI", url)
+    github.write_summary(
+        "> **Ephemeral tracking store.** No `MLFLOW_TRACKING_URI` secret or variable is set, so this job used a "
+        "throwaway MLflow server on the runner. Nothing it registered or promoted persists after the job."
+    )
+    return url
+
+
+def pr_comment_stage(path: str) -> str:
+    """Post the gate report as the PR's single, updated comment."""
+    report = Path(path)
+    if not report.is_file():
+        raise ConfigError(f"{path} does not exist: run the gate first")
+    return github.upsert_pr_comment(report.read_text(), COMMENT_MARKER)
 
 
 def run_all(params: Params) -> str:
