@@ -5,19 +5,13 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-ARG GIT_SHA=unknown
-LABEL org.opencontainers.image.title="churn prediction API" \
-      org.opencontainers.image.revision="${GIT_SHA}" \
-      org.opencontainers.image.source="Dockerfile"
-
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
-    MODEL_ALIAS=production \
-    GIT_SHA=${GIT_SHA}
+    MODEL_ALIAS=production
 
 COPY requirements/serve.txt /tmp/serve.txt
 COPY build/wheels /tmp/wheels
@@ -33,5 +27,11 @@ EXPOSE 8000
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['PORT']}/health\", timeout=2)"]
+
+# Last, so a new commit reuses every layer above.
+ARG GIT_SHA=unknown
+LABEL org.opencontainers.image.title="churn prediction API" \
+      org.opencontainers.image.revision="${GIT_SHA}"
+ENV GIT_SHA=${GIT_SHA}
 
 CMD ["python", "-m", "api"]

@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install data demo test lint format status clean
+.PHONY: help install system-deps data demo test test-fast lint format status image bench act-push act-rollback clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements/serve.txt requirements/train.txt requirements/dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 2; }
@@ -28,8 +28,34 @@ demo: $(STAMP) data ## run the whole gated flow on the embedded MLflow (sqlite) 
 status: $(STAMP) ## show versions, aliases and the alias history
 	$(BIN)/python -m pipeline status
 
-test: $(STAMP) ## run the test suite
+# podman (the container engine where no Docker engine runs), debootstrap (an
+# offline base image) and wrk (benchmarks). Installed with apt when missing.
+SYSTEM_PACKAGES := podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap wrk
+system-deps: ## install podman, debootstrap and wrk with apt when missing (needs root)
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing system packages: $$missing (install them with apt as root)"; exit 2; fi; \
+	echo "installing $$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
+
+test: $(STAMP) system-deps ## run the whole test suite (unit, integration, API, and act end-to-end with a real image)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the tests that need no container engine or act
+	$(BIN)/python -m pytest -m "not e2e"
+
+image: $(STAMP) system-deps ## build the API image (docker, else podman)
+	$(BIN)/python -m pipeline image
+
+bench: $(STAMP) system-deps ## this API against `mlflow models serve` on the production version (run make demo first)
+	$(BIN)/python benchmarks/serve_vs_mlflow.py
+
+act-push: $(STAMP) system-deps ## the deploy workflow through act (MLFLOW_TRACKING_URI=http://... for a real server)
+	PATH=$(CURDIR)/$(BIN):$$PATH act push $${MLFLOW_TRACKING_URI:+-s MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI}
+
+act-rollback: $(STAMP) ## the rollback workflow through act: make act-rollback REASON="..." [VERSION=3]
+	PATH=$(CURDIR)/$(BIN):$$PATH act workflow_dispatch -W .github/workflows/rollback.yml \
+		--input reason="$(REASON)" --input version="$(VERSION)" -s MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -39,5 +65,5 @@ format: $(STAMP) ## ruff format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-clean: ## remove local MLflow state, data and reports (keeps .venv)
-	rm -rf mlflow.db mlartifacts mlruns data reports
+clean: ## remove local MLflow state, data, reports and build files (keeps .venv)
+	rm -rf mlflow.db mlartifacts mlruns data reports build

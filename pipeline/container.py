@@ -9,6 +9,7 @@ host (build/wheels), so the build itself needs no network.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -38,6 +39,7 @@ driver = "overlay"
 runroot = "/run/containers/storage"
 graphroot = "/var/lib/containers/storage"
 """
+WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 # Forwarded to containers so they reach an authenticated tracking server too.
 MLFLOW_AUTH_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
@@ -87,16 +89,28 @@ def find_engine() -> Engine:
 
 
 def fill_wheelhouse() -> Path:
-    """Download the serving wheels for the image's Python (3.11, manylinux)."""
+    """build/wheels: the serving wheels for the image's Python (3.11, manylinux).
+
+    Downloaded once per requirements/serve.txt into a user cache, then copied
+    into the build context, so repeated builds (and their layer cache) skip pip.
+    """
+    requirements = ROOT / "requirements" / "serve.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gated-deploy" / f"wheels-{digest}"
+    if not (cache / ".complete").exists():
+        say(f"  downloading serving wheels into {cache}")
+        cache.mkdir(parents=True, exist_ok=True)
+        platforms = [arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)]
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+             "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", *platforms,
+             "-d", str(cache), "-r", str(requirements)],
+            check=True,
+        )  # fmt: skip
+        (cache / ".complete").touch()
     wheels = BUILD / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
-         "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
-         "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux1_x86_64", "--platform", "linux_x86_64",
-         "--implementation", "cp", "-d", str(wheels), "-r", str(ROOT / "requirements" / "serve.txt")],
-        check=True,
-    )  # fmt: skip
+    shutil.rmtree(wheels, ignore_errors=True)
+    shutil.copytree(cache, wheels, ignore=shutil.ignore_patterns(".complete"))
     return wheels
 
 

@@ -16,7 +16,6 @@ matplotlib.use("Agg")  # plots are files; no display
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
-import skops.io
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
@@ -131,6 +130,8 @@ def _trusted_types(model: object) -> list[str]:
     The model is serialised with skops (safe to load); we vouch only for the
     types of the estimator we just fitted ourselves.
     """
+    import skops.io  # slow to import (it walks all of sklearn); only training needs it
+
     return skops.io.get_untrusted_types(data=skops.io.dumps(model))
 
 
