@@ -29,9 +29,10 @@ status: $(STAMP) ## show versions, aliases and the alias history
 	$(BIN)/python -m pipeline status
 
 # podman (the container engine where no Docker engine runs), debootstrap (an
-# offline base image) and wrk (benchmarks). Installed with apt when missing.
-SYSTEM_PACKAGES := podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap wrk
-system-deps: ## install podman, debootstrap and wrk with apt when missing (needs root)
+# offline base image), wrk (benchmarks) and PostgreSQL (a real backend store for
+# the tracking-server tests). Installed with apt when missing.
+SYSTEM_PACKAGES := podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap wrk postgresql
+system-deps: ## install podman, debootstrap, wrk and postgresql with apt when missing (root)
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "missing system packages: $$missing (install them with apt as root)"; exit 2; fi; \

@@ -48,6 +48,7 @@ def make_data(params: Params, force: bool = False) -> Path:
 
 def train_stage(params: Params) -> str:
     """Fit, score and log a run; returns the run id."""
+    client = tracking.connect(params)  # fail fast, before any work, if the tracking server is down
     with stage("train", f"{params.model.type} on {params.data.path}"):
         data = load_dataset(params.data)
         for note in data.notes:
@@ -57,7 +58,6 @@ def train_stage(params: Params) -> str:
             f"  {data.rows} rows, {len(data.schema)} features; "
             + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         )
-        client = tracking.connect(params)
         run_id = tracking.log_training_run(client, params, data, result)
         say(f"  logged run {run_id}")
     github.write_outputs(run_id=run_id)
