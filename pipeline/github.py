@@ -40,7 +40,7 @@ def export_env(name: str, value: str) -> None:
             out.write(f"{name}={value}\n")
 
 
-def upsert_pr_comment(markdown: str, marker: str) -> str:
+def upsert_pr_comment(markdown: str, marker: str, transport: httpx.BaseTransport | None = None) -> str:
     """Create the PR comment carrying `marker`, or update it in place; returns what happened.
 
     A token without write access (pull requests from forks) is not an error:
@@ -52,7 +52,7 @@ def upsert_pr_comment(markdown: str, marker: str) -> str:
         return "skipped: not a pull request run with GITHUB_TOKEN and GITHUB_REPOSITORY"
     api = os.environ.get("GITHUB_API_URL", "https://api.github.com")
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"}
-    with httpx.Client(base_url=api, headers=headers, timeout=30) as http:
+    with httpx.Client(base_url=api, headers=headers, timeout=30, transport=transport) as http:
         try:
             existing = None
             url = f"/repos/{repo}/issues/{number}/comments"

@@ -62,6 +62,10 @@ class Cli:
         assert self("status", "--json") == 0, self.err
         return json.loads(self.out)
 
+    def status_of(self, model_name: str) -> dict:
+        assert self("status", "--json", "--set", f"registry.model_name={model_name}") == 0, self.err
+        return json.loads(self.out)
+
 
 @pytest.fixture
 def cli(capsys) -> Cli:

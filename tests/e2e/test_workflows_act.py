@@ -116,3 +116,17 @@ def test_push_gate_failure_and_rollback_through_act(repo, server):
     last = history(MlflowClient(server), MODEL)[-1]
     assert (last["alias"], last["from"], last["to"]) == ("production", "2", "1")
     assert last["reason"] == f"rollback: {reason}"
+
+
+def test_smoke_of_a_missing_image_fails_loudly_and_blocks_promotion(server, cli, project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    sets = ["--set", "registry.model_name=image-missing"]
+    assert cli("train", *sets) == 0, cli.err
+    run_id = cli.out.strip()
+    assert cli("gate", "--run-id", run_id, *sets) == 0 and cli("register", "--run-id", run_id, *sets) == 0
+    version = cli.out.strip()
+    assert cli("smoke", "--version", version, "--image", "churn-api:does-not-exist", *sets) == 1
+    assert "churn-api:does-not-exist not found" in cli.err
+    assert cli("promote", "--version", version, *sets) == 1
+    [state] = cli.status_of("image-missing")["versions"]
+    assert state["smoke"] == "failed" and state["aliases"] == ["candidate"]

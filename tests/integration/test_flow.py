@@ -248,6 +248,13 @@ def test_another_csv_works_by_pointing_params_at_it(project, cli):
     assert state["aliases"]["production"] == "1" and state["versions"][0]["metrics"]["f1"] > 0.3
 
 
+def test_smoke_of_an_image_needs_an_http_tracking_server(project, cli):
+    assert cli("run") == 0
+    assert cli("smoke", "--version", "1", "--image", "churn-api:any") == 2
+    assert "needs a tracking server the container can reach over HTTP" in cli.err
+    assert cli.status()["versions"][0]["smoke"] == "passed"  # the refusal recorded nothing
+
+
 def test_status_table_shows_versions_aliases_and_history(project, cli):
     assert cli("status") == 0 and "no versions registered yet" in cli.out
     deploy(cli)
