@@ -20,6 +20,7 @@ from api.holder import ModelHolder
 from api.loaded_model import LoadedModel
 from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.schema import RequestError
+from api.scoring import score
 from api.settings import Settings
 
 # Batches up to this size are predicted on the event loop: a thread hop plus GIL
@@ -86,12 +87,12 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     @app.get("/model")
     async def model_info(model: ModelDep) -> JSONResponse:
         """What is serving, and the last reload failure if any."""
-        body = {**model.info, "target": settings.target, "last_reload_error": holder.last_error,
-                "last_reload_error_at": holder.last_error_at}  # fmt: skip
+        reload = {"last_reload_error": holder.last_error, "last_reload_error_at": holder.last_error_at}
+        body = {**model.info, "target": settings.target, **reload}
         return JSONResponse(body, headers={VERSION_HEADER: model.version})
 
     @app.post("/predict")
-    async def predict(request: Request, model: ModelDep) -> JSONResponse:
+    async def predict(request: Request, model: ModelDep) -> Response:
         """{"records": [...]} -> predictions and positive-class probabilities."""
         body = await _json_body(request)
         records = model.validator.validate(body)
@@ -101,14 +102,12 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
         else:
             result = await asyncio.to_thread(model.predict_columns, columns)
         metrics.predictions.labels(model.version).inc(len(records))
-        body = {"model_version": model.version, "predictions": result.labels, "probabilities": result.probabilities}
-        return Response(orjson.dumps(body), media_type="application/json", headers={VERSION_HEADER: model.version})
+        answer = {"model_version": model.version, "predictions": result.labels, "probabilities": result.probabilities}
+        return Response(orjson.dumps(answer), media_type="application/json", headers={VERSION_HEADER: model.version})
 
     @app.post("/invocations")
     async def invocations(request: Request, model: ModelDep) -> Response:
         """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances."""
-        from api.scoring import score
-
         body = await request.body()
         status, text, rows = await asyncio.to_thread(
             score, model, body, request.headers.get("content-type", "application/json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +12,6 @@ import pandas as pd
 from api.compiled import CompiledPipeline, NotCompilable
 from api.schema import FeatureSpec, RecordValidator
 
-log = logging.getLogger("api")
 PARITY_TOLERANCE = 1e-12
 
 

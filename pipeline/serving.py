@@ -41,12 +41,17 @@ def uvicorn_process(env: dict[str, str], port: int | None = None, startup_timeou
         wait_for(url + "/health", startup_timeout_s, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def wait_for(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
@@ -102,8 +107,4 @@ def tracking_server(directory: Path, backend_store_uri: str | None = None) -> It
     try:
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
