@@ -39,7 +39,8 @@ class RegistrySource:
         schema = metadata.get_input_schema()
         features = [FeatureSpec(c.name, c.type.name, c.required) for c in schema.inputs]
         trained = json.loads(Path(self.client.download_artifacts(mv.run_id, FEATURE_SCHEMA)).read_text())
-        parity = [f for f in (_input_example(metadata, local), self._smoke_frame(mv.run_id, features)) if f is not None]
+        examples = (_input_example(metadata, local, features), self._smoke_frame(mv.run_id, features))
+        parity = [frame for frame in examples if frame is not None]
         return LoadedModel(
             pipeline=pipeline,
             features=features,
@@ -70,13 +71,9 @@ class RegistrySource:
         return _typed_frame(pd.DataFrame(records), features)
 
 
-def _input_example(metadata: Model, local: Path) -> pd.DataFrame | None:
+def _input_example(metadata: Model, local: Path, features: list[FeatureSpec]) -> pd.DataFrame | None:
     example = metadata.load_input_example(str(local))
-    if example is None:
-        return None
-    return _typed_frame(
-        pd.DataFrame(example), [FeatureSpec(c.name, c.type.name) for c in metadata.get_input_schema().inputs]
-    )
+    return None if example is None else _typed_frame(pd.DataFrame(example), features)
 
 
 def _typed_frame(frame: pd.DataFrame, features: list[FeatureSpec]) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 PROBABILITY_TOLERANCE = 1e-9
 
@@ -30,14 +30,6 @@ class SmokeReport:
         if not failed:
             return f"{len(self.checks)} checks passed"
         return "; ".join(f"{c.name}: {c.detail}" for c in failed)
-
-    def to_dict(self) -> dict:
-        return {
-            "version": self.version,
-            "target": self.target,
-            "passed": self.passed,
-            "checks": [asdict(c) for c in self.checks],
-        }
 
     def to_markdown(self) -> str:
         icon = "✅" if self.passed else "❌"

@@ -35,22 +35,29 @@ class AliasMove:
         return out
 
 
-def model_exists(client: MlflowClient, name: str) -> bool:
+def registered_model(client: MlflowClient, name: str):
+    """The registered model, or None when it does not exist (one registry call)."""
     try:
-        client.get_registered_model(name)
+        return client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
+            return None
         raise
-    return True
+
+
+def model_exists(client: MlflowClient, name: str) -> bool:
+    return registered_model(client, name) is not None
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """Every alias of the model and the version it points at."""
+    model = registered_model(client, name)
+    return {} if model is None else {alias: str(version) for alias, version in model.aliases.items()}
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     """The version an alias points at, or None."""
-    if not model_exists(client, name):
-        return None
-    version = client.get_registered_model(name).aliases.get(alias)
-    return None if version is None else str(version)
+    return aliases(client, name).get(alias)
 
 
 def versions(client: MlflowClient, name: str) -> list:
@@ -147,9 +154,11 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: str, reason
 
 def history(client: MlflowClient, name: str) -> list[dict]:
     """Every recorded alias move, oldest first."""
-    if not model_exists(client, name):
-        return []
-    tags = client.get_registered_model(name).tags
+    model = registered_model(client, name)
+    return [] if model is None else history_of(model.tags)
+
+
+def history_of(tags: dict[str, str]) -> list[dict]:
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
 
 

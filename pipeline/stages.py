@@ -73,7 +73,7 @@ def gate_stage(params: Params, run_id: str) -> GateReport:
         baseline = None
         production = registry.alias_version(client, name, params.registry.production_alias)
         if production is not None and params.gates.max_f1_drop is not None:
-            baseline = _score_production(client, name, production, run_id)
+            baseline = _score_production(client, name, production, run_id, run.data.tags["positive_label"])
         rules = evaluate_gates(run.data.metrics, baseline, params.gates.f1_min, params.gates.max_f1_drop)
         report = GateReport(
             model_name=name,
@@ -99,10 +99,9 @@ def gate_stage(params: Params, run_id: str) -> GateReport:
     return report
 
 
-def _score_production(client: MlflowClient, name: str, version: str, run_id: str) -> Baseline:
+def _score_production(client: MlflowClient, name: str, version: str, run_id: str, positive_label: str) -> Baseline:
     """Score the production version on the candidate's own test set."""
     X, y = tracking.load_test_set(client, run_id)
-    _, positive_label = tracking.load_feature_schema(client, run_id)
     try:
         model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
         return Baseline(version, evaluate(model, X, y, positive_label))
@@ -197,8 +196,8 @@ def promote_stage(params: Params, version: str) -> None:
     registry.require_model(client, reg.model_name)
     with stage("promote", f"version {version} to @{reg.production_alias}"):
         state = registry.version_state(registry.get_version(client, reg.model_name, version))
-        candidate = registry.alias_version(client, reg.model_name, reg.candidate_alias)
-        production = registry.alias_version(client, reg.model_name, reg.production_alias)
+        pointers = registry.aliases(client, reg.model_name)
+        candidate, production = pointers.get(reg.candidate_alias), pointers.get(reg.production_alias)
         if not check_promotion(state, candidate, production):
             say(f"  @{reg.production_alias} already points at {version}; nothing to do")
             return

@@ -9,9 +9,8 @@ from pipeline import registry
 
 def collect(client: MlflowClient, name: str) -> dict:
     """`{"model", "aliases", "versions", "history"}` as the CLI contract lists them."""
-    aliases = {}
-    if registry.model_exists(client, name):
-        aliases = dict(client.get_registered_model(name).aliases)
+    model = registry.registered_model(client, name)
+    aliases = {} if model is None else {alias: str(version) for alias, version in model.aliases.items()}
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
@@ -38,9 +37,9 @@ def collect(client: MlflowClient, name: str) -> dict:
         )
     return {
         "model": name,
-        "aliases": {k: str(v) for k, v in sorted(aliases.items())},
+        "aliases": dict(sorted(aliases.items())),
         "versions": versions,
-        "history": registry.history(client, name),
+        "history": [] if model is None else registry.history_of(model.tags),
     }
 
 

@@ -155,15 +155,15 @@ def _log_plots(result: TrainResult, positive_label: str) -> None:
         plt.close(fig)
 
 
-def load_feature_schema(client: MlflowClient, run_id: str) -> tuple[tuple[Feature, ...], str]:
-    """The features and positive label a run was trained with."""
+def load_feature_schema(client: MlflowClient, run_id: str) -> tuple[Feature, ...]:
+    """The features a run was trained with."""
     raw = json.loads(Path(client.download_artifacts(run_id, FEATURE_SCHEMA)).read_text())
-    return tuple(Feature(**f) for f in raw["features"]), raw["positive_label"]
+    return tuple(Feature(**f) for f in raw["features"])
 
 
 def load_test_set(client: MlflowClient, run_id: str) -> tuple[pd.DataFrame, pd.Series]:
     """The exact test set a run was scored on, cast back to its schema."""
-    schema, _ = load_feature_schema(client, run_id)
+    schema = load_feature_schema(client, run_id)
     path = client.download_artifacts(run_id, TEST_SET)
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     try:
