@@ -38,11 +38,16 @@ def uvicorn_process(env: dict[str, str], port: int | None = None, startup_timeou
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(url + "/health", startup_timeout_s, process)
+        try:
+            wait_for(url + "/health", startup_timeout_s, process)
+        except CheckFailed as exc:  # say why it did not start, from its own log
+            tail = Path(log.name).read_text(errors="replace").strip().splitlines()[-10:]
+            raise CheckFailed(f"{exc}; its log ends:\n" + "\n".join(tail)) from None
         yield url
     finally:
         stop(process)
         log.close()
+        Path(log.name).unlink(missing_ok=True)
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
@@ -55,11 +60,11 @@ def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
 
 
 def wait_for(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers 200; fail loudly with the process log if it dies or times out."""
+    """Poll `url` until it answers 200; CheckFailed if `process` dies first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise CheckFailed(f"the API process exited with code {process.returncode} before {url} answered")
+            raise CheckFailed(f"the process exited with code {process.returncode} before {url} answered")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200:
                 return
