@@ -1,22 +1,30 @@
 """params.yaml loaded once into typed, frozen objects.
 
-An unknown key or a wrong type fails at load time with the key's dotted name,
-never as a KeyError in the middle of a run.
+An unknown key, a duplicate key or a wrong type fails at load time with the
+key's dotted name, never as a KeyError in the middle of a run. Types are
+strict (a boolean is not a number), and YAML is read with YAML 1.2 booleans,
+so `Yes` is the text "Yes", not True.
 """
 
 from __future__ import annotations
 
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
+ALIAS_NAME = re.compile(r"^[\w\-]{1,255}$")  # MLflow's rule; `latest` and `v<N>` are reserved
+RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$", re.IGNORECASE)
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataParams(Section):
@@ -32,7 +40,7 @@ class DataParams(Section):
     @field_validator("positive_label", mode="before")
     @classmethod
     def _label_as_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int | float) else value
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 class LogisticRegressionParams(Section):
@@ -86,6 +94,24 @@ class RegistryParams(Section):
     candidate_alias: str = "candidate"
     production_alias: str = "production"
 
+    @field_validator("candidate_alias", "production_alias")
+    @classmethod
+    def _alias_name(cls, value: str) -> str:
+        if not ALIAS_NAME.match(value) or RESERVED_ALIAS.match(value):
+            raise ValueError(
+                "not a valid alias name (letters, digits, _ and -, at most 255; `latest` and `v<N>` are reserved)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _aliases_differ(self) -> RegistryParams:
+        if self.candidate_alias == self.production_alias:
+            raise ValueError(
+                f"candidate_alias and production_alias are both {self.production_alias!r}: "
+                "registering would move production without gate and smoke"
+            )
+        return self
+
 
 class SmokeParams(Section):
     examples: Annotated[int, Field(gt=0, le=1000)] = 25
@@ -107,16 +133,62 @@ class Params(Section):
     serving: ServingParams = ServingParams()
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (only true/false) that refuses duplicate keys."""
+
+    yaml_implicit_resolvers: typing.ClassVar = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ParamsLoader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `a.b.c=VALUE` into its key path and a YAML-typed value."""
+    """Split `a.b.c=VALUE` into its key path and a value: the text itself for text fields, else YAML-typed."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    path = key.strip().split(".")
+    if _is_text_field(path) and raw.strip() not in ("null", "~"):
+        return path, raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return path, value
+
+
+def _is_text_field(path: list[str]) -> bool:
+    """True when the params key at `path` holds text (a str, or an optional str)."""
+    model: Any = Params
+    annotation: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        model = annotation
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return str in options
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -144,8 +216,10 @@ def build_params(raw: dict[str, Any]) -> Params:
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown key {key}")
+            elif isinstance(err.get("input"), dict):  # a section-level rule: the value is the whole section
+                problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
             else:
-                problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+                problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
         raise ConfigError("invalid params: " + "; ".join(problems)) from None
 
 
@@ -157,7 +231,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     except OSError as exc:
         raise ConfigError(f"cannot read params file {path}: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = read_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
