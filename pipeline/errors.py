@@ -1,4 +1,9 @@
-"""Errors that map onto the CLI's exit codes (DESIGN.md)."""
+"""Errors that map onto the CLI's exit codes (docs/DESIGN.md).
+
+0 success, 1 a check said no, 2 bad usage, params or data, 3 the
+infrastructure failed (tracking server, artifact store, container engine,
+image registry).
+"""
 
 
 class PipelineError(Exception):
@@ -8,7 +13,7 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError):
-    """Bad params, bad usage or an unreachable tracking server (exit 2)."""
+    """Bad params or bad usage (exit 2)."""
 
 
 class DataError(PipelineError):
@@ -16,6 +21,12 @@ class DataError(PipelineError):
 
 
 class CheckFailed(PipelineError):
-    """A gate, smoke or promotion check said no (exit 1)."""
+    """A gate, smoke, promotion or integrity check said no (exit 1)."""
 
     exit_code = 1
+
+
+class InfrastructureError(PipelineError):
+    """Something the pipeline depends on failed: tracking server, artifact store, container engine (exit 3)."""
+
+    exit_code = 3

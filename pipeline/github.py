@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import httpx
 
+from api.redact import redact
 from pipeline.progress import say
+
+
+def file_command(name: str, value: str) -> str:
+    """One `name<<DELIMITER` entry of a GitHub file command: a newline in `value` cannot start a new variable."""
+    if "\n" in name or "=" in name or "<" in name:
+        raise ValueError(f"not a variable name: {name!r}")
+    delimiter = f"ghadelimiter_{secrets.token_hex(16)}"  # random, so no value can contain it
+    return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
 
 
 def write_outputs(**values: str) -> None:
@@ -21,15 +31,15 @@ def write_outputs(**values: str) -> None:
     if path:
         with open(path, "a") as out:
             for key, value in values.items():
-                out.write(f"{key}={value}\n")
+                out.write(file_command(key, redact(value)))
 
 
 def write_summary(markdown: str) -> None:
-    """Append to the job summary (`$GITHUB_STEP_SUMMARY`)."""
+    """Append to the job summary (`$GITHUB_STEP_SUMMARY`), credentials redacted."""
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if path:
         with open(path, "a") as out:
-            out.write(markdown.rstrip() + "\n\n")
+            out.write(redact(markdown).rstrip() + "\n\n")
 
 
 def export_env(name: str, value: str) -> None:
@@ -37,7 +47,7 @@ def export_env(name: str, value: str) -> None:
     path = os.environ.get("GITHUB_ENV")
     if path:
         with open(path, "a") as out:
-            out.write(f"{name}={value}\n")
+            out.write(file_command(name, value))
 
 
 def upsert_pr_comment(markdown: str, marker: str, transport: httpx.BaseTransport | None = None) -> str:
@@ -52,6 +62,7 @@ def upsert_pr_comment(markdown: str, marker: str, transport: httpx.BaseTransport
         return "skipped: not a pull request run with GITHUB_TOKEN and GITHUB_REPOSITORY"
     api = os.environ.get("GITHUB_API_URL", "https://api.github.com")
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"}
+    markdown = redact(markdown)
     with httpx.Client(base_url=api, headers=headers, timeout=30, transport=transport) as http:
         try:
             existing = None

@@ -60,20 +60,61 @@ def test_outside_a_pull_request_nothing_is_sent(monkeypatch):
     assert github.upsert_pr_comment(MARKER, MARKER).startswith("skipped")
 
 
+def parse_file_command(text: str) -> dict[str, str]:
+    """What the Actions runner reads from $GITHUB_ENV / $GITHUB_OUTPUT (both forms it accepts)."""
+    lines, values = text.split("\n"), {}
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if "<<" in line:
+            name, delimiter = line.split("<<", 1)
+            end = lines.index(delimiter, i + 1)
+            values[name] = "\n".join(lines[i + 1 : end])
+            i = end + 1
+        elif "=" in line:
+            name, value = line.split("=", 1)
+            values[name] = value
+            i += 1
+        else:
+            i += 1
+    return values
+
+
 def test_outputs_summary_and_env_files(tmp_path, monkeypatch):
     for name in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_ENV"):
         monkeypatch.setenv(name, str(tmp_path / name))
     github.write_outputs(run_id="abc", version="3")
     github.write_summary("## report")
     github.export_env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert (tmp_path / "GITHUB_OUTPUT").read_text() == "run_id=abc\nversion=3\n"
+    assert parse_file_command((tmp_path / "GITHUB_OUTPUT").read_text()) == {"run_id": "abc", "version": "3"}
     assert (tmp_path / "GITHUB_STEP_SUMMARY").read_text() == "## report\n\n"
-    assert (tmp_path / "GITHUB_ENV").read_text() == "MLFLOW_TRACKING_URI=http://127.0.0.1:5000\n"
+    env = parse_file_command((tmp_path / "GITHUB_ENV").read_text())
+    assert env == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+
+
+def test_a_newline_in_a_value_cannot_inject_a_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_ENV", str(tmp_path / "env"))
+    github.export_env("MLFLOW_TRACKING_URI", "http://x\nLD_PRELOAD=/tmp/evil.so")
+    assert parse_file_command((tmp_path / "env").read_text()) == {
+        "MLFLOW_TRACKING_URI": "http://x\nLD_PRELOAD=/tmp/evil.so"
+    }
+
+
+def test_summaries_and_outputs_never_carry_a_password(tmp_path, monkeypatch):
+    for name in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    github.write_summary("server http://alice:s3cret@mlflow.internal:5000 is down")
+    github.write_outputs(uri="https://bob:hunter2@host/")
+    written = (tmp_path / "GITHUB_STEP_SUMMARY").read_text() + (tmp_path / "GITHUB_OUTPUT").read_text()
+    assert "s3cret" not in written and "hunter2" not in written
+    assert "http://***@mlflow.internal:5000" in written
 
 
 def test_nothing_is_written_outside_actions(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     for name in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_ENV"):
         monkeypatch.delenv(name, raising=False)
     github.write_outputs(run_id="abc")
     github.write_summary("x")
-    assert list(tmp_path.iterdir()) == []
+    github.export_env("A", "b")
+    assert list(tmp_path.iterdir()) == []  # no stray GITHUB_* file in the working directory

@@ -1,0 +1,52 @@
+"""Turn an exception from a library into an exit code and one line naming what failed."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+
+# MLflow error codes that mean the request itself was wrong, not the service.
+BAD_INPUT_CODES = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "BAD_REQUEST",
+    "INVALID_STATE",
+}
+AUTH_CODES = {"UNAUTHENTICATED", "PERMISSION_DENIED"}
+STORAGE_ERRNOS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over quota", errno.EROFS: "is read-only"}
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """(exit code, message) for an exception that is not a PipelineError."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        text = _first_line(exc.message)
+        if exc.error_code in BAD_INPUT_CODES:
+            return 2, f"MLflow refused the request: {text}"
+        if exc.error_code in AUTH_CODES or " 401" in text or " 403" in text:
+            return 3, f"tracking server refused the credentials (MLFLOW_TRACKING_USERNAME/PASSWORD): {text}"
+        return 3, f"tracking server or artifact store failed: {text}"
+    if _is_network_error(exc):  # before OSError: requests' errors are OSErrors too
+        return 3, f"network request failed: {type(exc).__name__}: {_first_line(str(exc))}"
+    if isinstance(exc, OSError):
+        what = STORAGE_ERRNOS.get(exc.errno)
+        where = exc.filename or "a local path"
+        if what:
+            return 3, f"storage {what}: cannot write {where}"
+        return 3, f"I/O failed on {where}: {exc.strerror or exc}"
+    if isinstance(exc, subprocess.SubprocessError):
+        return 3, f"a subprocess failed: {_first_line(str(exc))}"
+    return 3, f"unexpected {type(exc).__name__}: {_first_line(str(exc))} (run with --debug for the traceback)"
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    import httpx
+    import requests
+
+    return isinstance(exc, requests.RequestException | httpx.TransportError | httpx.HTTPStatusError)
+
+
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0][:500] if (text or "").strip() else ""
