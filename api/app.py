@@ -3,7 +3,7 @@
 `create_app` builds the app around a ModelHolder, so nothing loads at import
 time and tests hand in a tiny model; the module-level `app` reads the
 environment (MLFLOW_TRACKING_URI, MODEL_NAME, MODEL_ALIAS or MODEL_VERSION,
-RELOAD_INTERVAL_S, MAX_BATCH_SIZE).
+RELOAD_INTERVAL_S, MAX_BATCH_SIZE, RELEASE_VERIFY_KEY).
 """
 
 import asyncio
@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.holder import ModelHolder
 from api.loaded_model import LoadedModel
 from api.metrics import MetricsMiddleware, ServiceMetrics
+from api.redact import redact, redact_logging
 from api.schema import RequestError
 from api.scoring import score
 from api.settings import Settings
@@ -46,9 +47,9 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = None
         if holder.source is not None:
-            interval = settings.reload_interval_s if not settings.model_version else 1e9
             # Load in the background: /health answers at once, /ready once a model is in.
-            task = asyncio.create_task(holder.poll_forever(interval))
+            # A pinned version is polled too, so a first load that failed is retried.
+            task = asyncio.create_task(holder.poll_forever(settings.reload_interval_s))
         yield
         if task:
             task.cancel()
@@ -68,7 +69,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+        return JSONResponse({"detail": redact(exc)}, status_code=503)
 
     @app.exception_handler(RequestError)
     async def bad_request(_: Request, exc: RequestError) -> JSONResponse:
@@ -87,8 +88,12 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     @app.get("/model")
     async def model_info(model: ModelDep) -> JSONResponse:
         """What is serving, and the last reload failure if any."""
-        reload = {"last_reload_error": holder.last_error, "last_reload_error_at": holder.last_error_at}
-        body = {**model.info, "target": settings.target, **reload}
+        reload = {
+            "last_reload_error": holder.last_error,
+            "last_reload_error_at": holder.last_error_at,
+            "refused": holder.refused,
+        }
+        body = {**model.info, "target": redact(settings.target), **reload}
         return JSONResponse(body, headers={VERSION_HEADER: model.version})
 
     @app.post("/predict")
@@ -138,8 +143,10 @@ async def _json_body(request: Request):
 def _app_from_env() -> FastAPI:
     from api.source import RegistrySource
 
+    redact_logging("uvicorn", "uvicorn.error", "api", "mlflow")
     settings = Settings.from_env()
-    return create_app(ModelHolder(source=RegistrySource(settings)), settings)
+    source = RegistrySource(settings, verify_key=settings.verify_key())
+    return create_app(ModelHolder(source=source), settings)
 
 
 def __getattr__(name: str):

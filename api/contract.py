@@ -1,5 +1,26 @@
-"""Names shared by the training side (which writes them) and the service (which reads them)."""
+"""Names shared by the pipeline (which writes them) and the service (which reads them).
 
+The tag contract of docs/DESIGN.md: change a name here and both sides follow.
+"""
+
+# Run artifacts
 FEATURE_SCHEMA = "feature_schema.json"
 SMOKE_EXAMPLES = "smoke/examples.json"
+
+# Model version tags
 METRIC_TAG_PREFIX = "metric."
+GATE = "gate"  # passed | failed | pending (also a run tag)
+GATE_SIGNATURE = "gate.signature"
+GATE_BASELINE = "gate.baseline_version"
+SMOKE = "smoke"  # passed | failed | pending
+SMOKE_SIGNATURE = "smoke.signature"
+SMOKE_AT = "smoke.at"
+SMOKE_TARGET = "smoke.target"
+SMOKE_DETAIL = "smoke.detail"
+SMOKE_ARTIFACT_DIGEST = "smoke.artifact_digest"  # what the smoke-tested API loaded
+SMOKE_IMAGE_DIGEST = "smoke.image_digest"
+ARTIFACT_DIGEST = "artifact.digest"  # recorded at registration; gate and smoke are bound to it
+GIT_SHA = "git_sha"
+
+# Registered-model tags
+HISTORY_PREFIX = "alias_history."

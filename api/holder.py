@@ -2,19 +2,25 @@
 
 Requests read `holder.current` once and use that object to the end, so a swap
 (one reference assignment) never changes the model under a request in flight.
+A version that fails to load, or is refused (not released, changed since its
+smoke, badly signed, unsafe format), never replaces what is serving; it is
+tried again with backoff, not on every poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Protocol
 
 from api.loaded_model import LoadedModel
 from api.metrics import ServiceMetrics
+from api.redact import redact
 
 log = logging.getLogger("api")
+MAX_BACKOFF_S = 300.0
 
 
 class ModelSource(Protocol):
@@ -28,7 +34,9 @@ class ModelHolder:
         self.current: LoadedModel | None = model
         self.last_error: str | None = None
         self.last_error_at: str | None = None
+        self.refused: dict | None = None  # the last version refused, and why
         self.metrics: ServiceMetrics | None = None
+        self._retry: dict[str, tuple[float, float]] = {}  # version -> (not before, next delay)
 
     @property
     def not_ready_reason(self) -> str:
@@ -36,25 +44,38 @@ class ModelHolder:
             return f"no model loaded: {self.last_error}"
         return "no model loaded yet" if self.source else "no model source configured"
 
-    async def refresh(self) -> bool:
+    async def refresh(self, base_delay_s: float = 1.0) -> bool:
         """Load the target version if it is not the one serving; True when a swap happened."""
         if self.source is None:
             return False
         try:
             target = await asyncio.to_thread(self.source.target_version)
         except Exception as exc:  # registry down or alias missing: keep serving what we have
-            self._failed(f"cannot resolve the model to serve: {_describe(exc)}", count=False)
+            self._failed(f"cannot resolve the model to serve: {_describe(exc)}", "unreachable")
             return False
         if self.current is not None and self.current.version == target:
+            self.last_error = self.last_error_at = None
+            return False
+        not_before, delay = self._retry.get(target, (0.0, base_delay_s))
+        if time.monotonic() < not_before:
             return False
         try:
             model = await asyncio.to_thread(self.source.load, target)
         except Exception as exc:
-            self._failed(f"loading version {target} failed: {_describe(exc)}")
+            self._retry[target] = (time.monotonic() + delay, min(delay * 2, MAX_BACKOFF_S))
+            reason = getattr(exc, "reason", None)
+            if reason is not None:  # RefusedVersion: invariant 1, enforced by the server too
+                self.refused = {"version": target, "reason": redact(reason), "at": _now()}
+                self._failed(f"version {target} refused: {reason}", "refused")
+            else:
+                self._failed(f"loading version {target} failed: {_describe(exc)}", "failure")
             return False
+        self._retry.pop(target, None)
         previous = self.current.version if self.current else None
         self.current = model
         self.last_error = self.last_error_at = None
+        if self.refused and self.refused["version"] == target:
+            self.refused = None
         if self.metrics:
             self.metrics.reloads.labels("success").inc()
             self.metrics.serving_version.set(float(model.version) if model.version.isdigit() else 0)
@@ -63,17 +84,21 @@ class ModelHolder:
 
     async def poll_forever(self, interval_s: float) -> None:
         while True:
-            await self.refresh()
+            await self.refresh(base_delay_s=interval_s)
             await asyncio.sleep(interval_s)
 
-    def _failed(self, message: str, count: bool = True) -> None:
-        self.last_error = message
-        self.last_error_at = datetime.now(UTC).isoformat(timespec="seconds")
-        if self.metrics and count:
-            self.metrics.reloads.labels("failure").inc()
-        log.warning(message)
+    def _failed(self, message: str, result: str) -> None:
+        self.last_error = redact(message)
+        self.last_error_at = _now()
+        if self.metrics:
+            self.metrics.reloads.labels(result).inc()
+        log.warning(self.last_error)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _describe(exc: Exception) -> str:
     text = getattr(exc, "message", None) or str(exc)
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+    return redact(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")[:500]

@@ -17,6 +17,7 @@ class Settings:
     model_version: str | None = None  # pins one version; no alias polling
     reload_interval_s: float = 10.0
     max_batch_size: int = 10_000
+    verify_key_pem: str | None = None  # RELEASE_VERIFY_KEY: only versions with verified verdicts serve
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -27,7 +28,19 @@ class Settings:
             model_version=env.get("MODEL_VERSION") or None,
             reload_interval_s=_number(env, "RELOAD_INTERVAL_S", cls.reload_interval_s, float),
             max_batch_size=_number(env, "MAX_BATCH_SIZE", cls.max_batch_size, int),
+            verify_key_pem=env.get("RELEASE_VERIFY_KEY") or None,
         )
+
+    def verify_key(self):
+        """The public key verdicts must verify against, or None (unsigned mode)."""
+        if not self.verify_key_pem:
+            return None
+        from api.release import BadKey, load_verify_key
+
+        try:
+            return load_verify_key(self.verify_key_pem)
+        except BadKey as exc:
+            raise SettingsError(str(exc)) from None
 
     @property
     def target(self) -> str:

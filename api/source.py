@@ -1,8 +1,15 @@
-"""Where models come from: the MLflow registry (the only I/O of the service)."""
+"""Where models come from: the MLflow registry (the only I/O of the service).
+
+A version is fetched, its artifact digest recomputed, its verdicts checked
+(api/release.py) and only then loaded, by skops against the allow-list
+(api/safe_model.py). Nothing from an artifact runs.
+"""
 
 from __future__ import annotations
 
 import json
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -10,18 +17,53 @@ import pandas as pd
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from api.artifacts import FEATURE_SCHEMA, METRIC_TAG_PREFIX, SMOKE_EXAMPLES
+from api.contract import FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX, SMOKE_EXAMPLES
 from api.loaded_model import LoadedModel
+from api.release import refusal, signature_state
+from api.safe_model import RefusedModel, artifact_digest, load_estimator
 from api.schema import FeatureSpec
 from api.settings import Settings
+
+
+class RefusedVersion(Exception):
+    """The version may not serve: not released, changed since, badly signed, or unsafe to load."""
+
+    def __init__(self, version: str, reason: str):
+        self.version, self.reason = version, reason
+        super().__init__(f"version {version} refused: {reason}")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    model_dir: Path
+    feature_schema: Path
+    digest: str
+
+
+def fetch_model_files(client: MlflowClient, artifact_uri: str, run_id: str, dst: Path) -> ModelFiles:
+    """Download a model's directory and its run's feature schema into `dst`; digest them.
+
+    Raises RefusedModel when the directory is not a plain skops model.
+    """
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri, dst_path=str(dst / "model"), tracking_uri=client.tracking_uri
+    )
+    model_dir = Path(local)
+    schema = Path(client.download_artifacts(run_id, FEATURE_SCHEMA, str(dst)))
+    return ModelFiles(model_dir, schema, artifact_digest(model_dir, schema))
+
+
+def fetch_version_files(client: MlflowClient, name: str, version: str, run_id: str, dst: Path) -> ModelFiles:
+    return fetch_model_files(client, client.get_model_version_download_uri(name, version), run_id, dst)
 
 
 class RegistrySource:
     """Resolves the alias (or pinned version) and loads versions from MLflow."""
 
-    def __init__(self, settings: Settings, client: MlflowClient | None = None):
+    def __init__(self, settings: Settings, client: MlflowClient | None = None, verify_key=None):
         self.settings = settings
         self.client = client or MlflowClient()
+        self.verify_key = verify_key
 
     def target_version(self) -> str:
         """The version that should be serving now; a cheap registry call."""
@@ -33,14 +75,28 @@ class RegistrySource:
     def load(self, version: str) -> LoadedModel:
         s = self.settings
         mv = self.client.get_model_version(s.model_name, version)
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{version}"))
-        metadata = Model.load(local)
-        pipeline = mlflow.sklearn.load_model(str(local))
-        schema = metadata.get_input_schema()
-        features = [FeatureSpec(c.name, c.type.name, c.required) for c in schema.inputs]
-        trained = json.loads(Path(self.client.download_artifacts(mv.run_id, FEATURE_SCHEMA)).read_text())
-        examples = (_input_example(metadata, local, features), self._smoke_frame(mv.run_id, features))
-        parity = [frame for frame in examples if frame is not None]
+        with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+            try:
+                files = fetch_version_files(self.client, s.model_name, version, mv.run_id, Path(tmp))
+                why = refusal(
+                    mv.tags,
+                    model=s.model_name,
+                    version=str(mv.version),
+                    run_id=mv.run_id,
+                    digest=files.digest,
+                    verify_key=self.verify_key,
+                    require_smoke=not s.model_version,
+                )
+                if why:
+                    raise RefusedVersion(version, why)
+                pipeline = load_estimator(files.model_dir)
+            except RefusedModel as exc:
+                raise RefusedVersion(version, str(exc)) from None
+            metadata = Model.load(files.model_dir)
+            schema = metadata.get_input_schema()
+            features = [FeatureSpec(c.name, c.type.name, c.required) for c in schema.inputs]
+            trained = json.loads(files.feature_schema.read_text())
+            examples = (_input_example(metadata, files.model_dir, features), self._smoke_frame(mv.run_id, features))
         return LoadedModel(
             pipeline=pipeline,
             features=features,
@@ -56,10 +112,14 @@ class RegistrySource:
                     for k, v in mv.tags.items()
                     if k.startswith(METRIC_TAG_PREFIX)
                 },
-                "git_sha": mv.tags.get("git_sha"),
+                "git_sha": mv.tags.get(GIT_SHA),
+                "artifact_digest": files.digest,
+                "signature": signature_state(
+                    mv.tags, self.verify_key, model=s.model_name, version=str(mv.version), run_id=mv.run_id
+                ),
             },
             mlflow_model=metadata,
-            parity_frames=parity,
+            parity_frames=[frame for frame in examples if frame is not None],
         )
 
     def _smoke_frame(self, run_id: str, features: list[FeatureSpec]) -> pd.DataFrame | None:

@@ -81,6 +81,12 @@ def version_matches(expected: str, reported: object) -> Check:
     return Check("model version", passed, f"/model reports version {reported}, expected {expected}")
 
 
+def digest_matches(expected: str, reported: object) -> Check:
+    """The API must have loaded byte for byte the artifact the registry holds for the version."""
+    passed = reported == expected
+    return Check("artifact digest", passed, f"/model reports {reported}, registry artifact is {expected}")
+
+
 def rejects_bad_input(status: int, what: str) -> Check:
     passed = 400 <= status < 500
     return Check(f"rejects {what}", passed, f"answered {status}, expected a 4xx")

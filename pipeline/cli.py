@@ -1,7 +1,8 @@
-"""python -m pipeline COMMAND: the CLI contract of DESIGN.md.
+"""python -m pipeline COMMAND: the CLI contract of docs/DESIGN.md.
 
 Exit codes: 0 success, 1 a gate/smoke/promotion check said no, 2 bad usage,
-config or data.
+params or data, 3 the infrastructure failed. Errors are one line on stderr,
+with any credentials redacted; --debug adds the traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +10,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
+import traceback
 
+from api.redact import redact, redact_logging
 from pipeline.errors import PipelineError
+from pipeline.failures import classify
+
+# MLflow retries a dead server for minutes by default; a CI step should say so in seconds.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a params key, e.g. --set gates.f1_min=0.9 (repeatable)",
     )
+    common.add_argument("--debug", action="store_true", help="print the traceback of an error")
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Gated training and deployment.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -51,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     server = add("tracking-server", "use MLFLOW_TRACKING_URI if set, else start an ephemeral local MLflow server")
     server.add_argument("--dir", default="build/mlflow-server", help="where the ephemeral server keeps its data")
     server.add_argument("--stop", action="store_true", help="stop the ephemeral server started here")
+    server.add_argument(
+        "--ephemeral", action="store_true", help="always start an ephemeral server (pull request checks)"
+    )
     comment = add("pr-comment", "post or update the gate report as the pull request's one comment")
     comment.add_argument("--file", default="reports/gate.md")
     add("promote", "move production to a version (compare-and-set)").add_argument("--version", required=True)
@@ -59,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", required=True)
     add("status", "versions, aliases, gate and smoke results, history").add_argument(
         "--json", action="store_true", help="print one JSON object"
+    )
+    add("keygen", "write an Ed25519 key pair for signed release verdicts").add_argument(
+        "--out", required=True, metavar="DIR", help="writes DIR/release.key and DIR/release.pub"
     )
     return parser
 
@@ -69,32 +88,40 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    redact_logging("mlflow")
     try:
         # Libraries print (MLflow's "View run" links); stdout carries only our answer.
         with contextlib.redirect_stdout(sys.stderr):
             answer = dispatch(args)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except Exception as exc:
+        code, message = (exc.exit_code, str(exc)) if isinstance(exc, PipelineError) else classify(exc)
+        if args.debug:
+            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr)
+        print(f"error: {redact(message)}", file=sys.stderr)
+        return code
     if answer is not None:
-        print(answer)
+        print(redact(answer))
     return 0
 
 
 def dispatch(args: argparse.Namespace) -> str | None:
     """Run one command; returns what it prints on stdout."""
     # Imported here so `--help` and usage errors answer without loading MLflow.
-    from pipeline import stages, status, tracking
+    from pipeline import release_keys, stages, status, tracking
     from pipeline.config import load_params
 
-    params = load_params(args.params, args.overrides)
     command = args.command
+    if command == "keygen":
+        return stages.keygen_stage(args.out)
+    params = load_params(args.params, args.overrides)
     if command == "make-data":
         return str(stages.make_data(params, args.force))
     if command == "image":
         return stages.image_stage(args.tag, args.base_image)
     if command == "tracking-server":
-        return stages.tracking_server_stage(params, args.dir, args.stop)
+        return stages.tracking_server_stage(params, args.dir, args.stop, args.ephemeral)
     if command == "pr-comment":
         return stages.pr_comment_stage(args.file)
     if command == "run":
@@ -112,6 +139,6 @@ def dispatch(args: argparse.Namespace) -> str | None:
     elif command == "rollback":
         return stages.rollback_stage(params, args.reason, args.to or None)
     elif command == "status":
-        state = status.collect(tracking.connect(params), params.registry.model_name)
+        state = status.collect(tracking.connect(params), params.registry, release_keys.verify_key())
         return json.dumps(state, indent=2) if args.json else status.render_table(state).rstrip("\n")
     return None

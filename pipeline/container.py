@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import CheckFailed, ConfigError
+from api.redact import redact
+from pipeline.errors import CheckFailed, ConfigError, InfrastructureError
 from pipeline.progress import say
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,17 +50,23 @@ class Engine:
     name: str  # docker | podman
     env: dict[str, str] = field(default_factory=dict)
 
-    def run(self, *args: str, timeout: float = 900, check: bool = True, quiet: bool = False):
-        result = subprocess.run(
-            [self.name, *args],
-            env={**os.environ, **self.env},
-            capture_output=quiet,
-            text=True,
-            timeout=timeout,
-        )
+    def run(self, *args: str, timeout: float = 900, check: bool = True, quiet: bool = False, env: dict | None = None):
+        """Run an engine command; `env` adds variables the command reads (never put on its command line)."""
+        try:
+            result = subprocess.run(
+                [self.name, *args],
+                env={**os.environ, **self.env, **(env or {})},
+                capture_output=quiet,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise InfrastructureError(f"`{self.name} {' '.join(args[:2])}` did not finish in {timeout:.0f}s") from None
         if check and result.returncode != 0:
             detail = (result.stderr or "").strip()[-800:] if quiet else ""
-            raise CheckFailed(f"`{self.name} {' '.join(args[:3])} ...` failed with exit {result.returncode} {detail}")
+            raise InfrastructureError(
+                f"container engine: `{self.name} {' '.join(args[:2])} ...` failed (exit {result.returncode}) {detail}"
+            )
         return result
 
     def has_image(self, ref: str) -> bool:
@@ -84,8 +91,8 @@ def find_engine() -> Engine:
         engine = Engine("podman", env)
         if engine.run("info", check=False, quiet=True, timeout=60).returncode == 0:
             return engine
-        raise CheckFailed("podman is installed but cannot start (see `podman info`)")
-    raise CheckFailed("no container engine: no Docker engine answers and podman is not installed")
+        raise InfrastructureError("container engine: podman is installed but cannot start (see `podman info`)")
+    raise InfrastructureError("no container engine: no Docker engine answers and podman is not installed")
 
 
 def fill_wheelhouse() -> Path:
@@ -123,7 +130,7 @@ def resolve_base_image(engine: Engine, requested: str | None) -> str:
     if engine.run("pull", f"docker.io/library/{DEFAULT_BASE}", check=False, quiet=True, timeout=300).returncode == 0:
         return DEFAULT_BASE
     if engine.name != "podman":
-        raise CheckFailed(f"cannot pull {DEFAULT_BASE}; pass --base-image")
+        raise InfrastructureError(f"image registry: cannot pull {DEFAULT_BASE}; pass --base-image")
     if not engine.has_image(LOCAL_BASE):
         bootstrap_debian_base(engine)
     return LOCAL_BASE
@@ -132,7 +139,9 @@ def resolve_base_image(engine: Engine, requested: str | None) -> str:
 def bootstrap_debian_base(engine: Engine) -> None:
     """Debian bookworm with python3 from the machine's apt mirror, imported as LOCAL_BASE."""
     if not shutil.which("debootstrap"):
-        raise CheckFailed(f"cannot pull {DEFAULT_BASE} and debootstrap is not installed to build a base image")
+        raise InfrastructureError(
+            f"image registry: cannot pull {DEFAULT_BASE} and debootstrap is not installed to build a base image"
+        )
     rootfs = BUILD / "debian-rootfs"
     say(f"  no registry reachable: building {LOCAL_BASE} with debootstrap (about a minute)")
     shutil.rmtree(rootfs, ignore_errors=True)
@@ -185,8 +194,10 @@ def running_container(tag: str, env: dict[str, str], port: int) -> Iterator[str]
     name = f"api-smoke-{uuid.uuid4().hex[:8]}"
     env = {**env, "HOST": "127.0.0.1", "PORT": str(port)}
     env.update({k: os.environ[k] for k in MLFLOW_AUTH_VARIABLES if os.environ.get(k)})
-    flags = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-    engine.run("run", "-d", "--name", name, "--network", "host", *flags, tag, quiet=True, timeout=120)
+    # `-e NAME` without a value: the engine copies it from its own environment, so
+    # credentials in a tracking URI or a password never appear on a command line (ps).
+    flags = [arg for key in env for arg in ("-e", key)]
+    engine.run("run", "-d", "--name", name, "--network", "host", *flags, tag, quiet=True, timeout=120, env=env)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -197,9 +208,18 @@ def running_container(tag: str, env: dict[str, str], port: int) -> Iterator[str]
             say("  container log (last lines):\n    " + "\n    ".join(tail))
 
 
+def image_digest(tag: str) -> str:
+    """The image's content digest (`sha256:…` of its config, the image ID)."""
+    engine = find_engine()
+    if not engine.has_image(tag):
+        raise CheckFailed(f"image {tag} not found in {engine.name}; build it with `python -m pipeline image`")
+    image_id = engine.run("image", "inspect", "--format", "{{.Id}}", tag, quiet=True, timeout=60).stdout.strip()
+    return image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"
+
+
 def require_http_tracking(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         raise ConfigError(
             f"smoke --image needs a tracking server the container can reach over HTTP; "
-            f"MLFLOW_TRACKING_URI is {uri!r} (start one with `python -m pipeline tracking-server`)"
+            f"MLFLOW_TRACKING_URI is {redact(uri)!r} (start one with `python -m pipeline tracking-server`)"
         )

@@ -48,8 +48,13 @@ def check_promotion(state: VersionState, candidate: str | None, production: str 
     return True
 
 
-def rollback_target(versions: list[VersionState], production: str | None, to: str | None) -> VersionState:
-    """The version a rollback moves production to; raises CheckFailed if there is none."""
+def rollback_candidates(versions: list[VersionState], production: str | None, to: str | None) -> list[VersionState]:
+    """The versions a rollback may move production to, best first; CheckFailed if there is none.
+
+    With `to`, only that version. Without, every version older than production
+    whose gate and smoke passed, newest first: the caller takes the first whose
+    artifact still verifies and names the ones it skipped.
+    """
     if production is None:
         raise CheckFailed("production points at nothing: there is nothing to roll back")
     by_version = {v.version: v for v in versions}
@@ -63,8 +68,8 @@ def rollback_target(versions: list[VersionState], production: str | None, to: st
                 f"version {to} never passed gates and smoke (gate: {target.gate}, smoke: {target.smoke}); "
                 "refusing to serve it"
             )
-        return target
+        return [target]
     older = [v for v in versions if int(v.version) < int(production) and v.releasable]
     if not older:
         raise CheckFailed(f"no version older than {production} passed gates and smoke: nothing to roll back to")
-    return max(older, key=lambda v: int(v.version))
+    return sorted(older, key=lambda v: int(v.version), reverse=True)

@@ -1,22 +1,33 @@
-"""MLflow Model Registry adapter: versions, tags, aliases and the alias history."""
+"""MLflow Model Registry adapter: versions, verdict tags, aliases and the alias history.
+
+Every alias move happens inside the release lock (pipeline/release_lock.py)
+and is a compare-and-set: the alias must still point where the caller checked.
+"""
 
 from __future__ import annotations
 
 import json
 import secrets
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from api.artifacts import METRIC_TAG_PREFIX as METRIC_PREFIX
+from api import contract
+from api.redact import redact
+from api.release import Verdict, sign, verifies
+from api.safe_model import RefusedModel
 from pipeline.errors import CheckFailed, ConfigError
+from pipeline.integrity import logged_model_files
 from pipeline.policy import VersionState
 from pipeline.provenance import actor, git_sha, now
 
-HISTORY_PREFIX = "alias_history."
+METRIC_PREFIX = contract.METRIC_TAG_PREFIX
 METRICS = ("f1", "precision", "recall", "roc_auc", "accuracy")
+GATE_REPORT = "gate/gate.json"
 
 
 @dataclass(frozen=True)
@@ -81,22 +92,47 @@ def version_state(mv) -> VersionState:
     tags = mv.tags
     return VersionState(
         version=str(mv.version),
-        gate=tags.get("gate", "pending"),
-        smoke=tags.get("smoke", "pending"),
-        baseline=tags.get("gate.baseline_version") or None,
+        gate=tags.get(contract.GATE, "pending"),
+        smoke=tags.get(contract.SMOKE, "pending"),
+        baseline=tags.get(contract.GATE_BASELINE) or None,
     )
 
 
-def register(client: MlflowClient, name: str, run_id: str, candidate_alias: str) -> tuple[str, bool]:
-    """Register the run's model (once) and point the candidate alias at it.
+def run_gate_verdict(client: MlflowClient, name: str, run, verify_key) -> str:
+    """The artifact digest of a run whose gate passed; CheckFailed when the gate verdict does not hold.
 
-    Returns (version, created). Re-running for the same run returns the version
-    registered the first time.
+    A hand-set `gate=passed` tag is not enough: the stored gate report must say
+    passed too, and with a verify key the gate's signature must verify.
     """
-    run = client.get_run(run_id)
-    gate = run.data.tags.get("gate", "pending")
+    run_id = run.info.run_id
+    gate = run.data.tags.get(contract.GATE, "pending")
     if gate != "passed":
         raise CheckFailed(f"run {run_id} has gate result {gate!r}: only runs that passed the gate are registered")
+    try:
+        report = json.loads(Path(client.download_artifacts(run_id, GATE_REPORT)).read_text())
+    except (MlflowException, OSError, ValueError):
+        raise CheckFailed(f"run {run_id} has no readable gate report ({GATE_REPORT}); run the gate") from None
+    if report.get("verdict") != "passed" or report.get("run_id") != run_id:
+        raise CheckFailed(f"run {run_id}: its gate report says {report.get('verdict')!r}, not passed")
+    model_id = run.data.tags.get("model_id")
+    if not model_id:
+        raise ConfigError(f"run {run_id} has no logged model (tag model_id missing)")
+    with tempfile.TemporaryDirectory(prefix="register-") as tmp:
+        try:
+            digest = logged_model_files(client, model_id, run_id, Path(tmp)).digest
+        except RefusedModel as exc:
+            raise CheckFailed(f"run {run_id}: model refused: {exc}") from None
+    if verify_key is not None:
+        verdict = Verdict("gate", name, "", run_id, digest, "passed", run.data.tags.get(contract.GIT_SHA, ""))
+        if not verifies(verify_key, verdict, run.data.tags.get(contract.GATE_SIGNATURE)):
+            raise CheckFailed(f"run {run_id}: the gate verdict is not signed by the release key (or the model changed)")
+    return digest
+
+
+def register(client: MlflowClient, name: str, run_id: str, signing_key, verify_key) -> tuple[str, bool]:
+    """Register the run's model once, bound to its artifact digest; returns (version, created)."""
+    run = client.get_run(run_id)
+    digest = run_gate_verdict(client, name, run, verify_key)
     if not model_exists(client, name):
         try:
             client.create_registered_model(name)
@@ -104,50 +140,74 @@ def register(client: MlflowClient, name: str, run_id: str, candidate_alias: str)
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    created = not existing
     if existing:
-        version = str(min(int(v.version) for v in existing))
-    else:
-        tags = {
-            "gate": "passed",
-            "gate.baseline_version": run.data.tags.get("gate.baseline_version", ""),
-            "git_sha": run.data.tags.get("git_sha", "unknown"),
-            "data.fingerprint": run.data.tags.get("data.fingerprint", ""),
-            "data.rows": run.data.tags.get("data.rows", ""),
-            **{f"{METRIC_PREFIX}{k}": str(v) for k, v in run.data.metrics.items() if k in METRICS},
-        }
-        model_id = run.data.tags.get("model_id")
-        if not model_id:
-            raise ConfigError(f"run {run_id} has no logged model (tag model_id missing)")
-        mv = client.create_model_version(
-            name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id
-        )
-        version = str(mv.version)
-    move_alias(client, name, candidate_alias, version, reason=f"registered from run {run_id}")
-    return version, created
+        return str(min(int(v.version) for v in existing)), False
+    sha = run.data.tags.get(contract.GIT_SHA, "unknown")
+    tags = {
+        contract.GATE: "passed",
+        contract.GATE_BASELINE: run.data.tags.get(contract.GATE_BASELINE, ""),
+        contract.ARTIFACT_DIGEST: digest,
+        contract.GIT_SHA: sha,
+        "data.fingerprint": run.data.tags.get("data.fingerprint", ""),
+        "data.rows": run.data.tags.get("data.rows", ""),
+        **{f"{METRIC_PREFIX}{k}": str(v) for k, v in run.data.metrics.items() if k in METRICS},
+    }
+    model_id = run.data.tags["model_id"]
+    mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id)
+    version = str(mv.version)
+    if signing_key is not None:
+        verdict = Verdict("gate", name, version, run_id, digest, "passed", sha)
+        client.set_model_version_tag(name, version, contract.GATE_SIGNATURE, sign(signing_key, verdict))
+    return version, True
 
 
-def record_smoke(client: MlflowClient, name: str, version: str, passed: bool, target: str, detail: str) -> None:
-    """Store a smoke verdict on the version; the latest verdict wins."""
+def record_smoke(
+    client: MlflowClient,
+    name: str,
+    mv,
+    passed: bool,
+    target: str,
+    detail: str,
+    digest: str | None,
+    image_digest: str | None,
+    signing_key,
+) -> None:
+    """Store a smoke verdict on the version, bound to the digest it tested; the verdict tag is written last."""
+    verdict = "passed" if passed else "failed"
+    signature = ""
+    if signing_key is not None and digest:
+        sha = mv.tags.get(contract.GIT_SHA, "")
+        signature = sign(signing_key, Verdict("smoke", name, str(mv.version), mv.run_id, digest, verdict, sha))
     for key, value in {
-        "smoke": "passed" if passed else "failed",
-        "smoke.at": now(),
-        "smoke.target": target,
-        "smoke.detail": detail[:5000],
+        contract.SMOKE_SIGNATURE: signature,
+        contract.SMOKE_ARTIFACT_DIGEST: digest if passed and digest else "",
+        contract.SMOKE_IMAGE_DIGEST: image_digest or "",
+        contract.SMOKE_AT: now(),
+        contract.SMOKE_TARGET: redact(target),
+        contract.SMOKE_DETAIL: redact(detail)[:5000],
+        contract.SMOKE: verdict,
     }.items():
-        client.set_model_version_tag(name, version, key, value)
+        client.set_model_version_tag(name, str(mv.version), key, value)
 
 
-def move_alias(client: MlflowClient, name: str, alias: str, version: str, reason: str) -> AliasMove | None:
-    """Point `alias` at `version` and record the move; None when it already pointed there."""
+def move_alias(
+    client: MlflowClient, name: str, alias: str, version: str, reason: str, expected: str | None
+) -> AliasMove | None:
+    """Compare-and-set: point `alias` at `version` only if it still points at `expected`; record the move.
+
+    Call it holding the release lock. None when the alias already points at `version`.
+    """
     before = alias_version(client, name, alias)
     if before == version:
         return None
+    if before != expected:
+        raise CheckFailed(
+            f"@{alias} moved from {expected or 'nothing'} to {before or 'nothing'} while this step ran; nothing changed"
+        )
     client.set_registered_model_alias(name, alias, version)
-    move = AliasMove(alias, before, version, now(), reason, git_sha(), actor())
-    # One tag per move, keyed by time plus a random suffix, so concurrent
-    # writers never overwrite each other and nothing is ever deleted.
-    key = f"{HISTORY_PREFIX}{time.time_ns():020d}.{secrets.token_hex(3)}"
+    move = AliasMove(alias, before, version, now(), redact(reason), git_sha(), actor())
+    # One tag per move, keyed by time plus a random suffix, so writers never overwrite each other.
+    key = f"{contract.HISTORY_PREFIX}{time.time_ns():020d}.{secrets.token_hex(3)}"
     client.set_registered_model_tag(name, key, json.dumps(move.to_json(), sort_keys=True))
     return move
 
@@ -159,7 +219,8 @@ def history(client: MlflowClient, name: str) -> list[dict]:
 
 
 def history_of(tags: dict[str, str]) -> list[dict]:
-    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
+    prefix = contract.HISTORY_PREFIX
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(prefix))]
 
 
 def require_model(client: MlflowClient, name: str) -> None:

@@ -9,6 +9,7 @@ import httpx
 from gates.smoke_checks import (
     Check,
     SmokeReport,
+    digest_matches,
     latency_within,
     predictions_match,
     rejects_bad_input,
@@ -19,23 +20,30 @@ from pipeline.config import SmokeParams
 LATENCY_REQUESTS = 40
 
 
-def smoke_http(base_url: str, version: str, examples: dict, params: SmokeParams, target: str) -> SmokeReport:
-    """Run every smoke check against a running API that should serve `version`."""
+def smoke_http(
+    base_url: str, version: str, examples: dict, params: SmokeParams, target: str, digest: str | None = None
+) -> SmokeReport:
+    """Run every smoke check against a running API that should serve `version` (with artifact `digest`)."""
     checks: list[Check] = []
     try:
-        _run_checks(base_url, version, examples, params, checks)
+        _run_checks(base_url, version, examples, params, checks, digest)
     except httpx.HTTPError as exc:  # the API went away or broke mid-check: a failure, never a pass
         checks.append(Check("api", False, f"{type(exc).__name__}: {exc}"))
     return SmokeReport(version, target, checks)
 
 
-def _run_checks(base_url: str, version: str, examples: dict, params: SmokeParams, checks: list[Check]) -> None:
+def _run_checks(
+    base_url: str, version: str, examples: dict, params: SmokeParams, checks: list[Check], digest: str | None
+) -> None:
     with httpx.Client(base_url=base_url, timeout=30) as http:
         ready = _wait_ready(http, params.ready_timeout_s)
         checks.append(ready)
         if not ready.passed:
             return
-        checks.append(version_matches(version, http.get("/model").json().get("version")))
+        served = http.get("/model").json()
+        checks.append(version_matches(version, served.get("version")))
+        if digest is not None:
+            checks.append(digest_matches(digest, served.get("artifact_digest")))
         answer = http.post("/predict", json={"records": examples["records"]})
         if answer.status_code != 200:
             checks.append(Check("predictions", False, f"/predict answered {answer.status_code}: {answer.text[:300]}"))

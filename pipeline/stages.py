@@ -10,26 +10,35 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from api import contract
+from api.release import Verdict, sign
+from api.safe_model import RefusedModel, load_estimator
+from api.source import fetch_version_files
 from gates.report import COMMENT_MARKER, GateReport
 from gates.rules import Baseline, evaluate_gates
 from gates.smoke_checks import Check, SmokeReport
-from pipeline import container, github, registry, tracking
+from pipeline import container, github, registry, release_keys, tracking
 from pipeline.churn_data import generate_churn
 from pipeline.config import Params
 from pipeline.data import load_dataset
-from pipeline.errors import CheckFailed, ConfigError
-from pipeline.policy import check_promotion, rollback_target
+from pipeline.errors import CheckFailed, ConfigError, InfrastructureError
+from pipeline.integrity import inspect_version, logged_model_files
+from pipeline.policy import check_promotion, rollback_candidates
 from pipeline.progress import say, stage
 from pipeline.provenance import git_sha
+from pipeline.release_lock import release_lock
 from pipeline.serving import free_port, start_tracking_server, uvicorn_process, wait_for
 from pipeline.smoke import smoke_http
 from pipeline.train import evaluate, train
+
+# PR checks log to an ephemeral store and read production from the team's server here.
+PRODUCTION_URI_VAR = "PRODUCTION_TRACKING_URI"
 
 REPORTS = Path("reports")
 
@@ -65,31 +74,51 @@ def train_stage(params: Params) -> str:
 
 
 def gate_stage(params: Params, run_id: str) -> GateReport:
-    """Evaluate the gates for a run, write and log the report; CheckFailed when a gate fails."""
+    """Evaluate the gates for a run, record the verdict on the run, then write the local report.
+
+    The registry has the verdict before any local file says anything: a stale
+    reports/gate.json is removed first, and written only after the run's tags.
+    """
+    for stale in (REPORTS / "gate.json", REPORTS / "gate.md"):
+        stale.unlink(missing_ok=True)
     client = tracking.connect(params)
+    signing_key = release_keys.signing_key()
     run = _get_run(client, run_id)
     name = params.registry.model_name
     with stage("gate", f"f1 >= {params.gates.f1_min}, max f1 drop vs production {params.gates.max_f1_drop}"):
         baseline = None
-        production = registry.alias_version(client, name, params.registry.production_alias)
+        production_client = _production_client(params, client)
+        production = registry.alias_version(production_client, name, params.registry.production_alias)
         if production is not None and params.gates.max_f1_drop is not None:
-            baseline = _score_production(client, name, production, run_id, run.data.tags["positive_label"])
+            baseline = _score_production(
+                production_client, client, name, production, run_id, run.data.tags["positive_label"]
+            )
         rules = evaluate_gates(run.data.metrics, baseline, params.gates.f1_min, params.gates.max_f1_drop)
+        sha = run.data.tags.get(contract.GIT_SHA, git_sha())
+        with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
+            try:
+                digest = logged_model_files(client, run.data.tags["model_id"], run_id, Path(tmp)).digest
+            except (RefusedModel, KeyError) as exc:
+                raise CheckFailed(f"run {run_id} has no loadable logged model: {exc}") from None
         report = GateReport(
             model_name=name,
             run_id=run_id,
-            git_sha=run.data.tags.get("git_sha", git_sha()),
+            git_sha=sha,
             metrics={k: v for k, v in run.data.metrics.items() if k in registry.METRICS},
             rules=rules,
             baseline=baseline,
+            notes=[f"Model artifact {digest}; verdict {'signed' if signing_key else 'unsigned'}."],
         )
+        client.log_text(run_id, report.to_json(), registry.GATE_REPORT)
+        client.log_text(run_id, report.to_markdown(), "gate/gate.md")
+        client.set_tag(run_id, contract.GATE_BASELINE, production or "")
+        if signing_key is not None:
+            verdict = Verdict("gate", name, "", run_id, digest, report.verdict, sha)
+            client.set_tag(run_id, contract.GATE_SIGNATURE, sign(signing_key, verdict))
+        client.set_tag(run_id, contract.GATE, report.verdict)
         REPORTS.mkdir(exist_ok=True)
         (REPORTS / "gate.json").write_text(report.to_json())
         (REPORTS / "gate.md").write_text(report.to_markdown())
-        client.log_text(run_id, report.to_json(), "gate/gate.json")
-        client.log_text(run_id, report.to_markdown(), "gate/gate.md")
-        client.set_tag(run_id, "gate.baseline_version", production or "")
-        client.set_tag(run_id, "gate", report.verdict)
         for rule in rules:
             say(f"  {'pass' if rule.passed else 'FAIL'} {rule.rule}: {rule.detail}")
     github.write_outputs(gate=report.verdict)
@@ -99,13 +128,30 @@ def gate_stage(params: Params, run_id: str) -> GateReport:
     return report
 
 
-def _score_production(client: MlflowClient, name: str, version: str, run_id: str, positive_label: str) -> Baseline:
-    """Score the production version on the candidate's own test set."""
+def _production_client(params: Params, client: MlflowClient) -> MlflowClient:
+    """The registry production is read from: PRODUCTION_TRACKING_URI when set (PR checks), else the same."""
+    uri = os.environ.get(PRODUCTION_URI_VAR)
+    return tracking.client_for(uri) if uri else client
+
+
+def _score_production(
+    production_client: MlflowClient, client: MlflowClient, name: str, version: str, run_id: str, positive_label: str
+) -> Baseline:
+    """Score the production version on the candidate's own test set, loaded safely (skops, allow-list)."""
     X, y = tracking.load_test_set(client, run_id)
     try:
-        model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+        mv = production_client.get_model_version(name, version)
+        with tempfile.TemporaryDirectory(prefix="production-") as tmp:
+            files = fetch_version_files(production_client, name, version, mv.run_id, Path(tmp))
+            model = load_estimator(files.model_dir)
         return Baseline(version, evaluate(model, X, y, positive_label))
-    except Exception as exc:  # a production model that cannot score this data is reported, not crashed on
+    except RefusedModel as exc:
+        return Baseline(version, None, f"refused to load: {exc}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # the registry itself failed: exit 3, not a gate verdict
+        return Baseline(version, None, f"artifact missing: {exc.message}")
+    except (ValueError, KeyError, TypeError) as exc:  # a production model that cannot score this data
         return Baseline(version, None, f"{type(exc).__name__}: {exc}")
 
 
@@ -113,10 +159,16 @@ def register_stage(params: Params, run_id: str) -> str:
     """Register a gated run and point the candidate alias at it; returns the version."""
     client = tracking.connect(params)
     _get_run(client, run_id)
-    with stage("register", f"run {run_id} as {params.registry.model_name}"):
+    reg = params.registry
+    with stage("register", f"run {run_id} as {reg.model_name}"):
         version, created = registry.register(
-            client, params.registry.model_name, run_id, params.registry.candidate_alias
+            client, reg.model_name, run_id, release_keys.signing_key(), release_keys.verify_key()
         )
+        with release_lock(client, reg.model_name):
+            before = registry.alias_version(client, reg.model_name, reg.candidate_alias)
+            registry.move_alias(
+                client, reg.model_name, reg.candidate_alias, version, f"registered from run {run_id}", expected=before
+            )
         say(
             f"  version {version} {'registered' if created else 'was already registered'}; "
             f"@{params.registry.candidate_alias} -> {version}"
@@ -132,23 +184,36 @@ def register_stage(params: Params, run_id: str) -> str:
 def smoke_stage(
     params: Params, version: str | None = None, base_url: str | None = None, image: str | None = None
 ) -> SmokeReport:
-    """Smoke-test a served version and record the verdict on it.
+    """Smoke-test a served version and record the verdict on it, bound to the artifact digest it served.
 
     Against `base_url` (a running API), `image` (a container of it started
     here, pinned to the version), or else a uvicorn process started here.
     """
     client = tracking.connect(params)
+    signing_key = release_keys.signing_key()
     name = params.registry.model_name
     version = version or _candidate(client, params)
     mv = registry.get_version(client, name, version)
     examples = tracking.load_smoke_examples(client, mv.run_id)
     where = base_url or (f"a container of {image}" if image else "a local uvicorn process")
     with stage("smoke", f"version {version} served by {where}"):
-        if base_url:
-            report = smoke_http(base_url, version, examples, params.smoke, target=base_url)
+        inspection = inspect_version(client, name, mv, release_keys.verify_key(), require_smoke=False)
+        image_digest = None
+        if not inspection.ok:
+            report = SmokeReport(version, where, [Check("artifact", False, f"refused: {inspection.refusal}")])
+        elif base_url:
+            report = smoke_http(base_url, version, examples, params.smoke, base_url, inspection.digest)
         else:
-            report = _smoke_started_here(params, name, version, examples, image)
-        registry.record_smoke(client, name, version, report.passed, report.target, report.summary())
+            try:
+                report, image_digest = _smoke_started_here(params, name, version, examples, image, inspection.digest)
+            except InfrastructureError as exc:  # recorded as a failure, then exit 3: the engine broke, not the model
+                failed = SmokeReport(version, where, [Check("start", False, f"infrastructure: {exc}")])
+                registry.record_smoke(client, name, mv, False, where, failed.summary(), None, None, signing_key)
+                raise
+        registry.record_smoke(
+            client, name, mv, report.passed, report.target, report.summary(), inspection.digest, image_digest,
+            signing_key,
+        )  # fmt: skip
         for check in report.checks:
             say(f"  {'pass' if check.passed else 'FAIL'} {check.name}: {check.detail}")
     github.write_summary(report.to_markdown())
@@ -157,10 +222,16 @@ def smoke_stage(
     return report
 
 
-def _smoke_started_here(params: Params, name: str, version: str, examples: dict, image: str | None) -> SmokeReport:
-    """Start the API serving exactly `version` (a container or uvicorn), smoke it, stop it."""
+def _smoke_started_here(
+    params: Params, name: str, version: str, examples: dict, image: str | None, digest: str | None
+) -> tuple[SmokeReport, str | None]:
+    """Start the API serving exactly `version` (a container or uvicorn), smoke it, stop it.
+
+    Returns the report and, for an image, the image's digest.
+    """
     uri = tracking.tracking_uri(params)
     env = {"MLFLOW_TRACKING_URI": uri, "MODEL_NAME": name, "MODEL_VERSION": version}
+    image_digest = None
     if image:
         container.require_http_tracking(uri)
         target = f"image {image}"
@@ -168,14 +239,17 @@ def _smoke_started_here(params: Params, name: str, version: str, examples: dict,
         target = f"uvicorn api.app:app (MODEL_VERSION={version})"
     try:
         if image:
+            image_digest = container.image_digest(image)
             port = free_port()
             with container.running_container(image, env, port) as url:
                 wait_for(url + "/health", params.smoke.ready_timeout_s)
-                return smoke_http(url, version, examples, params.smoke, target=target)
+                return smoke_http(
+                    url, version, examples, params.smoke, f"{target} ({image_digest})", digest
+                ), image_digest
         with uvicorn_process(env, startup_timeout_s=params.smoke.ready_timeout_s) as url:
-            return smoke_http(url, version, examples, params.smoke, target=f"{target} at {url}")
+            return smoke_http(url, version, examples, params.smoke, f"{target} at {url}", digest), None
     except (CheckFailed, OSError, subprocess.SubprocessError) as exc:  # could not even start: a failure, loudly
-        return SmokeReport(version, target, [Check("start", False, str(exc))])
+        return SmokeReport(version, target, [Check("start", False, str(exc))]), image_digest
 
 
 def image_stage(tag: str | None, base_image: str | None) -> str:
@@ -190,26 +264,43 @@ def image_stage(tag: str | None, base_image: str | None) -> str:
 
 
 def promote_stage(params: Params, version: str) -> None:
-    """Move production to `version` if and only if the compare-and-set holds."""
+    """Move production to `version` if and only if the compare-and-set and the artifact checks hold."""
     client = tracking.connect(params)
+    verify_key = release_keys.verify_key()
     reg = params.registry
     registry.require_model(client, reg.model_name)
-    with stage("promote", f"version {version} to @{reg.production_alias}"):
-        state = registry.version_state(registry.get_version(client, reg.model_name, version))
+    with stage("promote", f"version {version} to @{reg.production_alias}"), release_lock(client, reg.model_name):
+        mv = registry.get_version(client, reg.model_name, version)
         pointers = registry.aliases(client, reg.model_name)
         candidate, production = pointers.get(reg.candidate_alias), pointers.get(reg.production_alias)
-        if not check_promotion(state, candidate, production):
+        if not check_promotion(registry.version_state(mv), candidate, production):
             say(f"  @{reg.production_alias} already points at {version}; nothing to do")
             return
+        inspection = inspect_version(client, reg.model_name, mv, verify_key)
+        if not inspection.ok:
+            raise CheckFailed(f"version {version} refused: {inspection.refusal}; nothing moved")
         registry.move_alias(
-            client, reg.model_name, reg.production_alias, version, reason="promoted after gates and smoke passed"
+            client,
+            reg.model_name,
+            reg.production_alias,
+            version,
+            reason="promoted after gates and smoke passed",
+            expected=production,
         )
-        say(f"  @{reg.production_alias}: {production or 'nothing'} -> {version}")
-    github.write_summary(_alias_summary(reg.model_name, reg.production_alias, production, version, "promoted"))
+        say(f"  @{reg.production_alias}: {production or 'nothing'} -> {version} ({inspection.digest})")
+    github.write_summary(
+        _alias_summary(
+            reg.model_name, reg.production_alias, production, version, "promoted", inspection.digest, verify_key
+        )
+    )
 
 
 def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
-    """Move production back to the previous good version, or to `to`; returns the version."""
+    """Move production back to the previous good version, or to `to`; returns the version.
+
+    Versions whose artifact changed, no longer loads or is badly signed are
+    skipped (without `to`) and named, or refused (with `to`).
+    """
     if not reason or not reason.strip():
         raise ConfigError("rollback needs a --reason saying why")
     if os.environ.get("GITHUB_ACTIONS") == "true" and not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -217,33 +308,55 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
             "no MLFLOW_TRACKING_URI secret or variable is set: a rollback needs the team's tracking server"
         )
     client = tracking.connect(params)
+    verify_key = release_keys.verify_key()
     reg = params.registry
     registry.require_model(client, reg.model_name)
-    production = registry.alias_version(client, reg.model_name, reg.production_alias)
-    with stage(
-        "rollback", f"@{reg.production_alias} from {production or 'nothing'} to {to or 'the previous good version'}"
+    with (
+        stage("rollback", f"@{reg.production_alias} to {to or 'the previous good version'}"),
+        release_lock(client, reg.model_name),
     ):
-        states = [registry.version_state(v) for v in registry.versions(client, reg.model_name)]
-        target = rollback_target(states, production, to)
-        if target.version == production:
+        production = registry.alias_version(client, reg.model_name, reg.production_alias)
+        by_version = {str(mv.version): mv for mv in registry.versions(client, reg.model_name)}
+        states = [registry.version_state(mv) for mv in by_version.values()]
+        candidates = rollback_candidates(states, production, to)
+        if candidates[0].version == production:
             say(f"  @{reg.production_alias} already points at {production}; nothing to do")
             return production
+        target, skipped = None, []
+        for candidate in candidates:
+            inspection = inspect_version(client, reg.model_name, by_version[candidate.version], verify_key)
+            if inspection.ok:
+                target = candidate.version
+                break
+            skipped.append(f"version {candidate.version}: {inspection.refusal}")
+            say(f"  skipping version {candidate.version}: {inspection.refusal}")
+        if target is None:
+            raise CheckFailed("no version to roll back to: " + "; ".join(skipped) + "; nothing moved")
         registry.move_alias(
-            client, reg.model_name, reg.production_alias, target.version, reason=f"rollback: {reason.strip()}"
+            client,
+            reg.model_name,
+            reg.production_alias,
+            target,
+            reason=f"rollback: {reason.strip()}",
+            expected=production,
         )
-        say(f"  @{reg.production_alias}: {production} -> {target.version}")
+        say(f"  @{reg.production_alias}: {production} -> {target} ({inspection.digest})")
+    why = f"rollback: {reason.strip()}" + (f"; skipped {'; '.join(skipped)}" if skipped else "")
     github.write_summary(
-        _alias_summary(reg.model_name, reg.production_alias, production, target.version, f"rollback: {reason.strip()}")
+        _alias_summary(reg.model_name, reg.production_alias, production, target, why, inspection.digest, verify_key)
     )
-    return target.version
+    return target
 
 
-def _alias_summary(model: str, alias: str, before: str | None, after: str, why: str) -> str:
-    return f"`{model}` `@{alias}`: {before or 'nothing'} → **{after}** ({why})"
+def _alias_summary(
+    model: str, alias: str, before: str | None, after: str, why: str, digest: str | None, verify_key
+) -> str:
+    signed = "verdicts verified against the release key" if verify_key is not None else "unsigned"
+    return f"`{model}` `@{alias}`: {before or 'nothing'} → **{after}** ({why}); artifact `{digest}`, {signed}"
 
 
-def tracking_server_stage(params: Params, directory: str, stop: bool = False) -> str:
-    """The tracking URI later steps should use: the configured one, else an ephemeral local server."""
+def tracking_server_stage(params: Params, directory: str, stop: bool = False, ephemeral: bool = False) -> str:
+    """The tracking URI later steps should use: the configured one, else (or with --ephemeral) a local server."""
     pid_file = Path(directory) / "server.pid"
     if stop:
         if pid_file.exists():
@@ -252,13 +365,14 @@ def tracking_server_stage(params: Params, directory: str, stop: bool = False) ->
             pid_file.unlink()
             return "stopped"
         return "no ephemeral server running"
-    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    configured = None if ephemeral else os.environ.get("MLFLOW_TRACKING_URI")
     if configured:
         tracking.connect(params)  # fails fast, naming the server, if it is down
         github.write_outputs(ephemeral="false")
         github.export_env("MLFLOW_TRACKING_URI", configured)
         return configured
-    with stage("tracking", f"no MLFLOW_TRACKING_URI set: starting an ephemeral MLflow server in {directory}"):
+    why = "--ephemeral" if ephemeral else "no MLFLOW_TRACKING_URI set"
+    with stage("tracking", f"{why}: starting an ephemeral MLflow server in {directory}"):
         url, _ = start_tracking_server(Path(directory).resolve())
     github.write_outputs(ephemeral="true")
     github.export_env("MLFLOW_TRACKING_URI", url)
@@ -267,6 +381,13 @@ def tracking_server_stage(params: Params, directory: str, stop: bool = False) ->
         "throwaway MLflow server on the runner. Nothing it registered or promoted persists after the job."
     )
     return url
+
+
+def keygen_stage(out: str) -> str:
+    """Write a release key pair; returns where."""
+    private, public = release_keys.write_key_pair(Path(out))
+    say(f"  store {private} as the secret RELEASE_SIGNING_KEY and {public} as RELEASE_VERIFY_KEY (see README)")
+    return f"{private}\n{public}"
 
 
 def pr_comment_stage(path: str) -> str:

@@ -4,11 +4,64 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
+from api import contract
+from api.release import signature_state
 from pipeline import registry
+from pipeline.config import RegistryParams
 
 
-def collect(client: MlflowClient, name: str) -> dict:
-    """`{"model", "aliases", "versions", "history"}` as the CLI contract lists them."""
+def anomalies(aliases: dict[str, str], history: list[dict], versions: list[dict], production_alias: str) -> list[dict]:
+    """Every alias position the ledger does not explain, and a production alias on an unreleased version.
+
+    Pure: the ledger explains an alias when its moves for that alias form a
+    chain (each move starts where the previous one ended) ending where the alias
+    points now.
+    """
+    found = []
+    for alias in sorted(set(aliases) | {m["alias"] for m in history}):
+        moves = [m for m in history if m["alias"] == alias]
+        previous = None
+        for move in moves:
+            if move["from"] != previous:
+                found.append(
+                    {
+                        "alias": alias,
+                        "version": move["from"],
+                        "kind": "unrecorded_move",
+                        "detail": f"@{alias} was at {move['from'] or 'nothing'} before the move of {move['at']}, "
+                        f"but the ledger last put it at {previous or 'nothing'}: a move outside the pipeline",
+                    }
+                )
+            previous = move["to"]
+        now = aliases.get(alias)
+        if now != previous:
+            found.append(
+                {
+                    "alias": alias,
+                    "version": now,
+                    "kind": "unrecorded_move",
+                    "detail": f"@{alias} points at {now or 'nothing'} but the ledger last put it at "
+                    f"{previous or 'nothing'}: moved outside the pipeline",
+                }
+            )
+    by_version = {v["version"]: v for v in versions}
+    serving = aliases.get(production_alias)
+    if serving in by_version and not (by_version[serving]["gate"] == by_version[serving]["smoke"] == "passed"):
+        v = by_version[serving]
+        found.append(
+            {
+                "alias": production_alias,
+                "version": serving,
+                "kind": "not_releasable",
+                "detail": f"@{production_alias} points at {serving}, which has gate {v['gate']} and smoke {v['smoke']}",
+            }
+        )
+    return found
+
+
+def collect(client: MlflowClient, reg: RegistryParams, verify_key=None) -> dict:
+    """`{"model", "aliases", "versions", "history", "anomalies"}` as the CLI contract lists them."""
+    name = reg.model_name
     model = registry.registered_model(client, name)
     aliases = {} if model is None else {alias: str(version) for alias, version in model.aliases.items()}
     by_version: dict[str, list[str]] = {}
@@ -26,20 +79,26 @@ def collect(client: MlflowClient, name: str) -> dict:
                     for k, v in tags.items()
                     if k.startswith(registry.METRIC_PREFIX)
                 },
-                "gate": tags.get("gate", "pending"),
-                "smoke": tags.get("smoke", "pending"),
+                "gate": tags.get(contract.GATE, "pending"),
+                "smoke": tags.get(contract.SMOKE, "pending"),
                 "aliases": sorted(by_version.get(str(mv.version), [])),
-                "git_sha": tags.get("git_sha", ""),
+                "git_sha": tags.get(contract.GIT_SHA, ""),
                 "data_fingerprint": tags.get("data.fingerprint", ""),
-                "smoke_target": tags.get("smoke.target", ""),
+                "smoke_target": tags.get(contract.SMOKE_TARGET, ""),
                 "registered_at": mv.creation_timestamp,
+                "artifact_digest": tags.get(contract.ARTIFACT_DIGEST, ""),
+                "smoke_artifact_digest": tags.get(contract.SMOKE_ARTIFACT_DIGEST, ""),
+                "image_digest": tags.get(contract.SMOKE_IMAGE_DIGEST, ""),
+                "signed": signature_state(tags, verify_key, model=name, version=str(mv.version), run_id=mv.run_id),
             }
         )
+    history = [] if model is None else registry.history_of(model.tags)
     return {
         "model": name,
         "aliases": dict(sorted(aliases.items())),
         "versions": versions,
-        "history": [] if model is None else registry.history_of(model.tags),
+        "history": history,
+        "anomalies": anomalies(aliases, history, versions, reg.production_alias),
     }
 
 
@@ -50,7 +109,8 @@ def render_table(status: dict, history_rows: int = 10) -> str:
     lines = [f"model {status['model']}"]
     lines.append("aliases: " + (", ".join(f"@{a} -> {v}" for a, v in status["aliases"].items()) or "none"))
     lines.append("")
-    header = ("version", "gate", "smoke", "f1", "roc_auc", "aliases", "git sha")
+    flagged = {a["version"] for a in status.get("anomalies", [])}
+    header = ("version", "gate", "smoke", "f1", "roc_auc", "aliases", "git sha", "artifact", "verdicts")
     rows = [
         (
             v["version"],
@@ -58,12 +118,17 @@ def render_table(status: dict, history_rows: int = 10) -> str:
             v["smoke"],
             _num(v["metrics"].get("f1")),
             _num(v["metrics"].get("roc_auc")),
-            ",".join(v["aliases"]),
+            ",".join(v["aliases"]) + (" ⚠" if v["version"] in flagged and v["aliases"] else ""),
             v["git_sha"][:10],
+            v["artifact_digest"][:19],
+            v["signed"],
         )
         for v in status["versions"]
     ]
     lines += _table(header, rows)
+    if status.get("anomalies"):
+        lines += ["", "⚠ anomalies (alias positions the pipeline did not make):"]
+        lines += [f"  - {a['detail']}" for a in status["anomalies"]]
     moves = status["history"][-history_rows:]
     if moves:
         lines += ["", f"alias history (last {len(moves)} of {len(status['history'])})"]

@@ -20,10 +20,11 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
-from api.artifacts import FEATURE_SCHEMA, SMOKE_EXAMPLES
+from api.contract import FEATURE_SCHEMA, SMOKE_EXAMPLES
+from api.redact import redact
 from pipeline.config import Params
 from pipeline.data import Dataset, Feature, coerce_to_schema
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import DataError, InfrastructureError
 from pipeline.provenance import git_sha
 from pipeline.train import TrainResult
 
@@ -37,15 +38,21 @@ def tracking_uri(params: Params) -> str:
 
 
 def connect(params: Params) -> MlflowClient:
-    """Point MLflow at the tracking store, failing fast if a server is down."""
+    """Point MLflow at the tracking store, failing fast (exit 3) if a server is down."""
     uri = tracking_uri(params)
+    client = client_for(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return client
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client for one tracking store; a server is asked for /health first (5 s)."""
     if urlparse(uri).scheme in ("http", "https"):
         try:
             httpx.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except httpx.HTTPError as exc:
-            raise ConfigError(f"MLflow tracking server {uri} is not reachable: {exc}") from None
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+            raise InfrastructureError(f"MLflow tracking server {redact(uri)} is not reachable: {redact(exc)}") from None
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

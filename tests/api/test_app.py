@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -148,24 +149,26 @@ class SwitchingSource:
 
     def __init__(self, models: dict, target: str):
         self.models, self.target = models, target
+        self.loads: list[str] = []
 
     def target_version(self) -> str:
         return self.target
 
     def load(self, version: str):
+        self.loads.append(version)
         model = self.models[version]
         if isinstance(model, Exception):
             raise model
         return model
 
 
-def test_alias_move_swaps_the_model_and_a_failed_load_keeps_the_old_one(trained, records):
+def test_alias_move_swaps_the_model_and_a_failed_load_keeps_the_old_one(trained, records, monkeypatch):
     source = SwitchingSource({"1": make_model(trained, "1"), "2": RuntimeError("artifact store unreachable")}, "1")
     holder = ModelHolder(source=source)
     app = create_app(holder)
     assert asyncio.run(holder.refresh()) and holder.current.version == "1"
     source.target = "2"
-    assert not asyncio.run(holder.refresh())
+    assert not asyncio.run(holder.refresh(base_delay_s=60))
     with TestClient(app) as c:
         info = c.get("/model").json()
         assert info["version"] == "1" and "artifact store unreachable" in info["last_reload_error"]
@@ -173,8 +176,36 @@ def test_alias_move_swaps_the_model_and_a_failed_load_keeps_the_old_one(trained,
         failures = re.search(r'api_model_reloads_total\{result="failure"\} (\S+)', c.get("/metrics").text)
         assert failures and float(failures.group(1)) >= 1
     source.models["2"] = make_model(trained, "2")
+    assert not asyncio.run(holder.refresh())  # within its backoff, the failed version is not fetched again
+    assert source.loads == ["1", "2"]
+    later = time.monotonic() + 61
+    monkeypatch.setattr("api.holder.time.monotonic", lambda: later)
     assert asyncio.run(holder.refresh()) and holder.current.version == "2"
     assert holder.last_error is None
+
+
+class RefusedVersion(Exception):
+    def __init__(self, reason):
+        self.reason = reason
+        super().__init__(reason)
+
+
+def test_a_refused_version_never_serves_and_is_reported(trained, records):
+    # given: production serves 1, then the alias moves (as by hand in the UI) to a version that is refused
+    source = SwitchingSource({"1": make_model(trained, "1"), "3": RefusedVersion("smoke failed")}, "1")
+    holder = ModelHolder(source=source)
+    app = create_app(holder)
+    asyncio.run(holder.refresh())
+    source.target = "3"
+    # when
+    assert not asyncio.run(holder.refresh())
+    # then: 1 keeps serving, /model says why, /metrics counts it
+    with TestClient(app) as c:
+        info = c.get("/model").json()
+        assert info["version"] == "1"
+        assert info["refused"]["version"] == "3" and info["refused"]["reason"] == "smoke failed"
+        assert c.post("/predict", json={"records": records[:1]}).json()["model_version"] == "1"
+        assert 'api_model_reloads_total{result="refused"} 1.0' in c.get("/metrics").text
 
 
 def test_an_uncompilable_pipeline_is_served_by_sklearn(trained, records):

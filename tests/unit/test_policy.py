@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.errors import CheckFailed
-from pipeline.policy import VersionState, check_promotion, rollback_target
+from pipeline.policy import VersionState, check_promotion, rollback_candidates
 
 
 def state(version, gate="passed", smoke="passed", baseline=None):
@@ -37,12 +37,12 @@ VERSIONS = [state("1"), state("2", smoke="failed"), state("3"), state("4")]
 
 
 def test_rollback_goes_to_the_newest_good_version_below_production():
-    assert rollback_target(VERSIONS, "4", None).version == "3"
-    assert rollback_target(VERSIONS, "3", None).version == "1"  # 2 failed smoke
+    assert [v.version for v in rollback_candidates(VERSIONS, "4", None)] == ["3", "1"]  # 2 failed smoke
+    assert [v.version for v in rollback_candidates(VERSIONS, "3", None)] == ["1"]
 
 
 def test_rollback_to_a_named_good_version():
-    assert rollback_target(VERSIONS, "4", "1").version == "1"
+    assert [v.version for v in rollback_candidates(VERSIONS, "4", "1")] == ["1"]
 
 
 @pytest.mark.parametrize(
@@ -56,4 +56,4 @@ def test_rollback_to_a_named_good_version():
 )
 def test_rollback_refusals(production, to, message):
     with pytest.raises(CheckFailed, match=message):
-        rollback_target(VERSIONS, production, to)
+        rollback_candidates(VERSIONS, production, to)

@@ -1,0 +1,149 @@
+"""Load a model version without running code from its artifact.
+
+A version's model directory is read as data: the MLmodel file with
+yaml.safe_load, the estimator with skops against an allow-list of the types
+this project builds. Pickle and cloudpickle formats, `code` paths and any type
+outside the list are refused before anything is constructed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import yaml
+
+# Every type a model built from params.yaml contains (logistic regression,
+# random forest, histogram gradient boosting behind the ColumnTransformer of
+# pipeline/train.py), plus the plain containers and numpy scalars skops writes.
+# tests/unit/test_safe_model.py trains each buildable model and checks this list
+# covers it, so a scikit-learn upgrade that adds an internal type is caught there.
+ALLOWED_TYPES = frozenset(
+    {
+        "builtins.bool",
+        "builtins.dict",
+        "builtins.float",
+        "builtins.int",
+        "builtins.list",
+        "builtins.slice",
+        "builtins.str",
+        "builtins.tuple",
+        "numpy.bool_",
+        "numpy.dtype",
+        "numpy.float32",
+        "numpy.float64",
+        "numpy.int32",
+        "numpy.int64",
+        "numpy.ndarray",
+        "numpy.random._generator.Generator",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random.mtrand.RandomState",
+        "numpy.uint64",
+        "sklearn._loss._loss.CyHalfBinomialLoss",
+        "sklearn._loss.link.Interval",
+        "sklearn._loss.link.LogitLink",
+        "sklearn._loss.loss.HalfBinomialLoss",
+        "sklearn.compose._column_transformer.ColumnTransformer",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.impute._base.SimpleImputer",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._encoders.OneHotEncoder",
+        "sklearn.preprocessing._label.LabelEncoder",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._tree.Tree",
+    }
+)
+SKOPS_FORMAT = "skops"
+MLMODEL = "MLmodel"
+
+
+class RefusedModel(Exception):
+    """The artifact is not something this project will load (format, code, types, files)."""
+
+
+def model_file(model_dir: Path) -> Path:
+    """The serialized estimator named by MLmodel, after refusing anything but plain skops."""
+    try:
+        meta = yaml.safe_load((model_dir / MLMODEL).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RefusedModel(f"cannot read {MLMODEL}: {exc}") from None
+    flavors = (meta or {}).get("flavors") or {}
+    sklearn_flavor = flavors.get("sklearn")
+    if not isinstance(sklearn_flavor, dict):
+        raise RefusedModel(f"not a scikit-learn model (flavors: {sorted(flavors)})")
+    fmt = sklearn_flavor.get("serialization_format", "pickle")
+    if fmt != SKOPS_FORMAT:
+        raise RefusedModel(f"serialization format {fmt!r} can run code when loaded; only skops is loaded")
+    for name, flavor in flavors.items():
+        if isinstance(flavor, dict) and flavor.get("code"):
+            raise RefusedModel(
+                f"flavor {name!r} ships a code path ({flavor['code']!r}); code from artifacts never runs"
+            )
+    pyfunc = flavors.get("python_function") or {}
+    if pyfunc.get("loader_module", "mlflow.sklearn") != "mlflow.sklearn":
+        raise RefusedModel(f"python_function loader {pyfunc.get('loader_module')!r} is not mlflow.sklearn")
+    name = str(sklearn_flavor.get("pickled_model", ""))
+    path = (model_dir / name).resolve()
+    if not name or path.parent != model_dir.resolve() or not path.is_file():
+        raise RefusedModel(f"model file {name!r} is not a file in the model directory")
+    return path
+
+
+def types_in(data: bytes) -> set[str]:
+    """Every `module.Class` a skops file would construct, read from its schema without loading it."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise RefusedModel(f"not a skops file: {exc}") from None
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__module__" in node and "__class__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def load_estimator(model_dir: Path):
+    """The fitted Pipeline of a model directory, loaded by skops with the allow-list."""
+    import skops.io  # slow to import; only loading needs it
+
+    data = model_file(model_dir).read_bytes()
+    unknown = types_in(data) - ALLOWED_TYPES
+    if unknown:
+        raise RefusedModel(f"types outside the allow-list: {', '.join(sorted(unknown))}")
+    try:
+        estimator = skops.io.loads(data, trusted=sorted(ALLOWED_TYPES))
+    except Exception as exc:  # skops raises its own errors for a damaged or hostile file
+        raise RefusedModel(f"skops cannot load the model: {type(exc).__name__}: {exc}") from None
+    if type(estimator).__module__ + "." + type(estimator).__name__ != "sklearn.pipeline.Pipeline":
+        raise RefusedModel(f"expected a sklearn Pipeline, got {type(estimator).__name__}")
+    return estimator
+
+
+def artifact_digest(model_dir: Path, feature_schema: Path) -> str:
+    """sha256 over what the API loads: MLmodel, the estimator file and the run's feature schema.
+
+    Files MLflow adds at registration (registered_model_meta) are not part of it,
+    so the digest of a run's logged model equals that of its registered version.
+    """
+    parts = {MLMODEL: model_dir / MLMODEL, "feature_schema.json": feature_schema}
+    with_model = model_file(model_dir)
+    parts[with_model.name] = with_model
+    outer = hashlib.sha256()
+    for name in sorted(parts):
+        outer.update(f"{name}\0{hashlib.sha256(parts[name].read_bytes()).hexdigest()}\n".encode())
+    return "sha256:" + outer.hexdigest()
