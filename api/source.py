@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from api.contract import FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX, SMOKE_EXAMPLES
 from api.loaded_model import LoadedModel
 from api.release import refusal, signature_state
-from api.safe_model import RefusedModel, artifact_digest, load_estimator
+from api.safe_model import RefusedModel, artifact_digest, load_estimator, model_file
 from api.schema import FeatureSpec
 from api.settings import Settings
 
@@ -49,6 +49,7 @@ def fetch_model_files(client: MlflowClient, artifact_uri: str, run_id: str, dst:
         artifact_uri, dst_path=str(dst / "model"), tracking_uri=client.tracking_uri
     )
     model_dir = Path(local)
+    model_file(model_dir)  # refuse a pickle or a code path before fetching anything else
     schema = Path(client.download_artifacts(run_id, FEATURE_SCHEMA, str(dst)))
     return ModelFiles(model_dir, schema, artifact_digest(model_dir, schema))
 

@@ -46,7 +46,9 @@ def release_lock(client: MlflowClient, model: str, ttl_s: float = 300, wait_s: f
             )
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # A store that loses the race looks the winner up to say so; if the winner
+            # already released, that look-up fails with RESOURCE_DOES_NOT_EXIST: try again.
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         held_by, until = _current(client, name)
         if until is not None and until < datetime.now(UTC):

@@ -1,15 +1,18 @@
 """The whole flow against a real `mlflow server` whose backend store is a real PostgreSQL."""
 
 import glob
-import json
+import itertools
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from pipeline.serving import free_port, tracking_server
+from pipeline.config import load_params
+from pipeline.serving import free_port, start_tracking_server, stop
+from pipeline.stages import rollback_stage
 
 pytestmark = pytest.mark.integration
 
@@ -44,22 +47,54 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_flow_and_rollback_on_a_postgres_backed_server(project, cli, postgres, tmp_path_factory, monkeypatch):
-    with tracking_server(tmp_path_factory.mktemp("server"), backend_store_uri=postgres) as url:
+def ledger_breaks(history: list[dict], alias: str) -> list[dict]:
+    """Moves of `alias` that do not start where the previous one ended."""
+    moves = [m for m in history if m["alias"] == alias]
+    return [b for a, b in itertools.pairwise(moves) if b["from"] != a["to"]]
+
+
+def test_flow_concurrent_moves_and_a_restart_on_a_postgres_backed_server(
+    project, cli, postgres, tmp_path_factory, monkeypatch
+):
+    directory, port = tmp_path_factory.mktemp("server"), free_port()
+    url, server = start_tracking_server(directory, port, backend_store_uri=postgres)
+    try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         assert cli("run") == 0, cli.err
         assert cli("run") == 0, cli.err
         assert cli("rollback", "--reason", "postgres check") == 0, cli.err
         state = cli.status()
-    assert state["aliases"] == {"candidate": "2", "production": "1"}
-    assert [v["smoke"] for v in state["versions"]] == ["passed", "passed"]
-    assert state["history"][-1]["reason"] == "rollback: postgres check"
-    json.dumps(state)  # the contract's status --json is plain JSON
+        assert state["aliases"] == {"candidate": "2", "production": "1"}
+        assert [v["smoke"] for v in state["versions"]] == ["passed", "passed"]
+        assert state["history"][-1]["reason"] == "rollback: postgres check"
+
+        # twenty rollbacks at once, half to 2 and half to 1: one unbroken ledger chain
+        params = load_params("params.yaml")
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            moves = [pool.submit(rollback_stage, params, f"storm {i}", "2" if i % 2 else "1") for i in range(20)]
+            results = [m.result() for m in moves]
+        assert sorted(set(results)) == ["1", "2"]
+        state = cli.status()
+        assert ledger_breaks(state["history"], "production") == []
+        assert state["history"][-1]["to"] == state["aliases"]["production"]
+        assert state["anomalies"] == []
+        assert cli("status") == 0 and "release-lock" not in cli.out
+
+        # the server dies: every command says so in one line, exit 3, nothing moves
+        stop(server)
+        assert cli("status") == 3 and "is not reachable" in cli.err and "Traceback" not in cli.err
+        assert cli("promote", "--version", "2") == 3
+        assert cli("rollback", "--reason", "server down") == 3
+        # and comes back on the same store: everything is where it was
+        url, server = start_tracking_server(directory, port, backend_store_uri=postgres)
+        assert cli.status()["aliases"] == state["aliases"]
+    finally:
+        stop(server)
 
 
 def test_a_tracking_server_that_is_down_is_named(project, cli, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    assert cli("status") == 2
+    assert cli("status") == 3
     assert "is not reachable" in cli.err
-    assert cli("run") == 2
+    assert cli("run") == 3
     assert "is not reachable" in cli.err
