@@ -74,3 +74,41 @@ def test_missing_and_malformed_files_are_config_errors(tmp_path):
 def test_hyperparameters_follow_the_selected_type():
     params = Params().model_copy(update={"model": Params().model.model_copy(update={"type": "random_forest"})})
     assert "n_estimators" in params.model.hyperparameters()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["registry.candidate_alias=production"], r"registry: candidate_alias and production_alias are both"),
+        (["registry.production_alias=prod uction"], r"registry\.production_alias: not a valid alias name"),
+        (["registry.candidate_alias=latest"], r"registry\.candidate_alias: not a valid alias name"),
+        (["registry.candidate_alias=v3"], r"registry\.candidate_alias: not a valid alias name"),
+        (["gates.f1_min=true"], r"gates\.f1_min: Input should be a valid number \(got True\)"),
+        (["data.seed=true"], r"data\.seed: Input should be a valid integer"),
+    ],
+)
+def test_config_a_teammate_gets_wrong_is_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(ROOT / "params.yaml", overrides)
+
+
+def test_set_keeps_the_text_of_text_fields():
+    params = load_params(ROOT / "params.yaml", ["data.positive_label=Yes", "registry.model_name=0123"])
+    assert params.data.positive_label == "Yes" and params.registry.model_name == "0123"
+    assert load_params(ROOT / "params.yaml", ["data.id_column=null"]).data.id_column is None
+
+
+def test_yes_in_a_params_file_is_text_not_a_boolean(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  positive_label: Yes\n")
+    assert load_params(path).data.positive_label == "Yes"
+
+
+def test_a_duplicate_key_anywhere_is_refused_with_its_name_and_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("gates:\n  f1_min: 0.55\n  f1_min: 0.30\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'f1_min' \(first on line 2\)"):
+        load_params(path)
+    path.write_text("data:\n  seed: 1\ngates: {}\ndata:\n  seed: 2\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'data'"):
+        load_params(path)
