@@ -24,7 +24,7 @@ class VersionState:
 
 
 def check_promotion(state: VersionState, candidate: str | None, production: str | None) -> bool:
-    """Compare-and-set precondition (DESIGN.md invariants 1 and 3).
+    """Compare-and-set precondition (docs/DESIGN.md invariants 1 and 3).
 
     Returns False when production already points at the version (nothing to
     do), True when the move may go ahead, and raises CheckFailed otherwise.

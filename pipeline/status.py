@@ -1,4 +1,4 @@
-"""The registry's state as one JSON object (DESIGN.md) and as a table for people."""
+"""The registry's state as one JSON object (docs/DESIGN.md) and as a table for people."""
 
 from __future__ import annotations
 

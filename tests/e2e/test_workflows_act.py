@@ -4,6 +4,7 @@ Each push builds the real API image (docker or podman) and smoke-tests a real
 container. The registry is read afterwards: act's exit code alone proves little.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -55,13 +56,22 @@ def commit(repo: Path, message: str) -> None:
     git(repo, "commit", "-q", "--allow-empty", "-m", message)
 
 
-def act(repo: Path, server: str, *args: str) -> str:
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> tuple[Path, Path]:
+    """A release key pair made by `pipeline keygen`; act passes the files' paths as secret and variable."""
+    out = tmp_path_factory.mktemp("keys")
+    subprocess.run([sys.executable, "-m", "pipeline", "keygen", "--out", str(out)], cwd=ROOT, check=True)
+    return out / "release.key", out / "release.pub"
+
+
+def act(repo: Path, server: str, *args: str, keys: tuple[Path, Path] | None = None) -> str:
     """Plain `act` with the repository's .actrc and the venv's python first on PATH; returns its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for name in ("MLFLOW_TRACKING_URI", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_ENV", "GITHUB_ACTIONS"):
         env.pop(name, None)
+    signing = ["-s", f"RELEASE_SIGNING_KEY={keys[0]}", "--var", f"RELEASE_VERIFY_KEY={keys[1]}"] if keys else []
     result = subprocess.run(
-        ["act", *args, "-s", f"MLFLOW_TRACKING_URI={server}"],
+        ["act", *args, "-s", f"MLFLOW_TRACKING_URI={server}", *signing],
         cwd=repo, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     output = result.stdout + result.stderr
@@ -77,22 +87,43 @@ def registry(server: str) -> tuple[dict, list]:
     return aliases, versions
 
 
-def test_push_gate_failure_and_rollback_through_act(repo, server):
-    # given version 1 in production, deployed with the plain CLI (smoke against uvicorn)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server}
+def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys):
+    # given version 1 in production, deployed with the plain CLI (smoke against uvicorn), signed
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "RELEASE_SIGNING_KEY": str(keys[0])}
     for command in (["make-data"], ["run"]):
         done = subprocess.run([sys.executable, "-m", "pipeline", *command], cwd=repo, env=env, capture_output=True)
         assert done.returncode == 0, done.stderr[-2000:]
     assert registry(server)[0] == {"candidate": "1", "production": "1"}
 
     # when a push passes, the deploy workflow moves production to version 2, smoke-tested as an image
-    output = act(repo, server, "push")
+    output = act(repo, server, "push", keys=keys)
     assert act.returncode == 0, output[-3000:]
     aliases, versions = registry(server)
     assert aliases == {"candidate": "2", "production": "2"}
-    assert versions[1].tags["gate"] == "passed" and versions[1].tags["smoke"] == "passed"
-    assert versions[1].tags["smoke.target"].startswith("image churn-api:")
-    assert versions[1].tags["git_sha"] == git_head(repo)
+    tags = versions[1].tags
+    assert tags["gate"] == "passed" and tags["smoke"] == "passed"
+    assert tags["smoke.target"].startswith("image churn-api:")
+    assert tags["git_sha"] == git_head(repo)
+    # the verdicts are bound to the artifact and the image, and signed
+    assert tags["smoke.artifact_digest"] == tags["artifact.digest"] and tags["smoke.image_digest"].startswith("sha256:")
+    status = subprocess.run(
+        [sys.executable, "-m", "pipeline", "status", "--json"],
+        cwd=repo, env={**env, "RELEASE_VERIFY_KEY": str(keys[1])}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert [v["signed"] for v in json.loads(status.stdout)["versions"]] == ["verified", "verified"]
+
+    # a pull request gates on an ephemeral store, compares with the team's production, and writes nothing there
+    runs_before = len(
+        MlflowClient(server).search_runs([MlflowClient(server).get_experiment_by_name("churn").experiment_id])
+    )
+    event = repo.parent / "pull_request.json"
+    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"ref": "x"}, "base": {"ref": "main"}}}))
+    output = act(repo, server, "pull_request", "-e", str(event))
+    assert act.returncode == 0, output[-3000:]
+    assert "production v2" in output
+    experiment = MlflowClient(server).get_experiment_by_name("churn").experiment_id
+    assert len(MlflowClient(server).search_runs([experiment])) == runs_before
+    assert registry(server)[0] == aliases and len(registry(server)[1]) == 2
 
     # when a push sets gates.f1_min impossibly high, it fails at the gate and changes nothing
     params = repo / "params.yaml"
@@ -110,8 +141,9 @@ def test_push_gate_failure_and_rollback_through_act(repo, server):
     # a rollback dispatch moves production back and records why
     reason = "e2e: bad latency after v2"
     output = act(
-        repo, server, "workflow_dispatch", "-W", ".github/workflows/rollback.yml", "--input", f"reason={reason}"
-    )
+        repo, server, "workflow_dispatch", "-W", ".github/workflows/rollback.yml", "--input", f"reason={reason}",
+        keys=keys,
+    )  # fmt: skip
     assert act.returncode == 0, output[-3000:]
     assert registry(server)[0] == {"candidate": "2", "production": "1"}
     last = history(MlflowClient(server), MODEL)[-1]
