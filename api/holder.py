@@ -54,7 +54,7 @@ class ModelHolder:
             self._failed(f"cannot resolve the model to serve: {_describe(exc)}", "unreachable")
             return False
         if self.current is not None and self.current.version == target:
-            self.last_error = self.last_error_at = None
+            self.last_error = self.last_error_at = self.refused = None  # recovered, or the alias came back
             return False
         not_before, delay = self._retry.get(target, (0.0, base_delay_s))
         if time.monotonic() < not_before:

@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     for name, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    redact_logging("mlflow")
     try:
         # Libraries print (MLflow's "View run" links); stdout carries only our answer.
         with contextlib.redirect_stdout(sys.stderr):
@@ -111,6 +110,8 @@ def dispatch(args: argparse.Namespace) -> str | None:
     # Imported here so `--help` and usage errors answer without loading MLflow.
     from pipeline import release_keys, stages, status, tracking
     from pipeline.config import load_params
+
+    redact_logging("mlflow")  # MLflow's handlers exist once it is imported
 
     command = args.command
     if command == "keygen":
