@@ -41,6 +41,10 @@ class Verdict:
         return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":")).encode()
 
 
+# (kind, signature tag, verdict tag) of the verdicts a release carries, gate first.
+_SIGNED = (("gate", contract.GATE_SIGNATURE, contract.GATE), ("smoke", contract.SMOKE_SIGNATURE, contract.SMOKE))
+
+
 def _pem(value: str) -> bytes:
     text = value.strip()
     if not text.startswith("-----BEGIN"):
@@ -134,8 +138,7 @@ def refusal(
     if verify_key is None:
         return None
     sha = tags.get(contract.GIT_SHA, "")
-    kinds = [("gate", contract.GATE_SIGNATURE)] + ([("smoke", contract.SMOKE_SIGNATURE)] if require_smoke else [])
-    for kind, tag in kinds:
+    for kind, tag, _ in _SIGNED[: 2 if require_smoke else 1]:
         verdict = Verdict(kind, model, version, run_id, digest, "passed", sha)
         if not verifies(verify_key, verdict, tags.get(tag)):
             return f"{kind} verdict is not signed by the release key"
@@ -157,6 +160,3 @@ def signature_state(
         if not verifies(verify_key, verdict, tags[tag]):
             return "invalid"
     return "verified"
-
-
-_SIGNED = (("gate", contract.GATE_SIGNATURE, contract.GATE), ("smoke", contract.SMOKE_SIGNATURE, contract.SMOKE))

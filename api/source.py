@@ -58,6 +58,32 @@ def fetch_version_files(client: MlflowClient, name: str, version: str, run_id: s
     return fetch_model_files(client, client.get_model_version_download_uri(name, version), run_id, dst)
 
 
+def load_verified(client: MlflowClient, name: str, mv, dst: Path, verify_key, require_smoke: bool = True):
+    """(files, fitted pipeline) of a version whose artifact, as it is now, may serve.
+
+    Fetches into `dst`, recomputes the digest, checks the verdicts against it
+    and loads the estimator safely; RefusedVersion with the reason otherwise.
+    The one check behind the API, promote, rollback and smoke.
+    """
+    version = str(mv.version)
+    try:
+        files = fetch_version_files(client, name, version, mv.run_id, dst)
+        why = refusal(
+            mv.tags,
+            model=name,
+            version=version,
+            run_id=mv.run_id,
+            digest=files.digest,
+            verify_key=verify_key,
+            require_smoke=require_smoke,
+        )
+        if why:
+            raise RefusedVersion(version, why)
+        return files, load_estimator(files.model_dir)
+    except RefusedModel as exc:
+        raise RefusedVersion(version, str(exc)) from None
+
+
 class RegistrySource:
     """Resolves the alias (or pinned version) and loads versions from MLflow."""
 
@@ -77,22 +103,9 @@ class RegistrySource:
         s = self.settings
         mv = self.client.get_model_version(s.model_name, version)
         with tempfile.TemporaryDirectory(prefix="model-") as tmp:
-            try:
-                files = fetch_version_files(self.client, s.model_name, version, mv.run_id, Path(tmp))
-                why = refusal(
-                    mv.tags,
-                    model=s.model_name,
-                    version=str(mv.version),
-                    run_id=mv.run_id,
-                    digest=files.digest,
-                    verify_key=self.verify_key,
-                    require_smoke=not s.model_version,
-                )
-                if why:
-                    raise RefusedVersion(version, why)
-                pipeline = load_estimator(files.model_dir)
-            except RefusedModel as exc:
-                raise RefusedVersion(version, str(exc)) from None
+            files, pipeline = load_verified(
+                self.client, s.model_name, mv, Path(tmp), self.verify_key, require_smoke=not s.model_version
+            )
             metadata = Model.load(files.model_dir)
             schema = metadata.get_input_schema()
             features = [FeatureSpec(c.name, c.type.name, c.required) for c in schema.inputs]

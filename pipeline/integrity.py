@@ -9,14 +9,12 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from api.release import refusal
-from api.safe_model import RefusedModel, load_estimator
-from api.source import ModelFiles, fetch_model_files, fetch_version_files
+from api.source import ModelFiles, RefusedVersion, fetch_model_files, load_verified
 
 
 @dataclass(frozen=True)
 class Inspection:
-    digest: str | None  # None when the artifact could not be read or is refused outright
+    digest: str | None  # None when refused
     refusal: str | None  # None: releasable
 
     @property
@@ -28,28 +26,14 @@ def inspect_version(client: MlflowClient, name: str, mv, verify_key, require_smo
     """Whether `mv` may serve, judged on its artifact as it is now (downloaded, digested, loaded)."""
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         try:
-            files = fetch_version_files(client, name, str(mv.version), mv.run_id, Path(tmp))
-        except RefusedModel as exc:
-            return Inspection(None, str(exc))
+            files, _ = load_verified(client, name, mv, Path(tmp), verify_key, require_smoke)
+        except RefusedVersion as exc:
+            return Inspection(None, exc.reason)
         except (MlflowException, FileNotFoundError) as exc:
-            if isinstance(exc, MlflowException) and exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-                raise
+            if isinstance(exc, MlflowException) and exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # the store itself failed: exit 3, not a verdict on the version
             return Inspection(None, f"artifact cannot be read: {exc}")
-        why = refusal(
-            mv.tags,
-            model=name,
-            version=str(mv.version),
-            run_id=mv.run_id,
-            digest=files.digest,
-            verify_key=verify_key,
-            require_smoke=require_smoke,
-        )
-        if why is None:
-            try:
-                load_estimator(files.model_dir)
-            except RefusedModel as exc:
-                why = f"no longer loads: {exc}"
-    return Inspection(files.digest, why)
+    return Inspection(files.digest, None)
 
 
 def logged_model_files(client: MlflowClient, model_id: str, run_id: str, dst: Path) -> ModelFiles:

@@ -30,6 +30,14 @@ def deploy(cli, *overrides: str) -> str:
     return version
 
 
+def register_candidate(cli) -> str:
+    """train -> gate -> register, no smoke or promotion; returns the run id."""
+    assert cli("train") == 0, cli.err
+    run_id = cli.out.strip()
+    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0, cli.err
+    return run_id
+
+
 def test_run_does_the_whole_flow(project, cli):
     assert cli("run") == 0, cli.err
     assert cli.out.strip() == "1"
@@ -122,9 +130,7 @@ def test_promote_refuses_when_a_newer_candidate_was_registered(project, cli):
 def test_promote_refuses_when_production_moved_after_the_gate(project, cli):
     deploy(cli)
     deploy(cli)
-    assert cli("train") == 0
-    run_id = cli.out.strip()
-    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    register_candidate(cli)
     assert cli("smoke", "--version", "3") == 0
     assert cli("rollback", "--reason", "incident 42") == 0  # production 2 -> 1 underneath
     before = cli.status()
@@ -141,9 +147,7 @@ def test_promote_is_idempotent(project, cli):
 
 
 def test_promote_refuses_a_version_whose_smoke_failed(project, cli):
-    assert cli("train") == 0
-    run_id = cli.out.strip()
-    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    run_id = register_candidate(cli)
     # Tamper with the stored expectations so the served model genuinely disagrees.
     client = MlflowClient()
     with open(client.download_artifacts(run_id, "smoke/examples.json")) as stored_examples:
@@ -188,9 +192,7 @@ def test_rollback_refusals_change_nothing(project, cli):
     assert "version 7 does not exist" in cli.err
     assert cli("rollback", "--reason", "   ") == 2
     assert "--reason" in cli.err
-    assert cli("train") == 0
-    run_id = cli.out.strip()
-    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    register_candidate(cli)
     before = cli.status()
     assert cli("rollback", "--to", "2", "--reason", "never smoke tested") == 1
     assert "version 2 never passed gates and smoke" in cli.err

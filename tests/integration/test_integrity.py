@@ -20,7 +20,7 @@ from pipeline import registry
 from pipeline.errors import CheckFailed
 from pipeline.release_lock import EXPIRES, HOLDER, lock_name, release_lock
 
-from .test_flow import deploy
+from .test_flow import deploy, register_candidate
 
 pytestmark = pytest.mark.integration
 MODEL = "churn-classifier"
@@ -105,9 +105,7 @@ def test_hand_set_verdict_tags_count_for_nothing(project, cli):
     assert "gate report says 'failed'" in cli.err
     assert cli.status()["versions"] == []
     # given: a version whose smoke failed, with smoke=passed set by hand
-    assert cli("train") == 0
-    run_id = cli.out.strip()
-    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    run_id = register_candidate(cli)
     client = MlflowClient()
     client.set_model_version_tag(MODEL, "1", contract.SMOKE, "failed")
     client.set_model_version_tag(MODEL, "1", contract.SMOKE, "passed")  # never smoke-tested: no digest recorded
@@ -120,9 +118,7 @@ def test_a_model_corrupted_after_its_smoke_is_refused_everywhere(project, cli):
     # given: versions 1 and 2 released, 3 smoke-tested; then 2's and 3's model files change on the store
     deploy(cli)
     deploy(cli)
-    assert cli("train") == 0
-    run_id = cli.out.strip()
-    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    register_candidate(cli)
     assert cli("smoke", "--version", "3") == 0
     stores = {v: Path(MlflowClient().get_model_version_download_uri(MODEL, v).removeprefix("file://")) for v in "23"}
     for store in stores.values():
@@ -159,9 +155,7 @@ def test_a_hand_moved_production_is_an_anomaly_and_the_api_keeps_serving(project
     holder = ModelHolder(source=registry_source())
     asyncio.run(holder.refresh())
     assert holder.current.version == "1" and holder.current.info["signature"] == "unsigned"
-    assert cli("train") == 0
-    run_id = cli.out.strip()
-    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0
+    register_candidate(cli)
     # when: production is moved by hand
     MlflowClient().set_registered_model_alias(MODEL, "production", "2")
     # then: the API keeps 1 and says why; status lists the move and the unreleased version
