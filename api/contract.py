@@ -6,6 +6,12 @@ The tag contract of docs/DESIGN.md: change a name here and both sides follow.
 # Run artifacts
 FEATURE_SCHEMA = "feature_schema.json"
 SMOKE_EXAMPLES = "smoke/examples.json"
+DATA_PROFILE = "data/profile.json"  # the training data's profile, compared by the next gate
+GATE_REPORT = "gate/gate.json"
+MODEL_CARD = "model_card.md"
+
+# Metric names, in MLflow and in `status --json`
+METRICS = ("f1", "precision", "recall", "roc_auc", "accuracy")
 
 # Model version tags
 METRIC_TAG_PREFIX = "metric."
@@ -21,6 +27,7 @@ SMOKE_ARTIFACT_DIGEST = "smoke.artifact_digest"  # what the smoke-tested API loa
 SMOKE_IMAGE_DIGEST = "smoke.image_digest"
 ARTIFACT_DIGEST = "artifact.digest"  # recorded at registration; gate and smoke are bound to it
 GIT_SHA = "git_sha"
+SCHEMA_BREAK_ALLOWED = "gate.schema_break_allowed"  # what a gated break removed or changed, when allowed
 
 # Registered-model tags
 HISTORY_PREFIX = "alias_history."

@@ -1,8 +1,14 @@
-"""Gate rules: plain functions over metrics and params returning a verdict."""
+"""Gate rules: plain functions over comparisons, slices, schema and drift, each returning a verdict."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+from gates.bootstrap import Comparison
+from gates.profile import Drift
+from gates.schema_diff import SchemaDiff
+
+TOLERANCE = 1e-12  # float noise never decides a verdict
 
 
 @dataclass(frozen=True)
@@ -20,53 +26,137 @@ class RuleResult:
 
 @dataclass(frozen=True)
 class Baseline:
-    """The production version the candidate is compared with, on the same test set."""
+    """The production version the candidate is compared with, on the same test rows."""
 
     version: str
     metrics: dict[str, float] | None  # None when production could not be scored
     error: str | None = None
 
 
-def f1_minimum(metrics: dict[str, float], f1_min: float) -> RuleResult:
-    """The candidate's F1 must reach `f1_min`."""
-    f1 = metrics["f1"]
-    passed = f1 >= f1_min
+@dataclass(frozen=True)
+class SliceResult:
+    column: str
+    label: str
+    rows: int
+    candidate: float  # F1 on the slice
+    production: float | None = None
+    delta: float | None = None
+    delta_ci: tuple[float, float] | None = None
+    gated: bool = False  # False: too small, or nothing to compare with
+
+    @property
+    def bound(self) -> float | None:
+        """What the rule holds against the margin: the CI's lower bound, or the delta without a CI."""
+        return self.delta_ci[0] if self.delta_ci else self.delta
+
+
+def _ci(interval: tuple[float, float] | None) -> str:
+    return "" if interval is None else f" [{interval[0]:+.4f}, {interval[1]:+.4f}]"
+
+
+def metric_floor(comparison: Comparison, minimum: float) -> RuleResult:
+    """The candidate's value (point estimate) must reach `minimum`; its CI is reported beside it."""
+    name, value = comparison.metric, comparison.candidate
+    passed = value >= minimum - TOLERANCE
+    ci = comparison.candidate_ci
+    shown = "" if ci is None else f" (CI {ci[0]:.4f}–{ci[1]:.4f})"
     verdict = "reaches" if passed else "is below"
-    return RuleResult("f1_min", "f1", f1_min, f1, passed, f"f1 {f1:.4f} {verdict} the minimum {f1_min:.4f}")
-
-
-def champion_challenger(metrics: dict[str, float], baseline: Baseline | None, max_f1_drop: float | None) -> RuleResult:
-    """The candidate may be worse than production by at most `max_f1_drop` F1."""
-    if max_f1_drop is None:
-        return RuleResult("max_f1_drop", "f1", None, None, True, "comparison disabled (gates.max_f1_drop is null)")
-    if baseline is None:
-        return RuleResult(
-            "max_f1_drop", "f1", -max_f1_drop, None, True, "no production version yet: nothing to compare"
-        )
-    if baseline.metrics is None:
-        return RuleResult(
-            "max_f1_drop",
-            "f1",
-            -max_f1_drop,
-            None,
-            False,
-            f"production version {baseline.version} could not be scored on this test set: {baseline.error}",
-        )
-    change = metrics["f1"] - baseline.metrics["f1"]
-    passed = change >= -max_f1_drop - 1e-12
     return RuleResult(
-        "max_f1_drop",
-        "f1",
-        -max_f1_drop,
-        round(change, 6),
+        f"{name}_min",
+        name,
+        minimum,
+        round(value, 6),
         passed,
-        f"f1 {metrics['f1']:.4f} vs production v{baseline.version} {baseline.metrics['f1']:.4f}: "
-        f"change {change:+.4f}, allowed drop {max_f1_drop:.4f}",
+        f"{name} {value:.4f}{shown} {verdict} the minimum {minimum}",
     )
 
 
-def evaluate_gates(
-    metrics: dict[str, float], baseline: Baseline | None, f1_min: float, max_f1_drop: float | None
-) -> list[RuleResult]:
-    """Every rule, in the order the report shows them."""
-    return [f1_minimum(metrics, f1_min), champion_challenger(metrics, baseline, max_f1_drop)]
+def non_inferiority(
+    comparison: Comparison | None, baseline: Baseline | None, max_drop: float, confidence: float | None
+) -> RuleResult:
+    """The candidate may be worse than production by at most `max_drop`, judged on the CI's lower bound."""
+    name = comparison.metric if comparison else "f1"
+    rule = f"max_{name}_drop"
+    if baseline is None:
+        return RuleResult(rule, name, -max_drop, None, True, "no production version yet: nothing to compare")
+    if baseline.metrics is None or comparison is None or comparison.delta is None:
+        why = baseline.error or f"production v{baseline.version} has no {name}"
+        return RuleResult(
+            rule, name, -max_drop, None, False, f"production v{baseline.version} could not be compared: {why}"
+        )
+    delta, ci = comparison.delta, comparison.delta_ci
+    bound = ci[0] if ci is not None else delta
+    passed = bound >= -max_drop - TOLERANCE
+    how = f"{confidence:.0%} CI lower bound {bound:+.4f}" if ci is not None else f"change {delta:+.4f}"
+    return RuleResult(
+        rule,
+        name,
+        -max_drop,
+        round(bound, 6),
+        passed,
+        f"{name} {comparison.candidate:.4f} vs production v{baseline.version} {comparison.production:.4f}: "
+        f"change {delta:+.4f}{_ci(ci)}; {how} {'≥' if passed else '<'} −{max_drop}",
+    )
+
+
+def slice_rule(column: str, results: list[SliceResult], max_drop: float, min_rows: int) -> RuleResult:
+    """No gated slice of `column` may lose more than `max_drop` F1 (CI lower bound) against production."""
+    gated = [r for r in results if r.gated and r.bound is not None]
+    rule = f"slice_f1_drop[{column}]"
+    if not gated:
+        why = "no production to compare with" if all(r.production is None for r in results) else ""
+        why = why or f"no slice has {min_rows} rows"
+        return RuleResult(rule, "f1", -max_drop, None, True, f"{len(results)} slice(s), none gated: {why}")
+    worst = min(gated, key=lambda r: r.bound)
+    failing = [r for r in gated if r.bound < -max_drop - TOLERANCE]
+    if failing:
+        named = "; ".join(f"{r.label}: {r.candidate:.4f} vs {r.production:.4f}{_ci(r.delta_ci)}" for r in failing)
+        detail = f"{len(failing)} slice(s) lose more than {max_drop} F1: {named}"
+    else:
+        detail = f"{len(gated)} slice(s) gated, worst {worst.label} at {worst.bound:+.4f}"
+    return RuleResult(rule, "f1", -max_drop, round(worst.bound, 6), not failing, detail)
+
+
+def schema_rule(diff: SchemaDiff | None, production_version: str | None, allowed: bool) -> RuleResult:
+    """A change that breaks clients of the API fails, unless gates.allow_breaking_schema."""
+    if diff is None:
+        return RuleResult("serving_schema", "schema", None, None, True, "no production schema to compare with")
+    breaking = diff.breaking
+    if not breaking:
+        added = ", ".join(a["name"] for a in diff.added)
+        return RuleResult(
+            "serving_schema",
+            "schema",
+            None,
+            0,
+            True,
+            f"compatible with production v{production_version}" + (f" (adds optional {added})" if added else ""),
+        )
+    listed = "; ".join(breaking)
+    if allowed:
+        detail = f"breaking change ALLOWED by gates.allow_breaking_schema: {listed}"
+    else:
+        detail = f"breaks clients of production v{production_version}: {listed}"
+    return RuleResult("serving_schema", "schema", None, len(breaking), allowed, detail)
+
+
+def drift_rules(drift: Drift | None, max_psi: float | None, max_unseen_share: float | None) -> list[RuleResult]:
+    """Profile changes that params turned into rules."""
+    out = []
+    if max_psi is not None:
+        if drift is None or not drift.psi:
+            out.append(RuleResult("max_psi", "psi", max_psi, None, True, "no production profile to compare with"))
+        else:
+            column, worst = max(drift.psi.items(), key=lambda kv: kv[1])
+            over = [f"{c} {v:.3f}" for c, v in drift.psi.items() if v > max_psi]
+            detail = f"over the limit: {', '.join(over)}" if over else f"largest {column} {worst:.3f}"
+            out.append(RuleResult("max_psi", "psi", max_psi, round(worst, 6), not over, detail))
+    if max_unseen_share is not None:
+        shares = {c: sum(v.values()) for c, v in (drift.unseen_categories if drift else {}).items()}
+        worst_column, worst = max(shares.items(), key=lambda kv: kv[1], default=("", 0.0))
+        over = [f"{c} {s:.1%}" for c, s in shares.items() if s > max_unseen_share]
+        detail = f"over the limit: {', '.join(over)}" if over else "within the limit"
+        if worst_column and not over:
+            detail = f"largest {worst_column} {worst:.1%}"
+        out.append(RuleResult("max_unseen_share", "categories", max_unseen_share, round(worst, 6), not over, detail))
+    return out

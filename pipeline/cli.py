@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a params key, e.g. --set gates.f1_min=0.9 (repeatable)",
+        help="override a params key, e.g. --set gates.metrics.f1.min=0.9 (repeatable)",
     )
     common.add_argument("--debug", action="store_true", help="print the traceback of an error")
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Gated training and deployment.")
@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="overwrite an existing file"
     )
     add("train", "fit and log a run; prints the run id")
-    add("gate", "evaluate gates for a run; writes reports/gate.{json,md}").add_argument("--run-id", required=True)
+    gate = add("gate", "evaluate gates for a run; writes reports/gate.{json,md} and reports/model_card.md")
+    gate.add_argument("--run-id", required=True)
+    gate.add_argument(
+        "--base-params", metavar="FILE", help="list every gate threshold this params file loosens or tightens vs FILE"
+    )
     add("register", "register a gated run and set the candidate alias; prints the version").add_argument(
         "--run-id", required=True
     )
@@ -110,6 +114,7 @@ def dispatch(args: argparse.Namespace) -> str | None:
     # Imported here so `--help` and usage errors answer without loading MLflow.
     from pipeline import release_keys, stages, status, tracking
     from pipeline.config import load_params
+    from pipeline.errors import ConfigError
 
     redact_logging("mlflow")  # MLflow's handlers exist once it is imported
 
@@ -130,7 +135,13 @@ def dispatch(args: argparse.Namespace) -> str | None:
     if command == "train":
         return stages.train_stage(params)
     if command == "gate":
-        stages.gate_stage(params, args.run_id)
+        base = None
+        if args.base_params:
+            try:
+                base = load_params(args.base_params)
+            except ConfigError as exc:
+                raise ConfigError(f"--base-params {args.base_params}: {exc}") from None
+        stages.gate_stage(params, args.run_id, base_params=base)
     elif command == "register":
         return stages.register_stage(params, args.run_id)
     elif command == "smoke":

@@ -77,11 +77,73 @@ class ModelParams(Section):
         return getattr(self, self.type).model_dump()
 
 
+class MetricGate(Section):
+    """`min`: the candidate's value must reach it. `max_drop`: non-inferiority margin against production."""
+
+    min: float | None = None
+    max_drop: Annotated[float, Field(ge=0)] | None = None
+
+
+class SliceGates(Section):
+    columns: list[str] = []
+    min_rows: Annotated[int, Field(gt=0)] = 100  # smaller slices are shown, not gated
+    max_f1_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+
+class DriftGates(Section):
+    """Data-profile changes are warnings; a threshold here makes one a rule (null: warn only)."""
+
+    max_psi: Annotated[float, Field(ge=0)] | None = None  # per numeric column
+    max_unseen_share: Annotated[float, Field(ge=0, le=1)] | None = None  # rows with categories production never saw
+
+
+# The round-one keys, still accepted as shorthand for gates.metrics.f1.
+LEGACY_GATE_KEYS = {"f1_min": "min", "max_f1_drop": "max_drop"}
+
+
 class GateParams(Section):
-    f1_min: Annotated[float, Field(ge=0, le=1)] = 0.55
-    # Champion/challenger: the candidate may be at most this much worse than
-    # production on the same test set. null disables the comparison.
-    max_f1_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.02
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] | None = 0.95  # null: compare point estimates
+    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    metrics: dict[str, MetricGate] = {"f1": MetricGate(min=0.55, max_drop=0.02)}
+    slices: SliceGates = SliceGates()
+    allow_breaking_schema: bool = False
+    drift: DriftGates = DriftGates()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_f1_keys(cls, data: Any) -> Any:
+        """`f1_min` / `max_f1_drop` set gates.metrics.f1.min / max_drop (and win, as --set does)."""
+        if not isinstance(data, dict) or not LEGACY_GATE_KEYS.keys() & data.keys():
+            return data
+        data = dict(data)
+        metrics = dict(data.get("metrics") or {"f1": {"min": 0.55, "max_drop": 0.02}})
+        f1 = dict(metrics.get("f1") or {})
+        for legacy, key in LEGACY_GATE_KEYS.items():
+            if legacy in data:
+                value = data.pop(legacy)
+                if isinstance(value, bool) or not (value is None or isinstance(value, int | float)):
+                    raise ValueError(f"gates.{legacy}: must be a number (got {value!r})")
+                f1[key] = value
+        metrics["f1"] = f1
+        data["metrics"] = metrics
+        return data
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, value: dict[str, MetricGate]) -> dict[str, MetricGate]:
+        for name, gate in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.\-/ ]{1,250}", name):
+                raise ValueError(f"{name!r} is not a metric name")
+            if gate.min is None and gate.max_drop is None:
+                raise ValueError(f"metric {name!r} has neither min nor max_drop: nothing to gate")
+        return value
+
+
+class CardParams(Section):
+    """What the model card says about use; the rest of the card comes from the run and the gate."""
+
+    intended_use: str = "Scores customers' risk of churning, for retention outreach ranked by probability."
+    limitations: str = "Trained on one snapshot of customer data; not for decisions about individuals without review."
 
 
 class RegistryParams(Section):
@@ -131,6 +193,7 @@ class Params(Section):
     registry: RegistryParams = RegistryParams()
     smoke: SmokeParams = SmokeParams()
     serving: ServingParams = ServingParams()
+    card: CardParams = CardParams()
 
 
 class ParamsLoader(yaml.SafeLoader):

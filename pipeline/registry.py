@@ -26,8 +26,8 @@ from pipeline.policy import VersionState
 from pipeline.provenance import actor, git_sha, now
 
 METRIC_PREFIX = contract.METRIC_TAG_PREFIX
-METRICS = ("f1", "precision", "recall", "roc_auc", "accuracy")
-GATE_REPORT = "gate/gate.json"
+METRICS = contract.METRICS
+GATE_REPORT = contract.GATE_REPORT
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,13 @@ def register(client: MlflowClient, name: str, run_id: str, signing_key, verify_k
         "data.rows": run.data.tags.get("data.rows", ""),
         **{f"{METRIC_PREFIX}{k}": str(v) for k, v in run.data.metrics.items() if k in METRICS},
     }
+    if run.data.tags.get(contract.SCHEMA_BREAK_ALLOWED):
+        tags[contract.SCHEMA_BREAK_ALLOWED] = run.data.tags[contract.SCHEMA_BREAK_ALLOWED]
     model_id = run.data.tags["model_id"]
-    mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id)
+    card = f"Model card: runs:/{run_id}/{contract.MODEL_CARD} (gate report: runs:/{run_id}/{GATE_REPORT})"
+    mv = client.create_model_version(
+        name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id, description=card
+    )
     version = str(mv.version)
     if signing_key is not None:
         verdict = Verdict("gate", name, version, run_id, digest, "passed", sha)

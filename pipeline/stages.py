@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -18,24 +19,28 @@ from mlflow.tracking import MlflowClient
 
 from api import contract
 from api.release import Verdict, sign
-from api.safe_model import RefusedModel, load_estimator
-from api.source import fetch_version_files
+from api.safe_model import RefusedModel
+from gates.bootstrap import METRICS
+from gates.evaluate import evaluate as evaluate_gates
+from gates.model_card import CardFacts, model_card
+from gates.policy_diff import policy_changes
+from gates.profile import compare_profiles
 from gates.report import COMMENT_MARKER, GateReport
-from gates.rules import Baseline, evaluate_gates
+from gates.schema_diff import compare_schemas
 from gates.smoke_checks import Check, SmokeReport
-from pipeline import container, github, registry, release_keys, tracking
+from pipeline import container, gate_inputs, github, registry, release_keys, tracking
 from pipeline.churn_data import generate_churn
 from pipeline.config import Params
-from pipeline.data import load_dataset
+from pipeline.data import coerce_to_schema, load_dataset
 from pipeline.errors import CheckFailed, ConfigError, InfrastructureError
-from pipeline.integrity import inspect_version, logged_model_files
+from pipeline.integrity import inspect_version
 from pipeline.policy import check_promotion, rollback_candidates
 from pipeline.progress import say, stage
 from pipeline.provenance import git_sha
 from pipeline.release_lock import release_lock
 from pipeline.serving import free_port, start_tracking_server, uvicorn_process, wait_for
 from pipeline.smoke import smoke_http
-from pipeline.train import evaluate, train
+from pipeline.train import train
 
 # PR checks log to an ephemeral store and read production from the team's server here.
 PRODUCTION_URI_VAR = "PRODUCTION_TRACKING_URI"
@@ -73,86 +78,140 @@ def train_stage(params: Params) -> str:
     return run_id
 
 
-def gate_stage(params: Params, run_id: str) -> GateReport:
+def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -> GateReport:
     """Evaluate the gates for a run, record the verdict on the run, then write the local report.
 
     The registry has the verdict before any local file says anything: a stale
     reports/gate.json is removed first, and written only after the run's tags.
     """
-    for stale in (REPORTS / "gate.json", REPORTS / "gate.md"):
+    for stale in (REPORTS / "gate.json", REPORTS / "gate.md", REPORTS / "model_card.md"):
         stale.unlink(missing_ok=True)
     client = tracking.connect(params)
     signing_key = release_keys.signing_key()
     run = _get_run(client, run_id)
-    name = params.registry.model_name
-    with stage("gate", f"f1 >= {params.gates.f1_min}, max f1 drop vs production {params.gates.max_f1_drop}"):
-        baseline = None
+    name, gates = params.registry.model_name, params.gates
+    rules_text = ", ".join(
+        f"{m} >= {g.min}" if g.max_drop is None else f"{m} >= {g.min}, {m} drop <= {g.max_drop} vs production"
+        for m, g in gates.metrics.items()
+    )
+    with stage("gate", rules_text), tempfile.TemporaryDirectory(prefix="gate-") as tmp:
+        try:
+            candidate = gate_inputs.candidate(client, run, Path(tmp) / "candidate")
+        except (RefusedModel, KeyError) as exc:
+            raise CheckFailed(f"run {run_id} has no loadable logged model: {exc}") from None
+        _check_gate_config(gates, run, candidate)
+        raw = tracking.load_raw_test_set(client, run_id)
+        positive = candidate.positive_label
+        y_true = (raw[tracking.TARGET_COLUMN].astype(str) == positive).to_numpy()
+        try:
+            candidate_scored = gate_inputs.score(candidate, raw, positive)
+        except gate_inputs.CannotScore as exc:
+            raise CheckFailed(f"run {run_id}: {exc}") from None
+
         production_client = _production_client(params, client)
-        production = registry.alias_version(production_client, name, params.registry.production_alias)
-        if production is not None and params.gates.max_f1_drop is not None:
-            baseline = _score_production(
-                production_client, client, name, production, run_id, run.data.tags["positive_label"]
+        version = registry.alias_version(production_client, name, params.registry.production_alias)
+        production, schema, drift, notes = None, None, None, []
+        if version is not None:
+            model, error = gate_inputs.production(production_client, name, version, Path(tmp) / "production")
+            production, note = gate_inputs.production_answers(
+                version, model, error, raw, positive, gates.allow_breaking_schema
             )
-        rules = evaluate_gates(run.data.metrics, baseline, params.gates.f1_min, params.gates.max_f1_drop)
+            notes += [note] if note else []
+            if model is not None:
+                schema = compare_schemas(model.inputs, candidate.inputs)
+                if model.profile and candidate.profile:
+                    drift = compare_profiles(model.profile, candidate.profile)
+                else:
+                    notes.append(f"no data profile on {'the candidate' if model.profile else f'production v{version}'}")
+
+        started = time.perf_counter()
+        frame = coerce_to_schema(raw, candidate.features)
+        result = evaluate_gates(
+            gates, params.data.seed, y_true, frame, candidate_scored, candidate.logged, production, schema, drift
+        )
+        say(f"  bootstrap: {gates.bootstrap_samples} paired resamples scored in {time.perf_counter() - started:.2f} s")
         sha = run.data.tags.get(contract.GIT_SHA, git_sha())
-        with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
-            try:
-                digest = logged_model_files(client, run.data.tags["model_id"], run_id, Path(tmp)).digest
-            except (RefusedModel, KeyError) as exc:
-                raise CheckFailed(f"run {run_id} has no loadable logged model: {exc}") from None
+        changes = None if base_params is None else policy_changes(base_params.gates.model_dump(), gates.model_dump())
         report = GateReport(
             model_name=name,
             run_id=run_id,
             git_sha=sha,
-            metrics={k: v for k, v in run.data.metrics.items() if k in registry.METRICS},
-            rules=rules,
-            baseline=baseline,
-            notes=[f"Model artifact {digest}; verdict {'signed' if signing_key else 'unsigned'}."],
+            result=result,
+            confidence=gates.confidence,
+            bootstrap_samples=gates.bootstrap_samples,
+            policy_changes=changes,
+            notes=[*notes, f"Model artifact {candidate.digest}; verdict {'signed' if signing_key else 'unsigned'}."],
         )
-        client.log_text(run_id, report.to_json(), registry.GATE_REPORT)
+        card = model_card(report, _card_facts(params, run, candidate))
+        client.log_text(run_id, report.to_json(), contract.GATE_REPORT)
         client.log_text(run_id, report.to_markdown(), "gate/gate.md")
-        client.set_tag(run_id, contract.GATE_BASELINE, production or "")
+        client.log_text(run_id, card, contract.MODEL_CARD)
+        client.set_tag(run_id, contract.GATE_BASELINE, version or "")
+        if schema is not None and schema.breaking:
+            client.set_tag(run_id, contract.SCHEMA_BREAK_ALLOWED, "; ".join(schema.breaking)[:5000])
         if signing_key is not None:
-            verdict = Verdict("gate", name, "", run_id, digest, report.verdict, sha)
+            verdict = Verdict("gate", name, "", run_id, candidate.digest, report.verdict, sha)
             client.set_tag(run_id, contract.GATE_SIGNATURE, sign(signing_key, verdict))
         client.set_tag(run_id, contract.GATE, report.verdict)
         REPORTS.mkdir(exist_ok=True)
         (REPORTS / "gate.json").write_text(report.to_json())
         (REPORTS / "gate.md").write_text(report.to_markdown())
-        for rule in rules:
+        (REPORTS / "model_card.md").write_text(card)
+        for change in changes or []:
+            say(f"  policy {change.direction}: {change.message}")
+        for rule in result.rules:
             say(f"  {'pass' if rule.passed else 'FAIL'} {rule.rule}: {rule.detail}")
     github.write_outputs(gate=report.verdict)
-    github.write_summary(report.to_markdown())
+    github.write_summary(
+        report.to_markdown()
+        + f"\n<details><summary>Model card (<code>{contract.MODEL_CARD}</code> on run {run_id})</summary>\n\n"
+        + card
+        + "\n</details>\n"
+    )
     if not report.passed:
         raise CheckFailed(f"gate failed for run {run_id}; report in {REPORTS / 'gate.md'} and on the run")
     return report
+
+
+def _check_gate_config(gates, run, candidate: gate_inputs.ModelUnderGate) -> None:
+    """Gated metrics must be computable or logged, slice columns must be features: exit 2 otherwise."""
+    for metric in gates.metrics:
+        if metric not in METRICS and metric not in run.data.metrics:
+            known = sorted(set(METRICS) | set(run.data.metrics))
+            raise ConfigError(f"gates.metrics.{metric}: run {run.info.run_id} has no such metric (it has {known})")
+    columns = [f.name for f in candidate.features]
+    for column in gates.slices.columns:
+        if column not in columns:
+            raise ConfigError(f"gates.slices.columns: {column!r} is not a feature of the model (features: {columns})")
+
+
+def _card_facts(params: Params, run, candidate: gate_inputs.ModelUnderGate) -> CardFacts:
+    tags = run.data.tags
+    return CardFacts(
+        model_type=tags.get("model.type", ""),
+        hyperparameters={k: v for k, v in run.data.params.items() if k.startswith("model.") and k != "model.type"},
+        data_path=tags.get("data.path", ""),
+        data_rows=tags.get("data.rows", ""),
+        data_fingerprint=tags.get("data.fingerprint", ""),
+        target=params.data.target,
+        positive_label=candidate.positive_label,
+        artifact_digest=candidate.digest,
+        intended_use=params.card.intended_use,
+        limitations=params.card.limitations,
+        profile=candidate.profile,
+    )
+
+
+def _promotion_reason(mv) -> str:
+    allowed = mv.tags.get(contract.SCHEMA_BREAK_ALLOWED)
+    reason = "promoted after gates and smoke passed"
+    return f"{reason}; serving schema break allowed: {allowed}" if allowed else reason
 
 
 def _production_client(params: Params, client: MlflowClient) -> MlflowClient:
     """The registry production is read from: PRODUCTION_TRACKING_URI when set (PR checks), else the same."""
     uri = os.environ.get(PRODUCTION_URI_VAR)
     return tracking.client_for(uri) if uri else client
-
-
-def _score_production(
-    production_client: MlflowClient, client: MlflowClient, name: str, version: str, run_id: str, positive_label: str
-) -> Baseline:
-    """Score the production version on the candidate's own test set, loaded safely (skops, allow-list)."""
-    X, y = tracking.load_test_set(client, run_id)
-    try:
-        mv = production_client.get_model_version(name, version)
-        with tempfile.TemporaryDirectory(prefix="production-") as tmp:
-            files = fetch_version_files(production_client, name, version, mv.run_id, Path(tmp))
-            model = load_estimator(files.model_dir)
-        return Baseline(version, evaluate(model, X, y, positive_label))
-    except RefusedModel as exc:
-        return Baseline(version, None, f"refused to load: {exc}")
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise  # the registry itself failed: exit 3, not a gate verdict
-        return Baseline(version, None, f"artifact missing: {exc.message}")
-    except (ValueError, KeyError, TypeError) as exc:  # a production model that cannot score this data
-        return Baseline(version, None, f"{type(exc).__name__}: {exc}")
 
 
 def register_stage(params: Params, run_id: str) -> str:
@@ -284,7 +343,7 @@ def promote_stage(params: Params, version: str) -> None:
             reg.model_name,
             reg.production_alias,
             version,
-            reason="promoted after gates and smoke passed",
+            reason=_promotion_reason(mv),
             expected=production,
         )
         say(f"  @{reg.production_alias}: {production or 'nothing'} -> {version} ({inspection.digest})")

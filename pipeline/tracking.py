@@ -16,12 +16,14 @@ matplotlib.use("Agg")  # plots are files; no display
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
-from api.contract import FEATURE_SCHEMA, SMOKE_EXAMPLES
+from api.contract import DATA_PROFILE, FEATURE_SCHEMA, SMOKE_EXAMPLES
 from api.redact import redact
+from gates.profile import profile
 from pipeline.config import Params
 from pipeline.data import Dataset, Feature, coerce_to_schema
 from pipeline.errors import DataError, InfrastructureError
@@ -123,6 +125,8 @@ def log_training_run(client: MlflowClient, params: Params, data: Dataset, result
         }
         mlflow.log_dict(schema, FEATURE_SCHEMA)
         mlflow.log_dict(smoke_examples(result, data, params.smoke.examples), SMOKE_EXAMPLES)
+        kinds = {f.name: f.kind for f in data.schema}
+        mlflow.log_dict(profile(result.split.X_train, kinds), DATA_PROFILE)
         with tempfile.TemporaryDirectory() as tmp:
             test = result.split.X_test.assign(**{TARGET_COLUMN: result.split.y_test.values})
             test.to_csv(Path(tmp) / "test.csv", index=False)
@@ -171,12 +175,29 @@ def load_feature_schema(client: MlflowClient, run_id: str) -> tuple[Feature, ...
 def load_test_set(client: MlflowClient, run_id: str) -> tuple[pd.DataFrame, pd.Series]:
     """The exact test set a run was scored on, cast back to its schema."""
     schema = load_feature_schema(client, run_id)
-    path = client.download_artifacts(run_id, TEST_SET)
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    frame = load_raw_test_set(client, run_id)
     try:
         return coerce_to_schema(frame, schema), frame[TARGET_COLUMN].astype(str)
     except DataError as exc:
         raise DataError(f"stored test set of run {run_id}: {exc}") from None
+
+
+def load_raw_test_set(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    """The stored test set as text columns, target included (column TARGET_COLUMN)."""
+    path = client.download_artifacts(run_id, TEST_SET)
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+
+
+def load_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | None:
+    """A run's JSON artifact, or None when the run has none (runs logged before it existed)."""
+    try:
+        return json.loads(Path(client.download_artifacts(run_id, path)).read_text())
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    except OSError:
+        return None
 
 
 def load_smoke_examples(client: MlflowClient, run_id: str) -> dict:

@@ -116,18 +116,26 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys):
     runs_before = len(
         MlflowClient(server).search_runs([MlflowClient(server).get_experiment_by_name("churn").experiment_id])
     )
+    # (on a branch that lowers the F1 floor: the report shows the policy change, the gate still decides)
+    base_sha = git_head(repo)
+    git(repo, "checkout", "-q", "-b", "lower-floor")
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("f1: {min: 0.55,", "f1: {min: 0.30,"))
+    commit(repo, "lower the F1 floor")
+    pull = {"number": 7, "head": {"ref": "lower-floor"}, "base": {"ref": "main", "sha": base_sha}}
     event = repo.parent / "pull_request.json"
-    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"ref": "x"}, "base": {"ref": "main"}}}))
+    event.write_text(json.dumps({"pull_request": pull}))
     output = act(repo, server, "pull_request", "-e", str(event))
+    git(repo, "checkout", "-q", "main")
     assert act.returncode == 0, output[-3000:]
     assert "production v2" in output
+    assert "policy loosened: lowers the F1 floor from 0.55 to 0.3" in output
     experiment = MlflowClient(server).get_experiment_by_name("churn").experiment_id
     assert len(MlflowClient(server).search_runs([experiment])) == runs_before
     assert registry(server)[0] == aliases and len(registry(server)[1]) == 2
 
-    # when a push sets gates.f1_min impossibly high, it fails at the gate and changes nothing
-    params = repo / "params.yaml"
-    params.write_text(params.read_text().replace("f1_min: 0.55", "f1_min: 0.99"))
+    # when a push sets the F1 floor impossibly high, it fails at the gate and changes nothing
+    params.write_text(params.read_text().replace("f1: {min: 0.55,", "f1: {min: 0.99,"))
     commit(repo, "raise the F1 bar out of reach")
     output = act(repo, server, "push")
     assert act.returncode != 0 and "gate failed" in output

@@ -10,12 +10,12 @@ def test_repository_params_file_loads_into_frozen_objects():
     params = load_params(ROOT / "params.yaml")
     assert params.registry.model_name == "churn-classifier"
     with pytest.raises(Exception, match="frozen"):
-        params.gates.f1_min = 0.1
+        params.gates.confidence = 0.5
 
 
 def test_set_overrides_a_nested_key_with_a_yaml_typed_value():
-    params = load_params(ROOT / "params.yaml", ["gates.f1_min=0.9", "model.random_forest.max_depth=null"])
-    assert params.gates.f1_min == 0.9
+    params = load_params(ROOT / "params.yaml", ["gates.metrics.f1.min=0.9", "model.random_forest.max_depth=null"])
+    assert params.gates.metrics["f1"].min == 0.9
     assert params.model.random_forest.max_depth is None
 
 
@@ -30,8 +30,21 @@ def test_unknown_key_from_set_is_named():
 
 
 def test_wrong_type_is_named_with_the_value():
-    with pytest.raises(ConfigError, match=r"gates\.f1_min: .*'high'"):
+    with pytest.raises(ConfigError, match=r"gates\.metrics\.f1\.min: .*'high'"):
+        load_params(ROOT / "params.yaml", ["gates.metrics.f1.min=high"])
+    with pytest.raises(ConfigError, match=r"gates\.f1_min: must be a number \(got 'high'\)"):
         load_params(ROOT / "params.yaml", ["gates.f1_min=high"])
+
+
+def test_gates_a_teammate_gets_wrong_are_named():
+    with pytest.raises(ConfigError, match=r"metric 'f1' has neither min nor max_drop"):
+        build_params({"gates": {"metrics": {"f1": {}}}})
+    with pytest.raises(ConfigError, match=r"gates\.confidence"):
+        build_params({"gates": {"confidence": 1.5}})
+    with pytest.raises(ConfigError, match=r"gates\.bootstrap_samples"):
+        build_params({"gates": {"bootstrap_samples": 10}})
+    with pytest.raises(ConfigError, match=r"unknown key gates\.metrics\.f1\.floor"):
+        build_params({"gates": {"metrics": {"f1": {"floor": 0.5}}}})
 
 
 def test_out_of_range_value_is_refused():
@@ -83,7 +96,8 @@ def test_hyperparameters_follow_the_selected_type():
         (["registry.production_alias=prod uction"], r"registry\.production_alias: not a valid alias name"),
         (["registry.candidate_alias=latest"], r"registry\.candidate_alias: not a valid alias name"),
         (["registry.candidate_alias=v3"], r"registry\.candidate_alias: not a valid alias name"),
-        (["gates.f1_min=true"], r"gates\.f1_min: Input should be a valid number \(got True\)"),
+        (["gates.metrics.f1.min=true"], r"gates\.metrics\.f1\.min: Input should be a valid number \(got True\)"),
+        (["gates.f1_min=true"], r"gates\.f1_min: must be a number \(got True\)"),
         (["data.seed=true"], r"data\.seed: Input should be a valid integer"),
     ],
 )

@@ -1,0 +1,108 @@
+"""Every gate on one candidate: metrics with paired intervals, slices, the serving schema, drift.
+
+Pure: the models' answers on the test rows, the schema diff and the drift come
+in already computed; nothing here reads the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from gates.bootstrap import METRICS, Comparison, Scored, paired_bootstrap
+from gates.profile import Drift
+from gates.rules import (
+    Baseline,
+    RuleResult,
+    SliceResult,
+    drift_rules,
+    metric_floor,
+    non_inferiority,
+    schema_rule,
+    slice_rule,
+)
+from gates.schema_diff import SchemaDiff
+from gates.slices import slices_of
+
+
+@dataclass(frozen=True)
+class Production:
+    """Production as the gate sees it: its answers on the candidate's test rows, if it could give them."""
+
+    version: str
+    scored: Scored | None
+    error: str | None = None
+    logged: dict[str, float] | None = None  # metrics recorded on the version (for metrics not recomputed)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    rules: list[RuleResult]
+    comparisons: dict[str, Comparison]
+    slices: list[SliceResult]
+    schema: SchemaDiff | None
+    drift: Drift | None
+    baseline: Baseline | None
+
+    @property
+    def passed(self) -> bool:
+        return all(rule.passed for rule in self.rules)
+
+
+def evaluate(
+    gates,
+    seed: int,
+    y_true: np.ndarray,
+    frame: pd.DataFrame,
+    candidate: Scored,
+    logged: dict[str, float],
+    production: Production | None,
+    schema: SchemaDiff | None = None,
+    drift: Drift | None = None,
+) -> GateResult:
+    """Score every rule of `gates` (GateParams) on the candidate's test rows."""
+    prod_scored = production.scored if production else None
+    recomputed = paired_bootstrap(
+        y_true, candidate, prod_scored, list(METRICS), gates.bootstrap_samples, gates.confidence, seed
+    )
+    comparisons = dict(recomputed)
+    for name in gates.metrics:
+        if name not in comparisons:  # a logged metric the gate cannot recompute: logged values, no interval
+            before = (production.logged or {}).get(name) if production else None
+            delta = None if before is None else logged[name] - before
+            comparisons[name] = Comparison(name, logged[name], None, before, delta, None)
+
+    baseline = None
+    if production is not None:
+        metrics = None if prod_scored is None else {k: c.production for k, c in recomputed.items()}
+        baseline = Baseline(production.version, metrics, production.error)
+
+    rules: list[RuleResult] = []
+    for name, gate in gates.metrics.items():
+        if gate.min is not None:
+            rules.append(metric_floor(comparisons[name], gate.min))
+        if gate.max_drop is not None:
+            rules.append(non_inferiority(comparisons[name], baseline, gate.max_drop, gates.confidence))
+
+    slices = []
+    for column in gates.slices.columns:
+        results = [
+            _slice_result(s.column, s.label, s.rows, y_true, candidate, prod_scored, gates, seed)
+            for s in slices_of(frame, column)
+        ]
+        slices += results
+        rules.append(slice_rule(column, results, gates.slices.max_f1_drop, gates.slices.min_rows))
+
+    rules.append(schema_rule(schema, production.version if production else None, gates.allow_breaking_schema))
+    rules += drift_rules(drift, gates.drift.max_psi, gates.drift.max_unseen_share)
+    return GateResult(rules, comparisons, slices, schema, drift, baseline)
+
+
+def _slice_result(column, label, rows, y_true, candidate, production, gates, seed) -> SliceResult:
+    f1 = paired_bootstrap(y_true, candidate, production, ["f1"], gates.bootstrap_samples, gates.confidence, seed, rows)
+    c = f1["f1"]
+    count = int(rows.sum())
+    gated = production is not None and count >= gates.slices.min_rows
+    return SliceResult(column, label, count, c.candidate, c.production, c.delta, c.delta_ci, gated)

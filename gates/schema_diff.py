@@ -1,0 +1,57 @@
+"""The serving contract: what a candidate's input schema changes for every client of the API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# A column type that accepts every value of the key type (MLflow column types).
+WIDER = {"integer": {"long", "float", "double"}, "long": {"double"}, "float": {"double"}}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str  # an MLflow column type: double, long, string, boolean, ...
+    required: bool
+
+
+@dataclass(frozen=True)
+class SchemaDiff:
+    removed: list[str] = field(default_factory=list)
+    added: list[dict] = field(default_factory=list)  # {name, type, required}
+    retyped: list[dict] = field(default_factory=list)  # {name, from, to, breaking}
+    now_required: list[str] = field(default_factory=list)
+
+    @property
+    def breaking(self) -> list[str]:
+        """Why clients of production would break, one phrase per field."""
+        reasons = [f"removes field {name!r}" for name in self.removed]
+        reasons += [f"changes {r['name']!r} from {r['from']} to {r['to']}" for r in self.retyped if r["breaking"]]
+        reasons += [f"adds required field {a['name']!r}" for a in self.added if a["required"]]
+        reasons += [f"makes {name!r} required" for name in self.now_required]
+        return reasons
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "breaking": self.breaking}
+
+
+def compare_schemas(production: list[Field], candidate: list[Field]) -> SchemaDiff:
+    """What changes for a client that sends what production accepts."""
+    before = {f.name: f for f in production}
+    after = {f.name: f for f in candidate}
+    retyped = [
+        {
+            "name": name,
+            "from": before[name].type,
+            "to": after[name].type,
+            "breaking": after[name].type not in WIDER.get(before[name].type, set()),
+        }
+        for name in before
+        if name in after and before[name].type != after[name].type
+    ]
+    return SchemaDiff(
+        removed=[name for name in before if name not in after],
+        added=[asdict(after[name]) for name in after if name not in before],
+        retyped=retyped,
+        now_required=[name for name in before if name in after and after[name].required and not before[name].required],
+    )
