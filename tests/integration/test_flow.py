@@ -95,8 +95,9 @@ def test_champion_challenger_refuses_a_worse_candidate(project, cli):
     assert cli("run") == 0
     assert cli("run", "--set", WEAKER_MODEL) == 1
     report = json.loads((project / "reports" / "gate.json").read_text())
-    [f1_rule, drop_rule] = report["rules"]
-    assert f1_rule["passed"] and not drop_rule["passed"]
+    rules = {rule["rule"]: rule for rule in report["rules"]}
+    assert rules["f1_min"]["passed"] and not rules["max_f1_drop"]["passed"]
+    assert rules["max_f1_drop"]["value"] == report["comparison"]["f1"]["ci_low"] < -0.02
     assert report["baseline"]["version"] == "1"
     assert production(cli) == "1" and len(cli.status()["versions"]) == 1
 
@@ -243,8 +244,12 @@ def test_another_csv_works_by_pointing_params_at_it(project, cli):
     )
     frame.to_csv(project / "loans.csv", index=False)
     sets = ["data.path=loans.csv", "data.target=defaulted", "data.positive_label=1", "data.id_column=null",
-            "gates.f1_min=0.3", "registry.model_name=loans"]  # fmt: skip
+            "gates.f1_min=0.3", "registry.model_name=loans", "gates.slices.columns=[region, age]",
+            "gates.slices.min_rows=20"]  # fmt: skip
     assert cli("run", *[a for s in sets for a in ("--set", s)]) == 0, cli.err
+    slices = json.loads((project / "reports" / "gate.json").read_text())["slices"]
+    assert [s["slice"] for s in slices][:3] == ["region = east", "region = north", "region = south"]
+    assert [s["slice"] for s in slices][3].startswith("age < ") and sum(s["rows"] for s in slices) == 2 * 120
     assert cli("status", "--json", "--set", "registry.model_name=loans") == 0
     state = json.loads(cli.out)
     assert state["aliases"]["production"] == "1" and state["versions"][0]["metrics"]["f1"] > 0.3
