@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps data demo test test-fast lint format status image bench act-push act-rollback clean
+.PHONY: help install system-deps data demo test test-fast lint format status image bench bench-gate act-push act-rollback clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test-fast: $(STAMP) ## the tests that need no container engine or act
 
 image: $(STAMP) system-deps ## build the API image (docker, else podman)
 	$(BIN)/python -m pipeline image
+
+bench-gate: $(STAMP) ## what the gate's paired bootstrap costs and resolves on the default data
+	$(BIN)/python benchmarks/gate_bootstrap.py
 
 bench: $(STAMP) system-deps ## this API against `mlflow models serve` on the production version (run make demo first)
 	$(BIN)/python benchmarks/serve_vs_mlflow.py
