@@ -3,7 +3,7 @@
 `create_app` builds the app around a ModelHolder, so nothing loads at import
 time and tests hand in a tiny model; the module-level `app` reads the
 environment (MLFLOW_TRACKING_URI, MODEL_NAME, MODEL_ALIAS or MODEL_VERSION,
-RELOAD_INTERVAL_S, MAX_BATCH_SIZE, RELEASE_VERIFY_KEY).
+RELOAD_INTERVAL_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, RELEASE_VERIFY_KEY).
 """
 
 import asyncio
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.holder import ModelHolder
+from api.limits import BodyLimitMiddleware
 from api.loaded_model import LoadedModel
 from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.redact import redact, redact_logging
@@ -57,6 +58,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
                 await task
 
     app = FastAPI(title="churn prediction API", lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     async def serving_model() -> LoadedModel:
@@ -102,10 +104,13 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
         body = await _json_body(request)
         records = model.validator.validate(body)
         columns = model.validator.columns(records)
-        if len(records) <= INLINE_RECORDS:
-            result = model.predict_columns(columns)
-        else:
-            result = await asyncio.to_thread(model.predict_columns, columns)
+        try:
+            if len(records) <= INLINE_RECORDS:
+                result = model.predict_columns(columns)
+            else:
+                result = await asyncio.to_thread(model.predict_columns, columns)
+        except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:  # sklearn refusing the values
+            raise model.unscorable(columns, exc) from None
         metrics.predictions.labels(model.version).inc(len(records))
         answer = {"model_version": model.version, "predictions": result.labels, "probabilities": result.probabilities}
         return Response(orjson.dumps(answer), media_type="application/json", headers={VERSION_HEADER: model.version})

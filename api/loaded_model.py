@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 
 from api.compiled import CompiledPipeline, NotCompilable
-from api.schema import FeatureSpec, RecordValidator
+from api.schema import FeatureSpec, RecordValidator, RequestError, quote
 
 PARITY_TOLERANCE = 1e-12
+# Tree models compute in float32: a larger finite number cannot be scored by them.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,28 @@ class LoadedModel:
             frame = self.frame(columns)
             labels, proba = self.pipeline.predict(frame), self.pipeline.predict_proba(frame)
         return Prediction(labels.tolist(), proba[:, self.positive_index].tolist())
+
+    def unscorable(self, columns: dict[str, list], exc: Exception) -> RequestError:
+        """The client's values the model could not score (sklearn raised on them), named field by field."""
+        problems = []
+        for spec in self.features:
+            if not spec.numeric:
+                continue
+            for record, value in enumerate(columns[spec.name]):
+                if value is not None and abs(value) > FLOAT32_MAX:
+                    message = (
+                        f"record {record}: field {spec.name!r}: {quote(value)} is too large for this model "
+                        f"(|x| must be at most {FLOAT32_MAX:.4g})"
+                    )
+                    problems.append({"loc": ["records", record, spec.name], "record": record, "field": spec.name,
+                                     "message": message})  # fmt: skip
+                    if len(problems) == 50:
+                        return RequestError(problems)
+        if not problems:
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            problems.append({"loc": ["records"], "record": None, "field": None,
+                             "message": f"the model cannot score these values: {quote(text, 200)}"})  # fmt: skip
+        return RequestError(problems)
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Labels for a frame already enforced to the model's schema (the /invocations path)."""

@@ -49,7 +49,7 @@ class RecordValidator:
     def validate(self, body: Any) -> list[dict]:
         if not isinstance(body, dict) or set(body) != {"records"}:
             keys = list(body) if isinstance(body, dict) else type(body).__name__
-            raise RequestError([_problem(("records",), f'body must be {{"records": [...]}}, got {keys}')])
+            raise RequestError([_problem(("records",), f'body must be {{"records": [...]}}, got {quote(keys)}')])
         records = body["records"]
         if not isinstance(records, list):
             raise RequestError([_problem(("records",), f"records must be a list, got {type(records).__name__}")])
@@ -69,6 +69,12 @@ class RecordValidator:
         return {f.name: [r.get(f.name) for r in records] for f in self.features}
 
 
+def quote(value: Any, limit: int = 40) -> str:
+    """A short prefix of a bad value for an error message: answers never echo a whole payload."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def _problem(loc: tuple, message: str, record: int | None = None, field: str | None = None) -> dict:
     return {"loc": list(loc), "record": record, "field": field, "message": message}
 
@@ -80,7 +86,7 @@ def _from_pydantic(error: dict) -> dict:
     what = {
         "missing": "is missing",
         "extra_forbidden": "is not a feature of this model",
-    }.get(error["type"], f"{error['msg'].lower()}, got {error.get('input')!r}")
+    }.get(error["type"], f"{error['msg'].lower()}, got {quote(error.get('input'))}")
     where = f"record {record}" if record is not None else "records"
     message = f"{where}: field {field!r}: {what}" if field else f"{where}: {error['msg'].lower()}"
     return _problem(("records", *loc), message, record, field)

@@ -24,6 +24,11 @@ class _PyfuncView:
         self.rows = 0
 
     def predict(self, data):
+        if len(data) > self._model.max_batch_size:
+            raise MlflowException(
+                f"{len(data)} records exceed the batch limit of {self._model.max_batch_size}",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
         schema = self.metadata.get_input_schema()
         frame = _enforce_schema(data, schema) if schema is not None else data
         self.rows = len(frame)
@@ -43,7 +48,13 @@ def score(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, str,
         )
         # A client's mistake is never a 500 here: MLflow raises its own errors for bad input.
         return (status if status < 500 else 400), exc.serialize_as_json(), 0
+    except RecursionError:  # Python's json parser on a deeply nested body
+        return 400, _error("the JSON body is nested too deeply"), 0
     return result.status, result.response, view.rows
+
+
+def _error(message: str) -> str:
+    return MlflowException(message, error_code=BAD_REQUEST).serialize_as_json()
 
 
 def _name(code: int) -> str:

@@ -17,6 +17,7 @@ class Settings:
     model_version: str | None = None  # pins one version; no alias polling
     reload_interval_s: float = 10.0
     max_batch_size: int = 10_000
+    max_body_bytes: int = 20 * 1024 * 1024  # MAX_BODY_BYTES: larger bodies get 413 before they are parsed
     verify_key_pem: str | None = None  # RELEASE_VERIFY_KEY: only versions with verified verdicts serve
 
     @classmethod
@@ -28,6 +29,7 @@ class Settings:
             model_version=env.get("MODEL_VERSION") or None,
             reload_interval_s=_number(env, "RELOAD_INTERVAL_S", cls.reload_interval_s, float),
             max_batch_size=_number(env, "MAX_BATCH_SIZE", cls.max_batch_size, int),
+            max_body_bytes=_number(env, "MAX_BODY_BYTES", cls.max_body_bytes, int),
             verify_key_pem=env.get("RELEASE_VERIFY_KEY") or None,
         )
 

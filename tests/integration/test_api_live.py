@@ -128,3 +128,35 @@ def wait_ready(url: str, timeout_s: float = 60) -> None:
     while httpx.get(url + "/ready").status_code != 200:
         assert time.monotonic() < deadline, httpx.get(url + "/ready").text
         time.sleep(0.1)
+
+
+def test_hostile_requests_never_get_a_5xx_and_keep_the_connection_open(served_production):
+    import http.client
+    from urllib.parse import urlparse
+
+    url, X, _ = served_production
+    record = X.head(1).to_json(orient="records")[1:-1]
+    target = urlparse(url)
+    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+    hostile = [
+        ("/predict", b"[" * 100_000 + b"]" * 100_000),
+        ("/invocations", b"[" * 100_000 + b"]" * 100_000),
+        ("/predict", record.replace('"tenure":', '"tenure":1e308,"x":').encode()),
+        (
+            "/invocations",
+            b'{"dataframe_records": [' + record.replace('"tenure":', '"tenure":1e308,"t":').encode() + b"]}",
+        ),
+        ("/predict", '{"records": [{"gender": "\xe9"}]}'.encode("latin-1")),
+        ("/predict", b'{"records": [{"tenure": NaN}]}'),
+    ]
+    conn.connect()
+    socket = conn.sock
+    for path, body in hostile:
+        conn.request("POST", path, body=body, headers={"content-type": "application/json"})
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status < 500, (path, answer.status)
+        assert answer.getheader("connection") != "close"
+    conn.request("POST", "/predict", body=b'{"records": [' + record.encode() + b"]}")
+    assert conn.getresponse().status == 200
+    assert conn.sock is socket  # the same keep-alive connection answered all of them
