@@ -23,7 +23,7 @@ from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.redact import redact, redact_logging
 from api.schema import RequestError
 from api.scoring import score
-from api.settings import Settings
+from api.settings import Settings, apply_mlflow_http_defaults
 
 # Batches up to this size are predicted on the event loop: a thread hop plus GIL
 # contention costs more than the few milliseconds they take (measured: 1,000-row
@@ -149,6 +149,7 @@ def _app_from_env() -> FastAPI:
     from api.source import RegistrySource
 
     redact_logging("uvicorn", "uvicorn.error", "api", "mlflow")
+    apply_mlflow_http_defaults()
     settings = Settings.from_env()
     source = RegistrySource(settings, verify_key=settings.verify_key())
     return create_app(ModelHolder(source=source), settings)

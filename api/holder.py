@@ -21,6 +21,8 @@ from api.redact import redact
 
 log = logging.getLogger("api")
 MAX_BACKOFF_S = 300.0
+# A replica with nothing to serve retries sooner: it is not ready until a load succeeds.
+MAX_BACKOFF_NOT_READY_S = 30.0
 
 
 class ModelSource(Protocol):
@@ -62,7 +64,8 @@ class ModelHolder:
         try:
             model = await asyncio.to_thread(self.source.load, target)
         except Exception as exc:
-            self._retry[target] = (time.monotonic() + delay, min(delay * 2, MAX_BACKOFF_S))
+            ceiling = MAX_BACKOFF_S if self.current is not None else MAX_BACKOFF_NOT_READY_S
+            self._retry[target] = (time.monotonic() + delay, min(delay * 2, ceiling))
             reason = getattr(exc, "reason", None)
             if reason is not None:  # RefusedVersion: invariant 1, enforced by the server too
                 self.refused = {"version": target, "reason": redact(reason), "at": _now()}

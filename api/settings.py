@@ -5,6 +5,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+# MLflow retries a dead server for minutes by default; a reload attempt (or a CI step) should give up in seconds.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def apply_mlflow_http_defaults(env=None) -> None:
+    """Set MLflow's HTTP retry and timeout defaults, leaving any value already in the environment."""
+    env = os.environ if env is None else env
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        env.setdefault(name, value)
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""

@@ -10,20 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import traceback
 
 from api.redact import redact, redact_logging
+from api.settings import apply_mlflow_http_defaults
 from pipeline.errors import PipelineError
 from pipeline.failures import classify
-
-# MLflow retries a dead server for minutes by default; a CI step should say so in seconds.
-MLFLOW_HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
-    for name, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    apply_mlflow_http_defaults()
     try:
         # Libraries print (MLflow's "View run" links); stdout carries only our answer.
         with contextlib.redirect_stdout(sys.stderr):

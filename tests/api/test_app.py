@@ -184,6 +184,25 @@ def test_alias_move_swaps_the_model_and_a_failed_load_keeps_the_old_one(trained,
     assert holder.last_error is None
 
 
+def test_a_pinned_replica_whose_registry_is_down_retries_with_capped_backoff_until_ready(trained, records, monkeypatch):
+    # given a replica pinned to version 4 (as smoke starts one) while the registry is down
+    source = SwitchingSource({"4": ConnectionError("tracking server refused the connection")}, "4")
+    holder = ModelHolder(source=source)
+    clock = [1000.0]
+    monkeypatch.setattr("api.holder.time.monotonic", lambda: clock[0])
+    c = TestClient(create_app(holder))  # no lifespan: this test drives the polling itself
+    for _ in range(12):  # a long outage: attempts back off, but never beyond the not-ready ceiling
+        asyncio.run(holder.refresh(base_delay_s=1))
+        clock[0] += 31
+    assert c.get("/ready").status_code == 503 and "refused the connection" in c.get("/ready").json()["detail"]
+    assert len(source.loads) == 12  # 31 s apart, every attempt was due: the backoff is capped at 30 s
+    # when the registry is back, the next attempt loads it and the error clears
+    source.models["4"] = make_model(trained, "4")
+    asyncio.run(holder.refresh(base_delay_s=1))
+    assert c.get("/ready").json() == {"status": "ready", "version": "4"}
+    assert c.get("/model").json()["last_reload_error"] is None
+
+
 class RefusedVersion(Exception):
     def __init__(self, reason):
         self.reason = reason
