@@ -43,7 +43,7 @@ class RecordValidator:
         self.features = features
         self.max_batch_size = max_batch_size
         record = TypedDict("Record", {f.name: _python_type(f) for f in features})  # type: ignore[misc]
-        record.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+        record.__pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[attr-defined]
         self._adapter = TypeAdapter(list[record])
 
     def validate(self, body: Any) -> list[dict]:

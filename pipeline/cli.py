@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", "versions, aliases, gate and smoke results, history").add_argument(
         "--json", action="store_true", help="print one JSON object"
     )
+    score = add("score", "batch-score a CSV with a released version; bad rows go to OUTPUT.rejects.csv")
+    score.add_argument("--input", required=True, metavar="CSV")
+    score.add_argument("--output", required=True, metavar="FILE")
+    which = score.add_mutually_exclusive_group()
+    which.add_argument("--version", metavar="V")
+    which.add_argument("--alias", metavar="A", help="default: registry.production_alias")
     add("keygen", "write an Ed25519 key pair for signed release verdicts").add_argument(
         "--out", required=True, metavar="DIR", help="writes DIR/release.key and DIR/release.pub"
     )
@@ -138,6 +144,8 @@ def dispatch(args: argparse.Namespace) -> str | None:
         return stages.register_stage(params, args.run_id)
     elif command == "smoke":
         stages.smoke_stage(params, args.version, base_url=args.base_url, image=args.image)
+    elif command == "score":
+        return stages.score_stage(params, args.input, args.output, args.version, args.alias)
     elif command == "promote":
         stages.promote_stage(params, args.version)
     elif command == "rollback":

@@ -442,6 +442,37 @@ def tracking_server_stage(params: Params, directory: str, stop: bool = False, ep
     return url
 
 
+def score_stage(params: Params, input_path: str, output: str, version: str | None, alias: str | None) -> str:
+    """Batch-score a CSV with a released version (the alias, production by default, or --version)."""
+    from api.settings import Settings
+    from api.source import RefusedVersion, RegistrySource
+    from pipeline.batch_scoring import CHUNK_ROWS, score_csv
+
+    client = tracking.connect(params)
+    name = params.registry.model_name
+    registry.require_model(client, name)
+    alias = alias or params.registry.production_alias
+    settings = Settings(model_name=name, model_alias=alias, max_batch_size=CHUNK_ROWS)
+    source = RegistrySource(settings, client=client, verify_key=release_keys.verify_key())
+    if version is None:
+        version = registry.alias_version(client, name, alias)
+        if version is None:
+            raise ConfigError(f"model {name!r} has no alias @{alias}")
+    registry.get_version(client, name, version)  # exit 1 naming it when there is no such version
+    with stage("score", f"{input_path} with {name} version {version} -> {output}"):
+        try:
+            model = source.load(version)
+        except RefusedVersion as exc:
+            raise CheckFailed(f"version {version} refused: {exc.reason}; nothing scored") from None
+        summary = score_csv(model, Path(input_path), Path(output))
+        say(
+            f"  {summary.scored:,} rows scored, {summary.rejected:,} rejected in {summary.seconds:.1f}s"
+            + (f"; rejects with their reasons in {summary.rejects_path}" if summary.rejects_path else "")
+        )
+    github.write_outputs(predictions=output, rejected=str(summary.rejected))
+    return output
+
+
 def keygen_stage(out: str) -> str:
     """Write a release key pair; returns where."""
     private, public = release_keys.write_key_pair(Path(out))
