@@ -20,6 +20,7 @@ from api.holder import ModelHolder
 from api.limits import BodyLimitMiddleware
 from api.loaded_model import LoadedModel
 from api.metrics import MetricsMiddleware, ServiceMetrics
+from api.openapi import document
 from api.redact import redact, redact_logging
 from api.schema import RequestError
 from api.scoring import score
@@ -68,6 +69,15 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
         return model
 
     ModelDep = Annotated[LoadedModel, Depends(serving_model)]
+
+    def openapi() -> dict:
+        """Built per call: the record schema is the serving version's, and it changes with a swap."""
+        model = holder.current
+        if model is None:
+            return document(app, None, settings.max_batch_size, None)
+        return document(app, model.features, model.max_batch_size, model.version)
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, exc: NotReady) -> JSONResponse:

@@ -29,6 +29,19 @@ def test_health_ready_and_model(client):
     assert info["metrics"] == {"f1": 0.6} and info["loaded_at"] and info["fast_path"] is True
 
 
+def test_the_openapi_document_shows_the_serving_versions_record_schema(client, trained):
+    doc = client.get("/openapi.json").json()
+    record = doc["components"]["schemas"]["Record"]
+    assert set(record["properties"]) == set(trained.split.X_train.columns)
+    assert record["properties"]["tenure"] == {"type": "number"} and record["properties"]["gender"] == {"type": "string"}
+    complete = {c for c in trained.split.X_train.columns if trained.split.X_train[c].notna().all()}
+    assert set(record["required"]) == complete and record["additionalProperties"] is False
+    assert record["properties"]["TotalCharges"] == {"anyOf": [{"type": "number"}, {"type": "null"}]}  # has blanks
+    body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["records"]["items"] == {"$ref": "#/components/schemas/Record"}
+    assert body["properties"]["records"]["maxItems"] == 100 and doc["info"]["version"] == "7"
+
+
 def test_predict_matches_the_sklearn_pipeline(client, trained, records):
     response = client.post("/predict", json={"records": records})
     assert response.status_code == 200
