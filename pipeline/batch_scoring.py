@@ -106,10 +106,7 @@ def _records(model: LoadedModel, chunk: pd.DataFrame) -> list[dict]:
             columns[spec.name] = [None if t == "" else {"true": True, "false": False}.get(t.lower(), t) for t in text]
         else:
             columns[spec.name] = [None if t == "" else t for t in text]
-    names = list(columns)
-    return [
-        {k: v for k, v in zip(names, row, strict=True) if v is not None} for row in zip(*columns.values(), strict=True)
-    ]
+    return [{k: values[i] for k, values in columns.items() if values[i] is not None} for i in range(len(chunk))]
 
 
 def _validate(model: LoadedModel, chunk: pd.DataFrame) -> tuple[list[tuple[int, dict]], dict[int, str]]:
