@@ -7,14 +7,12 @@ from fastapi.openapi.utils import get_openapi
 
 from api.schema import FeatureSpec
 
-JSON_TYPES = {"double": "number", "float": "number", "long": "number", "integer": "number", "boolean": "boolean"}
-
 
 def record_schema(features: list[FeatureSpec]) -> dict:
     """JSON Schema of one record as RecordValidator accepts it."""
     properties = {}
     for f in features:
-        kind = {"type": JSON_TYPES.get(f.type, "string")}
+        kind = {"type": "number" if f.numeric else "boolean" if f.type == "boolean" else "string"}
         properties[f.name] = kind if f.required else {"anyOf": [kind, {"type": "null"}]}
     return {
         "type": "object",

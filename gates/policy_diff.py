@@ -28,130 +28,76 @@ def _label(metric: str) -> str:
     return {"f1": "F1", "roc_auc": "ROC AUC"}.get(metric, metric.replace("_", " "))
 
 
-def _floor(key: str, what: str, before: Any, after: Any) -> PolicyChange | None:
-    """A minimum: higher is tighter, null is off."""
-    if before == after:
-        return None
-    if after is None:
-        return PolicyChange(key, before, after, LOOSENED, f"removes the {what} (was {before})")
-    if before is None:
-        return PolicyChange(key, before, after, TIGHTENED, f"adds a {what} of {after}")
-    if after < before:
-        return PolicyChange(key, before, after, LOOSENED, f"lowers the {what} from {before} to {after}")
-    return PolicyChange(key, before, after, TIGHTENED, f"raises the {what} from {before} to {after}")
+# How a threshold's changes read: (turned off, turned on, raised, lowered).
+FLOOR_WORDS = ("removes the {what} (was {before})", "adds a {what} of {after}", "raises", "lowers")
+ALLOWANCE_WORDS = ("turns off the {what} (was {before})", "turns on the {what} at {after}", "widens", "narrows")
 
 
-def _ceiling(key: str, what: str, before: Any, after: Any) -> PolicyChange | None:
-    """An allowance (a drop, a PSI): higher is looser, null is off."""
+def _threshold(key: str, what: str, before: Any, after: Any, floor: bool) -> PolicyChange | None:
+    """A floor (higher is tighter) or an allowance (higher is looser); null is off for both."""
     if before == after:
         return None
+    off, on, raised, lowered = FLOOR_WORDS if floor else ALLOWANCE_WORDS
     if after is None:
-        return PolicyChange(key, before, after, LOOSENED, f"turns off the {what} (was {before})")
+        return PolicyChange(key, before, after, LOOSENED, off.format(what=what, before=before))
     if before is None:
-        return PolicyChange(key, before, after, TIGHTENED, f"turns on the {what} at {after}")
-    if after > before:
-        return PolicyChange(key, before, after, LOOSENED, f"widens the {what} from {before} to {after}")
-    return PolicyChange(key, before, after, TIGHTENED, f"narrows the {what} from {before} to {after}")
+        return PolicyChange(key, before, after, TIGHTENED, on.format(what=what, after=after))
+    higher = after > before
+    direction = TIGHTENED if higher == floor else LOOSENED
+    return PolicyChange(
+        key, before, after, direction, f"{raised if higher else lowered} the {what} from {before} to {after}"
+    )
 
 
 def policy_changes(base: dict, current: dict) -> list[PolicyChange]:
     """Every gate threshold that differs between the base params' gates and these, loosened first."""
     changes: list[PolicyChange | None] = []
+
+    def add(key: str, before: Any, after: Any, direction: str, message: str) -> None:
+        changes.append(PolicyChange(f"gates.{key}", before, after, direction, message))
+
     before_metrics, after_metrics = base.get("metrics", {}), current.get("metrics", {})
     for metric in sorted(set(before_metrics) | set(after_metrics)):
-        key = f"gates.metrics.{metric}"
+        key, label = f"gates.metrics.{metric}", _label(metric)
         old = before_metrics.get(metric) or {"min": None, "max_drop": None}
         new = after_metrics.get(metric) or {"min": None, "max_drop": None}
-        changes.append(_floor(f"{key}.min", f"{_label(metric)} floor", old["min"], new["min"]))
-        changes.append(
-            _ceiling(
-                f"{key}.max_drop", f"allowed {_label(metric)} drop against production", old["max_drop"], new["max_drop"]
-            )
-        )
+        changes.append(_threshold(f"{key}.min", f"{label} floor", old["min"], new["min"], floor=True))
+        what = f"allowed {label} drop against production"
+        changes.append(_threshold(f"{key}.max_drop", what, old["max_drop"], new["max_drop"], floor=False))
 
     old_conf, new_conf = base.get("confidence"), current.get("confidence")
-    if old_conf != new_conf:
-        if new_conf is None:
-            changes.append(
-                PolicyChange(
-                    "gates.confidence",
-                    old_conf,
-                    None,
-                    LOOSENED,
-                    "compares point estimates instead of confidence intervals",
-                )
-            )
-        elif old_conf is None:
-            changes.append(
-                PolicyChange(
-                    "gates.confidence",
-                    None,
-                    new_conf,
-                    TIGHTENED,
-                    f"compares {new_conf:.0%} confidence intervals instead of point estimates",
-                )
-            )
-        else:
-            direction = TIGHTENED if new_conf > old_conf else LOOSENED
-            changes.append(
-                PolicyChange(
-                    "gates.confidence",
-                    old_conf,
-                    new_conf,
-                    direction,
-                    f"changes the confidence level from {old_conf} to {new_conf}",
-                )
-            )
-    if base.get("bootstrap_samples") != current.get("bootstrap_samples"):
-        changes.append(
-            PolicyChange(
-                "gates.bootstrap_samples",
-                base.get("bootstrap_samples"),
-                current.get("bootstrap_samples"),
-                CHANGED,
-                f"uses {current.get('bootstrap_samples')} bootstrap resamples "
-                f"instead of {base.get('bootstrap_samples')}",
-            )
-        )
+    if new_conf is None and old_conf is not None:
+        add("confidence", old_conf, None, LOOSENED, "compares point estimates instead of confidence intervals")
+    elif old_conf is None and new_conf is not None:
+        message = f"compares {new_conf:.0%} confidence intervals instead of point estimates"
+        add("confidence", None, new_conf, TIGHTENED, message)
+    elif old_conf != new_conf:
+        direction = TIGHTENED if new_conf > old_conf else LOOSENED
+        add("confidence", old_conf, new_conf, direction, f"changes the confidence level from {old_conf} to {new_conf}")
+    old_samples, new_samples = base.get("bootstrap_samples"), current.get("bootstrap_samples")
+    if old_samples != new_samples:
+        message = f"uses {new_samples} bootstrap resamples instead of {old_samples}"
+        add("bootstrap_samples", old_samples, new_samples, CHANGED, message)
 
     old_slices, new_slices = base.get("slices", {}), current.get("slices", {})
-    for column in sorted(set(old_slices.get("columns", [])) - set(new_slices.get("columns", []))):
-        changes.append(
-            PolicyChange("gates.slices.columns", column, None, LOOSENED, f"stops gating slices of {column!r}")
-        )
-    for column in sorted(set(new_slices.get("columns", [])) - set(old_slices.get("columns", []))):
-        changes.append(PolicyChange("gates.slices.columns", None, column, TIGHTENED, f"gates slices of {column!r}"))
-    changes.append(
-        _ceiling(
-            "gates.slices.min_rows", "smallest slice size gated", old_slices.get("min_rows"), new_slices.get("min_rows")
-        )
-    )
-    changes.append(
-        _ceiling(
-            "gates.slices.max_f1_drop",
-            "allowed F1 drop per slice",
-            old_slices.get("max_f1_drop"),
-            new_slices.get("max_f1_drop"),
-        )
-    )
+    old_columns, new_columns = set(old_slices.get("columns", [])), set(new_slices.get("columns", []))
+    for column in sorted(old_columns - new_columns):
+        add("slices.columns", column, None, LOOSENED, f"stops gating slices of {column!r}")
+    for column in sorted(new_columns - old_columns):
+        add("slices.columns", None, column, TIGHTENED, f"gates slices of {column!r}")
+    for name, what in (("min_rows", "smallest slice size gated"), ("max_f1_drop", "allowed F1 drop per slice")):
+        changes.append(_threshold(f"gates.slices.{name}", what, old_slices.get(name), new_slices.get(name), False))
 
     old_break, new_break = bool(base.get("allow_breaking_schema")), bool(current.get("allow_breaking_schema"))
-    if old_break != new_break:
-        changes.append(
-            PolicyChange(
-                "gates.allow_breaking_schema",
-                old_break,
-                new_break,
-                LOOSENED if new_break else TIGHTENED,
-                "allows input schema changes that break API clients"
-                if new_break
-                else "blocks input schema changes that break API clients again",
-            )
-        )
+    if new_break and not old_break:
+        add("allow_breaking_schema", False, True, LOOSENED, "allows input schema changes that break API clients")
+    elif old_break and not new_break:
+        message = "blocks input schema changes that break API clients again"
+        add("allow_breaking_schema", True, False, TIGHTENED, message)
 
     old_drift, new_drift = base.get("drift", {}), current.get("drift", {})
     for name, what in (("max_psi", "PSI limit per numeric column"), ("max_unseen_share", "limit on unseen categories")):
-        changes.append(_ceiling(f"gates.drift.{name}", what, old_drift.get(name), new_drift.get(name)))
+        changes.append(_threshold(f"gates.drift.{name}", what, old_drift.get(name), new_drift.get(name), floor=False))
 
     found = [c for c in changes if c is not None]
     order = {LOOSENED: 0, TIGHTENED: 1, CHANGED: 2}

@@ -28,10 +28,6 @@ class GateReport:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def rules(self):
-        return self.result.rules
-
-    @property
     def passed(self) -> bool:
         return self.result.passed
 
@@ -226,9 +222,8 @@ def _metrics_table(r: GateResult, confidence: float | None) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for name, c in r.comparisons.items():
-        delta = "—" if c.delta is None else f"{c.delta:+.4f}"
         out.append(
-            f"| {name} | {c.candidate:.4f} | {_interval(c.candidate_ci)} | {_fmt(c.production)} | {delta} "
+            f"| {name} | {c.candidate:.4f} | {_interval(c.candidate_ci)} | {_fmt(c.production)} | {_signed(c.delta)} "
             f"| {_interval(c.delta_ci, signed=True)} |"
         )
     return [*out, ""]
@@ -244,9 +239,8 @@ def _slices_table(r: GateResult) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for s in r.slices:
-        delta = "—" if s.delta is None else f"{s.delta:+.4f}"
         out.append(
-            f"| {_cell(s.label)} | {s.rows} | {s.candidate:.4f} | {_fmt(s.production)} | {delta} "
+            f"| {_cell(s.label)} | {s.rows} | {s.candidate:.4f} | {_fmt(s.production)} | {_signed(s.delta)} "
             f"| {_interval(s.delta_ci, signed=True)} | {'yes' if s.gated else 'no'} |"
         )
     return [*out, ""]
@@ -288,6 +282,10 @@ def _interval(ci: tuple[float, float] | None, signed: bool = False) -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
 
 
 def _fmt(value: float | None) -> str:
