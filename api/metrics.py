@@ -1,34 +1,55 @@
-"""Prometheus metrics of the service, on a registry of its own per app."""
+"""Prometheus metrics of the service.
+
+One worker: a registry of its own per app. Several workers (`WEB_CONCURRENCY`):
+prometheus_client's multiprocess mode, where every worker writes its samples to
+files in `PROMETHEUS_MULTIPROC_DIR` and `/metrics` on any worker sums them all.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 KNOWN_PATHS = {"/health", "/ready", "/model", "/predict", "/invocations", "/metrics"}
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_mode() -> bool:
+    """True when samples go to files shared by the workers (decided before any metric is made)."""
+    return bool(os.environ.get(MULTIPROC_DIR))
 
 
 class ServiceMetrics:
     def __init__(self):
-        self.registry = CollectorRegistry()
+        shared = multiprocess_mode()
+        # In multiprocess mode the metrics are registered nowhere: the collector reads every worker's files.
+        own = None if shared else CollectorRegistry()
+        self.registry = CollectorRegistry() if shared else own
+        if shared:
+            multiprocess.MultiProcessCollector(self.registry)
         self.requests = Counter(
-            "api_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry
+            "api_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=own
         )
         self.latency = Histogram(
             "api_request_latency_seconds",
             "HTTP request latency by endpoint",
             ["endpoint"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=self.registry,
+            registry=own,
         )
         self.predictions = Counter(
-            "api_predictions_total", "Records predicted by model version", ["model_version"], registry=self.registry
+            "api_predictions_total", "Records predicted by model version", ["model_version"], registry=own
         )
+        # One sample per live worker (label `pid`) when several serve: a worker behind on a swap shows.
         self.serving_version = Gauge(
-            "api_serving_model_version", "The model version now serving (0: none)", registry=self.registry
+            "api_serving_model_version",
+            "The model version now serving (0: none)",
+            registry=own,
+            multiprocess_mode="liveall",
         )
-        self.reloads = Counter("api_model_reloads_total", "Model loads by result", ["result"], registry=self.registry)
+        self.reloads = Counter("api_model_reloads_total", "Model loads by result", ["result"], registry=own)
 
 
 class MetricsMiddleware:

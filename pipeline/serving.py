@@ -27,12 +27,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def uvicorn_process(env: dict[str, str], port: int | None = None, startup_timeout_s: float = 60) -> Iterator[str]:
-    """Run `uvicorn api.app:app` on a free loopback port; yields its base URL and always stops it."""
+    """Run `python -m api` (the image's entry point) on a free loopback port; yields its URL and always stops it."""
     port = port or free_port()
     log = tempfile.NamedTemporaryFile(prefix="api-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        [sys.executable, "-m", "api"],
+        env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "PYTHONPATH": str(ROOT)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

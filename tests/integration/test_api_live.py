@@ -91,8 +91,8 @@ def test_invocations_match_mlflow_pyfunc(served_production, fmt):
 
 
 @pytest.fixture(scope="module")
-def served_production(tmp_path_factory, churn_csv, empty_mlflow_db):
-    """One registered version served by uvicorn, with pyfunc's predictions on its test set."""
+def production_registry(tmp_path_factory, churn_csv, empty_mlflow_db):
+    """A sqlite registry with one production version, and pyfunc's predictions on its test set."""
     import shutil
 
     from pipeline.cli import main
@@ -118,9 +118,16 @@ def served_production(tmp_path_factory, churn_csv, empty_mlflow_db):
         X, _ = load_test_set(client, version.run_id)
         mlflow.set_tracking_uri(uri)
         expected = mlflow.pyfunc.load_model(f"models:/churn-classifier/{version.version}").predict(X).tolist()
-        with uvicorn_process({"MLFLOW_TRACKING_URI": uri, "MODEL_NAME": "churn-classifier"}) as url:
-            wait_ready(url)
-            yield url, X, expected
+    return uri, version.version, X, expected
+
+
+@pytest.fixture(scope="module")
+def served_production(production_registry):
+    """That version served by one uvicorn worker."""
+    uri, _, X, expected = production_registry
+    with uvicorn_process({"MLFLOW_TRACKING_URI": uri, "MODEL_NAME": "churn-classifier"}) as url:
+        wait_ready(url)
+        yield url, X, expected
 
 
 def wait_ready(url: str, timeout_s: float = 60) -> None:
@@ -160,3 +167,46 @@ def test_hostile_requests_never_get_a_5xx_and_keep_the_connection_open(served_pr
     conn.request("POST", "/predict", body=b'{"records": [' + record.encode() + b"]}")
     assert conn.getresponse().status == 200
     assert conn.sock is socket  # the same keep-alive connection answered all of them
+
+
+def test_two_workers_each_serve_and_metrics_count_every_request(production_registry, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    uri, version, X, _ = production_registry
+    record = json.loads(X.head(1).to_json(orient="records"))[0]
+    stale = tmp_path / "counter_99999.db"
+    stale.write_bytes(b"left by a dead process")  # must be cleaned at start, not summed
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "MODEL_NAME": "churn-classifier",
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    with uvicorn_process(env) as url:
+        workers = _serving_workers(url, version)
+
+        def one(_):  # a new connection each time, so both workers get a share
+            return httpx.post(url + "/predict", json={"records": [record]}, timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(one, range(300)))
+        scrapes = [httpx.get(url + "/metrics", timeout=10).text for _ in range(10)]
+    assert statuses == [200] * 300
+    assert not stale.exists()
+    assert len(workers) == 2  # two live processes, each serving the production version
+    for text in scrapes:  # whichever worker answers, it counts all of them
+        assert 'api_requests_total{endpoint="/predict",status="200"} 300.0' in text
+        assert f'api_predictions_total{{model_version="{version}"}} 300.0' in text
+
+
+def _serving_workers(url: str, version: str, timeout_s: float = 60) -> set[str]:
+    """The pids whose gauge says they serve `version`, once two do."""
+    import re
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        pids = set(re.findall(rf'api_serving_model_version{{pid="(\d+)"}} {version}\.0', text))
+        if len(pids) >= 2 or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.2)
