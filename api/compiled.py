@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 import numpy as np
 from scipy.special import expit
@@ -61,6 +62,19 @@ class CompiledPipeline:
                 continue
             self.blocks.append(_compile_block(transformer, list(columns)))
         self.width = sum(len(b.columns) if isinstance(b, NumericBlock) else b.width for b in self.blocks)
+        # Output positions: (offset, block) per numeric block; (column, fill, category -> output column) per
+        # categorical column, offsets included, so transform looks each value up once.
+        self.numeric: list[tuple[int, NumericBlock]] = []
+        self.categorical: list[tuple[str, object, dict[object, int]]] = []
+        offset = 0
+        for block in self.blocks:
+            if isinstance(block, NumericBlock):
+                self.numeric.append((offset, block))
+                offset += len(block.columns)
+                continue
+            for column, fill, lookup in zip(block.columns, block.fill, block.lookups, strict=True):
+                self.categorical.append((column, fill, {value: offset + i for value, i in lookup.items()}))
+            offset += block.width
         self.classes = self.estimator.classes_
         self.linear = isinstance(self.estimator, LogisticRegression) and len(self.classes) == 2
         if self.linear:
@@ -71,35 +85,45 @@ class CompiledPipeline:
         """The dense matrix the ColumnTransformer would produce."""
         rows = len(next(iter(columns.values())))
         out = np.zeros((rows, self.width))
-        offset = 0
-        for block in self.blocks:
-            if isinstance(block, NumericBlock):
-                values = np.column_stack([np.asarray(columns[c], dtype=np.float64) for c in block.columns])
-                values = np.where(np.isnan(values), block.fill, values)
-                if block.mean is not None:
-                    values -= block.mean
-                if block.scale is not None:
-                    values /= block.scale
-                out[:, offset : offset + len(block.columns)] = values
-                offset += len(block.columns)
-            else:
-                for column, fill, lookup in zip(block.columns, block.fill, block.lookups, strict=True):
-                    values = columns[column]
-                    index = np.fromiter((lookup.get(v, -1) for v in values), np.intp, rows)
-                    for row in np.nonzero(index < 0)[0]:  # unknown, or NaN missing (NaN is no dict key)
-                        if _missing(values[row]):
-                            index[row] = lookup.get(fill, -1)
-                    known = index >= 0  # unknown categories encode as all zeros
-                    out[np.nonzero(known)[0], offset + index[known]] = 1.0
-                offset += block.width
+        for offset, block in self.numeric:
+            # One conversion for the block: None becomes NaN, then takes the imputed value.
+            values = np.array([columns[c] for c in block.columns], dtype=np.float64).T
+            missing = np.isnan(values)
+            if missing.any():
+                values = np.where(missing, block.fill, values)
+            if block.mean is not None:
+                values -= block.mean
+            if block.scale is not None:
+                values /= block.scale
+            out[:, offset : offset + len(block.columns)] = values
+        if self.categorical:
+            # Every categorical column's output position in one pass, then all the ones in one write.
+            index = np.fromiter(
+                chain.from_iterable(map(lookup.get, columns[name], repeat(-1)) for name, _, lookup in self.categorical),
+                np.intp,
+                rows * len(self.categorical),
+            ).reshape(len(self.categorical), rows)
+            if (index < 0).any():
+                self._resolve_missing(columns, index)
+            flat = index + np.arange(rows) * self.width
+            out.put(flat[index >= 0], 1.0)  # unknown categories encode as all zeros
         return out
+
+    def _resolve_missing(self, columns: dict[str, Sequence], index: np.ndarray) -> None:
+        """NaN is no dict key: a missing value (None or NaN) takes the imputed category."""
+        for i, row in zip(*np.nonzero(index < 0), strict=True):
+            name, fill, lookup = self.categorical[i]
+            if _missing(columns[name][row]):
+                index[i, row] = lookup.get(fill, -1)
 
     def predict(self, columns: dict[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
         X = self.transform(columns)
         if self.linear:
             scores = (X @ self.coef_T + self.intercept).reshape(-1)
-            positive = expit(scores)
-            return self.classes[(scores > 0).astype(int)], np.stack([1 - positive, positive], axis=1)
+            proba = np.empty((len(scores), 2))
+            proba[:, 1] = expit(scores)
+            proba[:, 0] = 1 - proba[:, 1]
+            return self.classes[(scores > 0).astype(np.intp)], proba
         # predict() of RandomForest and HistGradientBoosting is argmax of predict_proba;
         # the load-time parity check confirms it for the model at hand.
         proba = self.estimator.predict_proba(X)

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from api.columnar import INVOCATION_NULLABLE, INVOCATION_TYPES, ColumnTypes, RecordDecoder
 from api.compiled import CompiledPipeline, NotCompilable
-from api.schema import FeatureSpec, RecordValidator, RequestError, quote
+from api.schema import FeatureSpec, RecordValidator, RequestError, parse_json, quote
 
 PARITY_TOLERANCE = 1e-12
 # Tree models compute in float32: a larger finite number cannot be scored by them.
@@ -37,6 +38,8 @@ class LoadedModel:
 
     def __post_init__(self):
         self.validator = RecordValidator(self.features, self.max_batch_size)
+        self.decoder = RecordDecoder(self.features)
+        self.invocation_types = ColumnTypes(self.features, INVOCATION_TYPES, INVOCATION_NULLABLE)
         self.positive_index = list(self.pipeline.classes_).index(self.positive_label)
         self.compiled, self.compile_note = self._compile()
         self.info = {**self.info, "loaded_at": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -46,6 +49,19 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return str(self.info.get("version", ""))
+
+    def request_columns(self, raw: bytes) -> dict[str, Any]:
+        """Column-wise values of a /predict body, or RequestError naming what is wrong with it."""
+        columns = self.decoder.columns(raw, self.max_batch_size)
+        if columns is not None:
+            return columns
+        return self.validator.columns(self.validator.validate(parse_json(raw)))  # words the problem
+
+    def labels(self, columns: dict[str, Any]) -> np.ndarray:
+        """Labels only (the /invocations answer)."""
+        if self.compiled is not None:
+            return self.compiled.predict(columns)[0]
+        return self.pipeline.predict(self.frame(columns))
 
     def predict_columns(self, columns: dict[str, list]) -> Prediction:
         """Predict from column-wise values (None or NaN for missing)."""
@@ -65,7 +81,7 @@ class LoadedModel:
             for record, value in enumerate(columns[spec.name]):
                 if value is not None and abs(value) > FLOAT32_MAX:
                     message = (
-                        f"record {record}: field {spec.name!r}: {quote(value)} is too large for this model "
+                        f"record {record}: field {spec.name!r}: {quote(float(value))} is too large for this model "
                         f"(|x| must be at most {FLOAT32_MAX:.4g})"
                     )
                     problems.append({"loc": ["records", record, spec.name], "record": record, "field": spec.name,

@@ -50,6 +50,15 @@ class ServiceMetrics:
             multiprocess_mode="liveall",
         )
         self.reloads = Counter("api_model_reloads_total", "Model loads by result", ["result"], registry=own)
+        self._children: dict[tuple, object] = {}
+
+    def child(self, metric, *labels: str):
+        """metric.labels(*labels), looked up once: `labels()` costs microseconds on every request."""
+        key = (metric._name, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 class MetricsMiddleware:
@@ -74,5 +83,5 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_capture)
         finally:
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+            self.metrics.child(self.metrics.latency, endpoint).observe(time.perf_counter() - started)
+            self.metrics.child(self.metrics.requests, endpoint, str(status["code"])).inc()

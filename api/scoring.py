@@ -1,12 +1,16 @@
-"""/invocations: MLflow's own request parsing and schema enforcement, our fast predict.
+"""/invocations: the answers of `mlflow models serve`, faster.
 
-Parsing and enforcement go through MLflow's scoring server functions, so the
-inputs accepted and the JSON returned are the same as `mlflow models serve`;
-only the prediction itself takes the compiled path.
+A well-formed JSON request (every column present with values of exactly the
+schema's types, see api.columnar) is parsed with orjson and predicted on the
+compiled path: MLflow's enforcement would pass it through unchanged. Anything
+else (CSV, params, nulls where MLflow decides, odd types, errors) goes through
+MLflow's own scoring-server functions, so what is accepted and what is
+answered stay the same as `mlflow models serve`.
 """
 
 from __future__ import annotations
 
+import orjson
 from mlflow.exceptions import MlflowException
 from mlflow.models.utils import _enforce_schema
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE, ErrorCode
@@ -35,8 +39,42 @@ class _PyfuncView:
         return self._model.predict_frame(frame)
 
 
-def score(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, str, int]:
+RECORD_KEYS = ("dataframe_records", "inputs", "instances")
+
+
+def score(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, str | bytes, int]:
     """(status, response text, rows predicted) for one /invocations request."""
+    return score_well_formed(model, body, content_type) or score_with_mlflow(model, body, content_type)
+
+
+def score_well_formed(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, bytes, int] | None:
+    """The answer on the fast path, or None when the request needs MLflow's functions."""
+    if content_type.lower().replace(" ", "") not in ("application/json", "application/json;charset=utf-8"):
+        return None
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(request) is not dict or len(request) != 1:
+        return None
+    ((key, payload),) = request.items()
+    limit = model.max_batch_size
+    if key == "dataframe_split":
+        columns = model.invocation_types.from_split(payload, limit)
+    elif key in RECORD_KEYS:
+        columns = model.invocation_types.from_records(payload, limit)
+    else:
+        return None
+    if columns is None:
+        return None
+    try:
+        labels = model.labels(columns)
+    except (ValueError, TypeError, OverflowError, FloatingPointError):
+        return None  # MLflow's path words the model's refusal
+    return 200, orjson.dumps({"predictions": labels.tolist()}), len(labels)
+
+
+def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, str, int]:
     view = _PyfuncView(model)
     try:
         result = scoring_server.invocations(body, content_type, view, view.metadata.get_input_schema())
