@@ -51,8 +51,9 @@ image: $(STAMP) system-deps ## build the API image (docker, else podman)
 bench-gate: $(STAMP) ## what the gate's paired bootstrap costs and resolves on the default data
 	$(BIN)/python benchmarks/gate_bootstrap.py
 
-bench: $(STAMP) system-deps ## this API against `mlflow models serve` on the production version (run make demo first)
+bench: $(STAMP) system-deps ## the API vs a no-op FastAPI app and `mlflow models serve`; score vs `mlflow models predict` (after make demo)
 	$(BIN)/python benchmarks/serve_vs_mlflow.py
+	$(BIN)/python benchmarks/score_vs_mlflow_predict.py
 
 act-push: $(STAMP) system-deps ## the deploy workflow through act (MLFLOW_TRACKING_URI=http://... for a real server)
 	PATH=$(CURDIR)/$(BIN):$$PATH act push $${MLFLOW_TRACKING_URI:+-s MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI}

@@ -21,7 +21,6 @@ from api.redact import redact
 from api.release import Verdict, sign, verifies
 from api.safe_model import RefusedModel
 from pipeline.errors import CheckFailed, ConfigError
-from pipeline.integrity import logged_model_files
 from pipeline.policy import VersionState
 from pipeline.provenance import actor, git_sha, now
 
@@ -117,6 +116,8 @@ def run_gate_verdict(client: MlflowClient, name: str, run, verify_key) -> str:
     model_id = run.data.tags.get("model_id")
     if not model_id:
         raise ConfigError(f"run {run_id} has no logged model (tag model_id missing)")
+    from pipeline.integrity import logged_model_files  # loads sklearn: only registration needs it here
+
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
         try:
             digest = logged_model_files(client, model_id, run_id, Path(tmp)).digest

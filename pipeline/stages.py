@@ -28,7 +28,7 @@ from gates.profile import compare_profiles
 from gates.report import COMMENT_MARKER, GateReport
 from gates.schema_diff import compare_schemas
 from gates.smoke_checks import Check, SmokeReport
-from pipeline import container, gate_inputs, github, registry, release_keys, tracking
+from pipeline import connection, container, gate_inputs, github, registry, release_keys, tracking
 from pipeline.churn_data import generate_churn
 from pipeline.config import Params
 from pipeline.data import coerce_to_schema, load_dataset
@@ -62,7 +62,7 @@ def make_data(params: Params, force: bool = False) -> Path:
 
 def train_stage(params: Params) -> str:
     """Fit, score and log a run; returns the run id."""
-    client = tracking.connect(params)  # fail fast, before any work, if the tracking server is down
+    client = connection.connect(params)  # fail fast, before any work, if the tracking server is down
     with stage("train", f"{params.model.type} on {params.data.path}"):
         data = load_dataset(params.data)
         for note in data.notes:
@@ -86,7 +86,7 @@ def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -
     """
     for stale in (REPORTS / "gate.json", REPORTS / "gate.md", REPORTS / "model_card.md"):
         stale.unlink(missing_ok=True)
-    client = tracking.connect(params)
+    client = connection.connect(params)
     signing_key = release_keys.signing_key()
     run = _get_run(client, run_id)
     name, gates = params.registry.model_name, params.gates
@@ -211,12 +211,12 @@ def _promotion_reason(mv) -> str:
 def _production_client(params: Params, client: MlflowClient) -> MlflowClient:
     """The registry production is read from: PRODUCTION_TRACKING_URI when set (PR checks), else the same."""
     uri = os.environ.get(PRODUCTION_URI_VAR)
-    return tracking.client_for(uri) if uri else client
+    return connection.client_for(uri) if uri else client
 
 
 def register_stage(params: Params, run_id: str) -> str:
     """Register a gated run and point the candidate alias at it; returns the version."""
-    client = tracking.connect(params)
+    client = connection.connect(params)
     _get_run(client, run_id)
     reg = params.registry
     with stage("register", f"run {run_id} as {reg.model_name}"):
@@ -248,7 +248,7 @@ def smoke_stage(
     Against `base_url` (a running API), `image` (a container of it started
     here, pinned to the version), or else a uvicorn process started here.
     """
-    client = tracking.connect(params)
+    client = connection.connect(params)
     signing_key = release_keys.signing_key()
     name = params.registry.model_name
     version = version or _candidate(client, params)
@@ -288,7 +288,7 @@ def _smoke_started_here(
 
     Returns the report and, for an image, the image's digest.
     """
-    uri = tracking.tracking_uri(params)
+    uri = connection.tracking_uri(params)
     env = {"MLFLOW_TRACKING_URI": uri, "MODEL_NAME": name, "MODEL_VERSION": version}
     image_digest = None
     if image:
@@ -324,7 +324,7 @@ def image_stage(tag: str | None, base_image: str | None) -> str:
 
 def promote_stage(params: Params, version: str) -> None:
     """Move production to `version` if and only if the compare-and-set and the artifact checks hold."""
-    client = tracking.connect(params)
+    client = connection.connect(params)
     verify_key = release_keys.verify_key()
     reg = params.registry
     registry.require_model(client, reg.model_name)
@@ -366,7 +366,7 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
         raise ConfigError(
             "no MLFLOW_TRACKING_URI secret or variable is set: a rollback needs the team's tracking server"
         )
-    client = tracking.connect(params)
+    client = connection.connect(params)
     verify_key = release_keys.verify_key()
     reg = params.registry
     registry.require_model(client, reg.model_name)
@@ -426,7 +426,7 @@ def tracking_server_stage(params: Params, directory: str, stop: bool = False, ep
         return "no ephemeral server running"
     configured = None if ephemeral else os.environ.get("MLFLOW_TRACKING_URI")
     if configured:
-        tracking.connect(params)  # fails fast, naming the server, if it is down
+        connection.connect(params)  # fails fast, naming the server, if it is down
         github.write_outputs(ephemeral="false")
         github.export_env("MLFLOW_TRACKING_URI", configured)
         return configured
@@ -448,7 +448,7 @@ def score_stage(params: Params, input_path: str, output: str, version: str | Non
     from api.source import RefusedVersion, RegistrySource
     from pipeline.batch_scoring import CHUNK_ROWS, score_csv
 
-    client = tracking.connect(params)
+    client = connection.connect(params)
     name = params.registry.model_name
     registry.require_model(client, name)
     alias = alias or params.registry.production_alias

@@ -1,61 +1,30 @@
-"""MLflow tracking adapter: connect, log a training run, read it back."""
+"""MLflow tracking adapter: log a training run, read it back."""
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
-import matplotlib
-
-matplotlib.use("Agg")  # plots are files; no display
-import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
 from api.contract import DATA_PROFILE, FEATURE_SCHEMA, SMOKE_EXAMPLES
-from api.redact import redact
 from gates.profile import profile
 from pipeline.config import Params
+from pipeline.connection import tracking_uri
 from pipeline.data import Dataset, Feature, coerce_to_schema
-from pipeline.errors import DataError, InfrastructureError
+from pipeline.errors import DataError
 from pipeline.provenance import git_sha
 from pipeline.train import TrainResult
 
 TEST_SET = "eval/test.csv"
 TARGET_COLUMN = "__target__"
-
-
-def tracking_uri(params: Params) -> str:
-    """MLFLOW_TRACKING_URI in the environment wins over params.yaml."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
-
-
-def connect(params: Params) -> MlflowClient:
-    """Point MLflow at the tracking store, failing fast (exit 3) if a server is down."""
-    uri = tracking_uri(params)
-    client = client_for(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return client
-
-
-def client_for(uri: str) -> MlflowClient:
-    """A client for one tracking store; a server is asked for /health first (5 s)."""
-    if urlparse(uri).scheme in ("http", "https"):
-        try:
-            httpx.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except httpx.HTTPError as exc:
-            raise InfrastructureError(f"MLflow tracking server {redact(uri)} is not reachable: {redact(exc)}") from None
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def ensure_experiment(client: MlflowClient, params: Params) -> str:
@@ -147,6 +116,13 @@ def _trusted_types(model: object) -> list[str]:
 
 
 def _log_plots(result: TrainResult, positive_label: str) -> None:
+    # Imported here: only training draws, and matplotlib costs every other command a third of a second.
+    import matplotlib
+
+    matplotlib.use("Agg")  # plots are files; no display
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
     X, y = result.split.X_test, result.split.y_test
     y_true = (y == positive_label).to_numpy()
     positive = list(result.model.classes_).index(positive_label)
