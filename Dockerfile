@@ -1,24 +1,37 @@
 # The prediction API image. It bakes no model: it serves MODEL_ALIAS (default
 # production) or a pinned MODEL_VERSION of MODEL_NAME from the registry at
-# MLFLOW_TRACKING_URI. Build with `python -m pipeline image` (or `make image`),
-# which first fills build/wheels so the build itself needs no network.
+# MLFLOW_TRACKING_URI.
+#
+#   docker build .            the builder installs requirements/serve.txt from the package index
+#   python -m pipeline image  fills build/wheels first, so the build needs no network
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
 
+FROM ${BASE_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+# build/wheels is optional: the glob matches nothing in a fresh clone.
+COPY requirements/serve.txt build/wheel[s] /tmp/in/
+SHELL ["/bin/sh", "-eu", "-c"]
+RUN python3 -m venv /opt/venv; \
+    if ls /tmp/in/*.whl >/dev/null 2>&1; then \
+        /opt/venv/bin/pip install --no-index --find-links /tmp/in -r /tmp/in/serve.txt; \
+    else \
+        /opt/venv/bin/pip install -r /tmp/in/serve.txt; \
+    fi; \
+    /opt/venv/bin/pip uninstall --yes pip; \
+    # Serving never runs the packages' own test suites or compiles their sources.
+    find /opt/venv -depth -type d -name tests -exec rm -rf {} +; \
+    find /opt/venv -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi' -o -name '*.c' -o -name '*.cpp' -o -name '*.h' \) -delete
+
+FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     MODEL_ALIAS=production
-
-COPY requirements/serve.txt /tmp/serve.txt
-COPY build/wheels /tmp/wheels
-RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels -r /tmp/serve.txt \
-    && rm -rf /tmp/wheels /tmp/serve.txt \
-    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin api
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin api
+COPY --from=builder /opt/venv /opt/venv
 
 WORKDIR /srv
 COPY --chown=10001:10001 api ./api

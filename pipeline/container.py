@@ -2,8 +2,9 @@
 
 Where no registry can be reached (as on an offline build machine) the default
 base image cannot be pulled; podman then imports a Debian base built locally
-with debootstrap. Python packages always come from a wheelhouse filled on the
-host (build/wheels), so the build itself needs no network.
+with debootstrap. This command fills a wheelhouse on the host (build/wheels)
+first, which the Dockerfile's builder stage installs from, so the build itself
+needs no network; a plain `docker build .` without it uses the package index.
 """
 
 from __future__ import annotations
