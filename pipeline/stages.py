@@ -29,17 +29,19 @@ from gates.report import COMMENT_MARKER, GateReport
 from gates.schema_diff import compare_schemas
 from gates.smoke_checks import Check, SmokeReport
 from pipeline import connection, container, gate_inputs, github, registry, release_keys, tracking
+from pipeline.api_process import uvicorn_process
 from pipeline.churn_data import generate_churn
 from pipeline.config import Params
 from pipeline.data import coerce_to_schema, load_dataset
 from pipeline.errors import CheckFailed, ConfigError, InfrastructureError
 from pipeline.integrity import inspect_version
 from pipeline.policy import check_promotion, rollback_candidates
+from pipeline.processes import free_port, wait_for
 from pipeline.progress import say, stage
 from pipeline.provenance import git_sha
 from pipeline.release_lock import release_lock
-from pipeline.serving import free_port, start_tracking_server, uvicorn_process, wait_for
 from pipeline.smoke import smoke_http
+from pipeline.tracking_server import start_tracking_server
 from pipeline.train import train
 
 # PR checks log to an ephemeral store and read production from the team's server here.
@@ -289,13 +291,20 @@ def _smoke_started_here(
     Returns the report and, for an image, the image's digest.
     """
     uri = connection.tracking_uri(params)
-    env = {"MLFLOW_TRACKING_URI": uri, "MODEL_NAME": name, "MODEL_VERSION": version}
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "MODEL_NAME": name,
+        "MODEL_VERSION": version,
+        # params.yaml's serving section configures the API that smoke tests, as a deployment would.
+        "MAX_BATCH_SIZE": str(params.serving.max_batch_size),
+        "RELOAD_INTERVAL_S": str(params.serving.reload_interval_s),
+    }
     image_digest = None
     if image:
         container.require_http_tracking(uri)
         target = f"image {image}"
     else:
-        target = f"uvicorn api.app:app (MODEL_VERSION={version})"
+        target = f"python -m api (MODEL_VERSION={version})"
     try:
         if image:
             image_digest = container.image_digest(image)

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.registry import history
-from pipeline.serving import tracking_server
+from pipeline.tracking_server import tracking_server
 
 from ..conftest import ROOT
 

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.serving import uvicorn_process
+from pipeline.api_process import uvicorn_process
 
 from ..conftest import ROOT
 from .test_flow import deploy

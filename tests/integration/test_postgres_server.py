@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_params
-from pipeline.serving import free_port, start_tracking_server, stop
+from pipeline.processes import free_port, stop
 from pipeline.stages import rollback_stage
+from pipeline.tracking_server import start_tracking_server
 
 pytestmark = pytest.mark.integration
 
