@@ -20,14 +20,10 @@ from api.schema import FeatureSpec
 
 NoneType = type(None)
 
-# Value types a JSON parser produces that each column type takes as is, and the
-# column types whose optional fields may be null. /predict follows its pydantic
-# model (any JSON number for a numeric field, null for any optional field);
-# /invocations only what MLflow's enforcement passes through unchanged (a null
-# in an optional double column is a NaN to pandas, as it is to our imputers).
-PREDICT_TYPES = {"double": {int, float}, "float": {int, float}, "long": {int, float}, "integer": {int, float},
-                 "string": {str}, "boolean": {bool}}  # fmt: skip
-PREDICT_NULLABLE = frozenset(PREDICT_TYPES)
+# /invocations: the value types a JSON parser produces that MLflow's enforcement
+# passes through unchanged, per column type, and the column types whose optional
+# fields may be null (a null in an optional double column is a NaN to pandas, as
+# it is to our imputers).
 INVOCATION_TYPES = {"double": {int, float}, "long": {int}, "string": {str}, "boolean": {bool}}
 INVOCATION_NULLABLE = frozenset({"double"})
 
@@ -41,10 +37,9 @@ class RecordDecoder:
     """
 
     def __init__(self, features: list[FeatureSpec]):
-        self.features = features
         fields = []
         for i, spec in enumerate(features):
-            kind = float if spec.numeric else bool if spec.type == "boolean" else str
+            kind = spec.value_type
             fields.append((f"f{i}", kind) if spec.required else (f"f{i}", kind | None, None))
         # Positional attribute names: a feature's name need not be a Python identifier.
         record = msgspec.defstruct(
@@ -73,18 +68,18 @@ class RecordDecoder:
 
 
 class ColumnTypes:
-    """Per feature, the value types accepted without a closer look."""
+    """Per feature, the value types an /invocations request may carry without a closer look."""
 
-    def __init__(self, features: list[FeatureSpec], table: dict[str, set], nullable: frozenset[str]):
+    def __init__(self, features: list[FeatureSpec]):
         self.features = features
         self.names = frozenset(f.name for f in features)
         self.allowed = {}
         for spec in features:
-            kinds = table.get(spec.type)
+            kinds = INVOCATION_TYPES.get(spec.type)
             if kinds is None:
                 self.allowed = None  # a column type this check does not know: always the full path
                 return
-            null = {NoneType} if spec.type in nullable and not spec.required else set()
+            null = {NoneType} if spec.type in INVOCATION_NULLABLE and not spec.required else set()
             self.allowed[spec.name] = frozenset(kinds | null)
 
     def from_records(self, records: object, limit: int) -> dict[str, Sequence] | None:

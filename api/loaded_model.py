@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from api.columnar import INVOCATION_NULLABLE, INVOCATION_TYPES, ColumnTypes, RecordDecoder
+from api.columnar import ColumnTypes, RecordDecoder
 from api.compiled import CompiledPipeline, NotCompilable
 from api.schema import FeatureSpec, RecordValidator, RequestError, parse_json, quote
 
@@ -39,7 +39,7 @@ class LoadedModel:
     def __post_init__(self):
         self.validator = RecordValidator(self.features, self.max_batch_size)
         self.decoder = RecordDecoder(self.features)
-        self.invocation_types = ColumnTypes(self.features, INVOCATION_TYPES, INVOCATION_NULLABLE)
+        self.invocation_types = ColumnTypes(self.features)
         self.positive_index = list(self.pipeline.classes_).index(self.positive_label)
         self.compiled, self.compile_note = self._compile()
         self.info = {**self.info, "loaded_at": datetime.now(UTC).isoformat(timespec="seconds")}

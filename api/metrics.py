@@ -54,7 +54,7 @@ class ServiceMetrics:
 
     def child(self, metric, *labels: str):
         """metric.labels(*labels), looked up once: `labels()` costs microseconds on every request."""
-        key = (metric._name, labels)
+        key = (metric, labels)
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)

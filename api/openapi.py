@@ -12,7 +12,7 @@ def record_schema(features: list[FeatureSpec]) -> dict:
     """JSON Schema of one record as RecordValidator accepts it."""
     properties = {}
     for f in features:
-        kind = {"type": "number" if f.numeric else "boolean" if f.type == "boolean" else "string"}
+        kind = {"type": {float: "number", bool: "boolean", str: "string"}[f.value_type]}
         properties[f.name] = kind if f.required else {"anyOf": [kind, {"type": "null"}]}
     return {
         "type": "object",

@@ -22,6 +22,11 @@ class FeatureSpec:
     def numeric(self) -> bool:
         return self.type in NUMERIC_TYPES
 
+    @property
+    def value_type(self) -> type:
+        """What a client sends for this field: any JSON number, a boolean, or a string."""
+        return float if self.numeric else bool if self.type == "boolean" else str
+
 
 class RequestError(ValueError):
     """A client's mistake, with the problems named field by field."""
@@ -33,7 +38,7 @@ class RequestError(ValueError):
 
 
 def _python_type(spec: FeatureSpec) -> Any:
-    base = StrictFloat if spec.numeric else StrictBool if spec.type == "boolean" else StrictStr
+    base = {float: StrictFloat, bool: StrictBool, str: StrictStr}[spec.value_type]
     return base if spec.required else NotRequired[base | None]
 
 

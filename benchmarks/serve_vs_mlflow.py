@@ -71,34 +71,30 @@ def _ms(text: str) -> float:
 
 
 @contextlib.contextmanager
+def serving(command: list[str], ready_path: str, port: int, **popen):
+    """Run a server command on `port` until the block ends; yields its URL once `ready_path` answers."""
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    try:
+        wait_for(url + ready_path, 120, process)
+        yield url
+    finally:
+        stop(process)
+
+
 def mlflow_serve(model_uri: str):
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "-p", str(port), "-h", "127.0.0.1", "-w", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", 120, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "-p", str(port), "-h", "127.0.0.1", "-w", "1"]  # fmt: skip
+    return serving(command, "/ping", port, env=env)
 
 
-@contextlib.contextmanager
 def noop_serve():
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchmarks.noop_app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for(f"http://127.0.0.1:{port}/docs", 60, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.noop_app:app", "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log"]  # fmt: skip
+    return serving(command, "/docs", port, cwd=ROOT)
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from api.columnar import INVOCATION_NULLABLE, INVOCATION_TYPES, ColumnTypes, RecordDecoder
+from api.columnar import ColumnTypes, RecordDecoder
 from api.schema import FeatureSpec, RecordValidator, RequestError
 
 FEATURES = [
@@ -64,7 +64,7 @@ def test_bodies_that_are_not_json_or_not_utf8_are_left_to_the_full_path():
 
 
 def test_invocations_take_only_values_mlflow_passes_through_unchanged():
-    types = ColumnTypes(FEATURES, INVOCATION_TYPES, INVOCATION_NULLABLE)
+    types = ColumnTypes(FEATURES)
     assert types.from_records([GOOD, {**GOOD, "Total Charges": None}], 10) is not None
     assert types.from_records([{**GOOD, "calls": 2.0}], 10) is None  # a float in a long column: MLflow decides
     assert types.from_records([{**GOOD, "Total Charges": None}], 10) is None  # an all-null column
