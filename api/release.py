@@ -29,12 +29,12 @@ class BadKey(ValueError):
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # gate | smoke
+    kind: str  # gate | smoke | image
     model: str
     version: str  # "" for a run's gate verdict, before registration
     run_id: str
     artifact_digest: str
-    verdict: str
+    verdict: str  # passed | failed; for an image, the published REF@DIGEST
     git_sha: str
 
     def payload(self) -> bytes:
@@ -142,6 +142,25 @@ def refusal(
         verdict = Verdict(kind, model, version, run_id, digest, "passed", sha)
         if not verifies(verify_key, verdict, tags.get(tag)):
             return f"{kind} verdict is not signed by the release key"
+    return None
+
+
+def image_verdict(tags: dict[str, str], *, model: str, version: str, run_id: str) -> Verdict:
+    """The statement an image signature covers: this version's artifact was published as REF@DIGEST."""
+    published = f"{tags.get(contract.IMAGE_REF, '')}@{tags.get(contract.IMAGE_DIGEST, '')}"
+    digest, sha = tags.get(contract.ARTIFACT_DIGEST, ""), tags.get(contract.GIT_SHA, "")
+    return Verdict("image", model, version, run_id, digest, published, sha)
+
+
+def image_refusal(
+    tags: dict[str, str], verify_key: Ed25519PublicKey | None, *, model: str, version: str, run_id: str
+) -> str | None:
+    """Why the image recorded on a version may not be released (None: it may, or none was published)."""
+    if not tags.get(contract.IMAGE_DIGEST) or verify_key is None:
+        return None
+    verdict = image_verdict(tags, model=model, version=version, run_id=run_id)
+    if not verifies(verify_key, verdict, tags.get(contract.IMAGE_SIGNATURE)):
+        return "the published image (image.ref, image.digest) is not signed by the release key"
     return None
 
 

@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.failures import classify
 
 # The commands that load a logged model through skops (see dispatch).
-LOADS_MODELS = {"run", "train", "gate", "register", "smoke", "score", "promote", "rollback"}
+LOADS_MODELS = {"run", "train", "gate", "register", "smoke", "publish", "score", "promote", "rollback"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     image = add("image", "build the API image (docker, else podman); prints the tag")
     image.add_argument("--tag")
     image.add_argument("--base-image", help="default: python:3.11-slim-bookworm, or a local Debian base offline")
+    publish = add("publish", "push the image smoke tested for a version, tagged with the git sha; prints REF@DIGEST")
+    publish.add_argument("--version", required=True)
+    publish.add_argument("--image", required=True, metavar="TAG", help="the local image `smoke --image` tested")
+    publish.add_argument(
+        "--repository", help="HOST/PATH (default: IMAGE_REPOSITORY, else ghcr.io/OWNER/REPO in GitHub Actions)"
+    )
     server = add("tracking-server", "use MLFLOW_TRACKING_URI if set, else start an ephemeral local MLflow server")
     server.add_argument("--dir", default="build/mlflow-server", help="where the ephemeral server keeps its data")
     server.add_argument("--stop", action="store_true", help="stop the ephemeral server started here")
@@ -160,6 +166,8 @@ def dispatch(args: argparse.Namespace) -> str | None:
         return stages.register_stage(params, args.run_id)
     elif command == "smoke":
         stages.smoke_stage(params, args.version, base_url=args.base_url, image=args.image)
+    elif command == "publish":
+        return stages.publish_stage(params, args.version, args.image, args.repository)
     elif command == "score":
         return stages.score_stage(params, args.input, args.output, args.version, args.alias)
     elif command == "promote":

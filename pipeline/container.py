@@ -51,12 +51,21 @@ class Engine:
     name: str  # docker | podman
     env: dict[str, str] = field(default_factory=dict)
 
-    def run(self, *args: str, timeout: float = 900, check: bool = True, quiet: bool = False, env: dict | None = None):
-        """Run an engine command; `env` adds variables the command reads (never put on its command line)."""
+    def run(
+        self,
+        *args: str,
+        timeout: float = 900,
+        check: bool = True,
+        quiet: bool = False,
+        env: dict | None = None,
+        stdin: str | None = None,
+    ):
+        """Run an engine command; `env` and `stdin` carry what must never be on its command line."""
         try:
             result = subprocess.run(
                 [self.name, *args],
                 env={**os.environ, **self.env, **(env or {})},
+                input=stdin,
                 capture_output=quiet,
                 text=True,
                 timeout=timeout,

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from api import contract
 from api.redact import redact
-from api.release import Verdict, sign, verifies
+from api.release import Verdict, image_verdict, sign, verifies
 from api.safe_model import RefusedModel
 from pipeline.errors import CheckFailed, ConfigError
 from pipeline.policy import VersionState
@@ -38,6 +38,7 @@ class AliasMove:
     reason: str
     git_sha: str
     by: str
+    image: str = ""  # REF@DIGEST the version was published as, when it was
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -196,8 +197,31 @@ def record_smoke(
         client.set_model_version_tag(name, str(mv.version), key, value)
 
 
+def record_image(client: MlflowClient, name: str, mv, ref: str, digest: str, signing_key) -> None:
+    """Store where the version's smoke-tested image was published; signed like the verdicts."""
+    tags = {contract.IMAGE_REF: ref, contract.IMAGE_DIGEST: digest}
+    signature = ""
+    if signing_key is not None:
+        verdict = image_verdict({**mv.tags, **tags}, model=name, version=str(mv.version), run_id=mv.run_id)
+        signature = sign(signing_key, verdict)
+    for key, value in {**tags, contract.IMAGE_SIGNATURE: signature}.items():
+        client.set_model_version_tag(name, str(mv.version), key, value)
+
+
+def published_image(mv) -> str:
+    """REF@DIGEST of the version's published image, or "" when it was not published."""
+    ref, digest = mv.tags.get(contract.IMAGE_REF), mv.tags.get(contract.IMAGE_DIGEST)
+    return f"{ref}@{digest}" if ref and digest else ""
+
+
 def move_alias(
-    client: MlflowClient, name: str, alias: str, version: str, reason: str, expected: str | None
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str,
+    reason: str,
+    expected: str | None,
+    image: str = "",
 ) -> AliasMove | None:
     """Compare-and-set: point `alias` at `version` only if it still points at `expected`; record the move.
 
@@ -211,7 +235,7 @@ def move_alias(
             f"@{alias} moved from {expected or 'nothing'} to {before or 'nothing'} while this step ran; nothing changed"
         )
     client.set_registered_model_alias(name, alias, version)
-    move = AliasMove(alias, before, version, now(), redact(reason), git_sha(), actor())
+    move = AliasMove(alias, before, version, now(), redact(reason), git_sha(), actor(), image)
     # One tag per move, keyed by time plus a random suffix, so writers never overwrite each other.
     key = f"{contract.HISTORY_PREFIX}{time.time_ns():020d}.{secrets.token_hex(3)}"
     client.set_registered_model_tag(name, key, json.dumps(move.to_json(), sort_keys=True))

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from api import contract
-from api.release import Verdict, sign
+from api.release import Verdict, image_refusal, sign
 from api.safe_model import RefusedModel
 from gates.bootstrap import METRICS
 from gates.evaluate import evaluate as evaluate_gates
@@ -331,6 +331,47 @@ def image_stage(tag: str | None, base_image: str | None) -> str:
     return tag
 
 
+def publish_stage(params: Params, version: str, image: str, repository: str | None) -> str:
+    """Push the image smoke tested for `version`, tagged with the git sha; record REF and DIGEST on the version.
+
+    Only the image whose ID smoke recorded is pushed, and only for a version
+    that may be released (gate and smoke passed, artifact unchanged, verdicts
+    signed when a key is set). Returns REF@DIGEST.
+    """
+    from pipeline.image_publish import image_repository, push
+
+    repository = image_repository(repository, dict(os.environ))
+    sha = git_sha()
+    if sha == "unknown":
+        raise ConfigError("publish tags the image with the git sha, and there is none (no GITHUB_SHA, no git HEAD)")
+    client = connection.connect(params)
+    name = params.registry.model_name
+    mv = registry.get_version(client, name, version)
+    ref = f"{repository}:{sha}"
+    with stage("publish", f"version {version}'s smoke-tested image {image} as {ref}"):
+        inspection = inspect_version(client, name, mv, release_keys.verify_key())
+        if not inspection.ok:
+            raise CheckFailed(f"version {version} may not be released ({inspection.refusal}); nothing published")
+        smoked = mv.tags.get(contract.SMOKE_IMAGE_DIGEST)
+        if not smoked:
+            raise CheckFailed(
+                f"version {version} was not smoke-tested as an image (`smoke --image`); nothing published"
+            )
+        local = container.image_digest(image)
+        if local != smoked:
+            raise CheckFailed(
+                f"image {image} ({local[:19]}…) is not the image smoke tested for version {version} "
+                f"({smoked[:19]}…); nothing published"
+            )
+        digest = push(container.find_engine(), image, ref, dict(os.environ))
+        registry.record_image(client, name, mv, ref, digest, release_keys.signing_key())
+        say(f"  pushed {ref}\n  digest {digest}")
+    published = f"{ref}@{digest}"
+    github.write_outputs(image_ref=ref, image_digest=digest)
+    github.write_summary(f"Published version **{version}**'s smoke-tested image: `{published}`.")
+    return published
+
+
 def promote_stage(params: Params, version: str) -> None:
     """Move production to `version` if and only if the compare-and-set and the artifact checks hold."""
     client = connection.connect(params)
@@ -344,9 +385,10 @@ def promote_stage(params: Params, version: str) -> None:
         if not check_promotion(registry.version_state(mv), candidate, production):
             say(f"  @{reg.production_alias} already points at {version}; nothing to do")
             return
-        inspection = inspect_version(client, reg.model_name, mv, verify_key)
-        if not inspection.ok:
-            raise CheckFailed(f"version {version} refused: {inspection.refusal}; nothing moved")
+        refusal = _release_refusal(client, reg.model_name, mv, verify_key)
+        if refusal:
+            raise CheckFailed(f"version {version} refused: {refusal}; nothing moved")
+        image = registry.published_image(mv)
         registry.move_alias(
             client,
             reg.model_name,
@@ -354,13 +396,19 @@ def promote_stage(params: Params, version: str) -> None:
             version,
             reason=_promotion_reason(mv),
             expected=production,
+            image=image,
         )
-        say(f"  @{reg.production_alias}: {production or 'nothing'} -> {version} ({inspection.digest})")
-    github.write_summary(
-        _alias_summary(
-            reg.model_name, reg.production_alias, production, version, "promoted", inspection.digest, verify_key
-        )
-    )
+        say(f"  @{reg.production_alias}: {production or 'nothing'} -> {version} ({mv.tags[contract.ARTIFACT_DIGEST]})")
+    github.write_outputs(image=image)
+    github.write_summary(_alias_summary(reg.model_name, reg.production_alias, production, mv, "promoted", verify_key))
+
+
+def _release_refusal(client: MlflowClient, name: str, mv, verify_key) -> str | None:
+    """Why `mv` may not serve production: its artifact and verdicts as now, and its published image's record."""
+    inspection = inspect_version(client, name, mv, verify_key)
+    if not inspection.ok:
+        return inspection.refusal
+    return image_refusal(mv.tags, verify_key, model=name, version=str(mv.version), run_id=mv.run_id)
 
 
 def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
@@ -392,35 +440,39 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
             return production
         target, skipped = None, []
         for candidate in candidates:
-            inspection = inspect_version(client, reg.model_name, by_version[candidate.version], verify_key)
-            if inspection.ok:
-                target = candidate.version
+            refusal = _release_refusal(client, reg.model_name, by_version[candidate.version], verify_key)
+            if refusal is None:
+                target = by_version[candidate.version]
                 break
-            skipped.append(f"version {candidate.version}: {inspection.refusal}")
-            say(f"  skipping version {candidate.version}: {inspection.refusal}")
+            skipped.append(f"version {candidate.version}: {refusal}")
+            say(f"  skipping version {candidate.version}: {refusal}")
         if target is None:
             raise CheckFailed("no version to roll back to: " + "; ".join(skipped) + "; nothing moved")
+        image = registry.published_image(target)
         registry.move_alias(
             client,
             reg.model_name,
             reg.production_alias,
-            target,
+            str(target.version),
             reason=f"rollback: {reason.strip()}",
             expected=production,
+            image=image,
         )
-        say(f"  @{reg.production_alias}: {production} -> {target} ({inspection.digest})")
+        say(f"  @{reg.production_alias}: {production} -> {target.version} ({target.tags[contract.ARTIFACT_DIGEST]})")
     why = f"rollback: {reason.strip()}" + (f"; skipped {'; '.join(skipped)}" if skipped else "")
-    github.write_summary(
-        _alias_summary(reg.model_name, reg.production_alias, production, target, why, inspection.digest, verify_key)
-    )
-    return target
+    github.write_outputs(image=image)
+    github.write_summary(_alias_summary(reg.model_name, reg.production_alias, production, target, why, verify_key))
+    return str(target.version)
 
 
-def _alias_summary(
-    model: str, alias: str, before: str | None, after: str, why: str, digest: str | None, verify_key
-) -> str:
+def _alias_summary(model: str, alias: str, before: str | None, mv, why: str, verify_key) -> str:
     signed = "verdicts verified against the release key" if verify_key is not None else "unsigned"
-    return f"`{model}` `@{alias}`: {before or 'nothing'} → **{after}** ({why}); artifact `{digest}`, {signed}"
+    image = registry.published_image(mv)
+    serves = f"image `{image}`" if image else "no published image"
+    return (
+        f"`{model}` `@{alias}`: {before or 'nothing'} → **{mv.version}** ({why}); "
+        f"artifact `{mv.tags.get(contract.ARTIFACT_DIGEST)}`, {serves}, {signed}"
+    )
 
 
 def tracking_server_stage(params: Params, directory: str, stop: bool = False, ephemeral: bool = False) -> str:

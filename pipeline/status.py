@@ -89,6 +89,7 @@ def collect(client: MlflowClient, reg: RegistryParams, verify_key=None) -> dict:
                 "artifact_digest": tags.get(contract.ARTIFACT_DIGEST, ""),
                 "smoke_artifact_digest": tags.get(contract.SMOKE_ARTIFACT_DIGEST, ""),
                 "image_digest": tags.get(contract.SMOKE_IMAGE_DIGEST, ""),
+                "image": registry.published_image(mv),
                 "signed": signature_state(tags, verify_key, model=name, version=str(mv.version), run_id=mv.run_id),
             }
         )
@@ -126,6 +127,10 @@ def render_table(status: dict, history_rows: int = 10) -> str:
         for v in status["versions"]
     ]
     lines += _table(header, rows)
+    published = [v for v in status["versions"] if v.get("image")]
+    if published:
+        lines += ["", "published images (pull by digest)"]
+        lines += [f"  {v['version']}: {v['image']}" for v in published]
     if status.get("anomalies"):
         lines += ["", "⚠ anomalies (alias positions the pipeline did not make):"]
         lines += [f"  - {a['detail']}" for a in status["anomalies"]]

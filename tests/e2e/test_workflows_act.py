@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.container import LOCAL_BASE
+from pipeline.processes import free_port, stop, wait_for
 from pipeline.registry import history
 from pipeline.tracking_server import tracking_server
 
@@ -43,6 +46,37 @@ def repo(tmp_path_factory) -> Path:
 def server(tmp_path_factory):
     with tracking_server(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def image_registry(tmp_path_factory) -> str:
+    """A real OCI registry (the distribution registry Debian packages as docker-registry) on loopback."""
+    if not shutil.which("docker-registry"):
+        pytest.fail("docker-registry is not installed (make system-deps installs it with apt)")
+    root, port = tmp_path_factory.mktemp("oci-registry"), free_port()
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n"
+    )
+    with open(root / "registry.log", "wb") as log:
+        process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/v2/", 30, process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+
+
+def manifest(registry_host: str, name: str, reference: str) -> tuple[str, dict]:
+    """(Docker-Content-Digest, manifest) as the registry serves them."""
+    url = f"http://{registry_host}/v2/{name}/manifests/{reference}"
+    answer = httpx.get(url, headers={"Accept": MANIFEST_TYPES}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.headers["Docker-Content-Digest"], answer.json()
 
 
 def git(repo: Path, *args: str) -> None:
@@ -87,7 +121,7 @@ def registry(server: str) -> tuple[dict, list]:
     return aliases, versions
 
 
-def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys):
+def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image_registry, cli, monkeypatch):
     # given version 1 in production, deployed with the plain CLI (smoke against uvicorn), signed
     env = {**os.environ, "MLFLOW_TRACKING_URI": server, "RELEASE_SIGNING_KEY": str(keys[0])}
     for command in (["make-data"], ["run"]):
@@ -96,21 +130,53 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys):
     assert registry(server)[0] == {"candidate": "1", "production": "1"}
 
     # when a push passes, the deploy workflow moves production to version 2, smoke-tested as an image
-    output = act(repo, server, "push", keys=keys)
+    repository = f"{image_registry}/churn-api"
+    output = act(repo, server, "push", "--var", f"IMAGE_REPOSITORY={repository}", keys=keys)
     assert act.returncode == 0, output[-3000:]
     aliases, versions = registry(server)
     assert aliases == {"candidate": "2", "production": "2"}
     tags = versions[1].tags
     assert tags["gate"] == "passed" and tags["smoke"] == "passed"
     assert tags["smoke.target"].startswith("image churn-api:")
-    assert tags["git_sha"] == git_head(repo)
+    sha = git_head(repo)
+    assert tags["git_sha"] == sha
     # the verdicts are bound to the artifact and the image, and signed
     assert tags["smoke.artifact_digest"] == tags["artifact.digest"] and tags["smoke.image_digest"].startswith("sha256:")
     status = subprocess.run(
         [sys.executable, "-m", "pipeline", "status", "--json"],
         cwd=repo, env={**env, "RELEASE_VERIFY_KEY": str(keys[1])}, capture_output=True, text=True,
     )  # fmt: skip
-    assert [v["signed"] for v in json.loads(status.stdout)["versions"]] == ["verified", "verified"]
+    state = json.loads(status.stdout)
+    assert [v["signed"] for v in state["versions"]] == ["verified", "verified"]
+
+    # the image smoke tested was published, tagged with the git sha; the registry serves the recorded digest,
+    # and its manifest's config is the image smoke ran (byte for byte: same config digest = same image ID)
+    assert tags["image.ref"] == f"{repository}:{sha}"
+    served_digest, pushed = manifest(image_registry, "churn-api", sha)
+    assert tags["image.digest"] == served_digest
+    assert pushed["config"]["digest"] == tags["smoke.image_digest"]
+    published = f"{repository}:{sha}@{served_digest}"
+    assert state["versions"][1]["image"] == published and state["versions"][0]["image"] == ""
+    # promotion recorded the image production serves with
+    promotion = history(MlflowClient(server), MODEL)[-1]
+    assert (promotion["alias"], promotion["to"], promotion["image"]) == ("production", "2", published)
+    assert f"Published version **2**'s smoke-tested image: `{published}`" in output
+
+    # publishing refuses anything but the smoke-tested image of a released version, and names a dead registry
+    monkeypatch.chdir(repo)
+    for name, value in {**env, "RELEASE_VERIFY_KEY": str(keys[1]), "IMAGE_REPOSITORY": repository}.items():
+        monkeypatch.setenv(name, value)
+    image = tags["smoke.target"].split()[1]
+    assert cli("publish", "--version", "2", "--image", LOCAL_BASE) == 1
+    assert f"image {LOCAL_BASE} (sha256:" in cli.err and "is not the image smoke tested for version 2" in cli.err
+    assert cli("publish", "--version", "1", "--image", image) == 1
+    assert "version 1 was not smoke-tested as an image" in cli.err
+    dead = f"127.0.0.1:{free_port()}/churn-api"
+    assert cli("publish", "--version", "2", "--image", image, "--repository", dead) == 3
+    [error] = [line for line in cli.err.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: image registry {dead.split('/')[0]}: `podman push` failed")
+    assert cli.err.strip().endswith(error) and "Traceback" not in cli.err
+    assert registry(server)[1][1].tags["image.digest"] == served_digest  # a failed publish changed nothing
 
     # a pull request gates on an ephemeral store, compares with the team's production, and writes nothing there
     runs_before = len(
@@ -156,7 +222,13 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys):
     assert registry(server)[0] == {"candidate": "2", "production": "1"}
     last = history(MlflowClient(server), MODEL)[-1]
     assert (last["alias"], last["from"], last["to"]) == ("production", "2", "1")
-    assert last["reason"] == f"rollback: {reason}"
+    assert last["reason"] == f"rollback: {reason}" and last["image"] == ""  # version 1 was never published
+
+    # a hand-edited image record (another digest, same registry) is not signed: production does not go there
+    MlflowClient(server).set_model_version_tag(MODEL, "2", "image.digest", "sha256:" + "0" * 64)
+    assert cli("rollback", "--to", "2", "--reason", "tampered image") == 1
+    assert "image (image.ref, image.digest) is not signed by the release key" in cli.err
+    assert registry(server)[0]["production"] == "1"
 
 
 def git_head(repo: Path) -> str:
