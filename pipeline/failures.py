@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 
 # MLflow error codes that mean the request itself was wrong, not the service.
@@ -26,7 +27,7 @@ def classify(exc: BaseException) -> tuple[int, str]:
         if exc.error_code in BAD_INPUT_CODES:
             return 2, f"MLflow refused the request: {text}"
         if exc.error_code in AUTH_CODES or " 401" in text or " 403" in text:
-            return 3, f"tracking server refused the credentials (MLFLOW_TRACKING_USERNAME/PASSWORD): {text}"
+            return 3, _credentials_refused(exc.error_code, text)
         return 3, f"tracking server or artifact store failed: {text}"
     if _is_network_error(exc):  # before OSError: requests' errors are OSErrors too
         return 3, f"network request failed: {type(exc).__name__}: {_first_line(str(exc))}"
@@ -39,6 +40,19 @@ def classify(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, subprocess.SubprocessError):
         return 3, f"a subprocess failed: {_first_line(str(exc))}"
     return 3, f"unexpected {type(exc).__name__}: {_first_line(str(exc))} (run with --debug for the traceback)"
+
+
+def _credentials_refused(error_code: str, text: str) -> str:
+    """Which of: no credentials, wrong credentials, or a user without the permission (never the password)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if error_code == "PERMISSION_DENIED" or " 403" in text:
+        who = f"user {user!r}" if user else "this client"
+        return f"tracking server denied {who} the permission for this request (403): {text}"
+    if not user and not os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return "tracking server requires credentials (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    if not user:
+        return "tracking server rejected MLFLOW_TRACKING_TOKEN (401)"
+    return f"tracking server rejected the credentials of user {user!r} (401): wrong password or unknown user"
 
 
 def _is_network_error(exc: BaseException) -> bool:

@@ -13,24 +13,46 @@ from pipeline.errors import CheckFailed
 from pipeline.processes import free_port, stop, wait_for
 
 
-def tracking_server_command(directory: Path, port: int, backend_store_uri: str | None = None) -> list[str]:
-    """`mlflow server` with a sqlite store (or the given backend) and proxied artifacts under `directory`."""
+def tracking_server_command(
+    directory: Path,
+    port: int,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    app_name: str | None = None,
+) -> list[str]:
+    """`mlflow server` with proxied artifacts: a sqlite store and artifacts under `directory` unless given.
+
+    `artifacts_destination` may be s3://BUCKET/PATH (with MLFLOW_S3_ENDPOINT_URL for
+    MinIO and the like); `app_name="basic-auth"` turns on MLflow's authentication.
+    """
     backend = backend_store_uri or f"sqlite:///{directory / 'mlflow.db'}"
-    return [
+    command = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-        "--artifacts-destination", str(directory / "artifacts"),
+        "--artifacts-destination", artifacts_destination or str(directory / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    return [*command, "--app-name", app_name] if app_name else command
 
 
-def start_tracking_server(directory: Path, port: int | None = None, backend_store_uri: str | None = None):
-    """Start a detached `mlflow server` (it outlives this process); returns (url, process)."""
+def start_tracking_server(
+    directory: Path,
+    port: int | None = None,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    app_name: str | None = None,
+    env: dict[str, str] | None = None,
+):
+    """Start a detached `mlflow server` (it outlives this process); returns (url, process).
+
+    `env` adds variables the server reads (S3 keys, MLFLOW_AUTH_CONFIG_PATH).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    command = tracking_server_command(directory, port, backend_store_uri, artifacts_destination, app_name)
     with open(directory / "server.log", "ab") as log:
         process = subprocess.Popen(
-            tracking_server_command(directory, port, backend_store_uri),
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            command,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -47,9 +69,9 @@ def start_tracking_server(directory: Path, port: int | None = None, backend_stor
 
 
 @contextlib.contextmanager
-def tracking_server(directory: Path, backend_store_uri: str | None = None) -> Iterator[str]:
-    """A real `mlflow server` for the duration of a block (tests, benchmarks)."""
-    url, process = start_tracking_server(directory, backend_store_uri=backend_store_uri)
+def tracking_server(directory: Path, backend_store_uri: str | None = None, **options) -> Iterator[str]:
+    """A real `mlflow server` for the duration of a block (tests, benchmarks); options as start_tracking_server."""
+    url, process = start_tracking_server(directory, backend_store_uri=backend_store_uri, **options)
     try:
         yield url
     finally:
