@@ -30,6 +30,12 @@ IMAGE_DIGEST = "image.digest"  # its manifest digest in that registry: what depl
 IMAGE_SIGNATURE = "image.signature"
 ARTIFACT_DIGEST = "artifact.digest"  # recorded at registration; gate and smoke are bound to it
 GIT_SHA = "git_sha"
+DATA_FINGERPRINT = "data.fingerprint"  # sha256 of the training data set
+DATA_ROWS = "data.rows"
+DATA_PATH = "data.path"  # run only
+MODEL_TYPE = "model.type"  # run only (a tag, and the param of the same name)
+MODEL_ID = "model_id"  # run only: the logged model's id
+POSITIVE_LABEL = "positive_label"  # run only
 SCHEMA_BREAK_ALLOWED = "gate.schema_break_allowed"  # what a gated break removed or changed, when allowed
 
 # Registered-model tags

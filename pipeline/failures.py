@@ -22,6 +22,11 @@ def classify(exc: BaseException) -> tuple[int, str]:
     """(exit code, message) for an exception that is not a PipelineError."""
     from mlflow.exceptions import MlflowException
 
+    from gates.release_policy import ReleaseRefused
+
+    if isinstance(exc, ReleaseRefused):
+        return 1, str(exc)
+
     if isinstance(exc, MlflowException):
         text = _first_line(exc.message)
         if exc.error_code in BAD_INPUT_CODES:

@@ -12,6 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+from api import contract
 from api.contract import DATA_PROFILE, METRIC_TAG_PREFIX
 from api.safe_model import RefusedModel, load_estimator
 from api.source import ModelFiles, fetch_version_files
@@ -58,7 +59,7 @@ def _under_gate(
 
 def candidate(client: MlflowClient, run, dst: Path) -> ModelUnderGate:
     """The run's logged model (not yet registered), refused unless it is a plain skops model."""
-    files = logged_model_files(client, run.data.tags["model_id"], run.info.run_id, dst)
+    files = logged_model_files(client, run.data.tags[contract.MODEL_ID], run.info.run_id, dst)
     return _under_gate(client, f"run {run.info.run_id}", files, run.info.run_id, dict(run.data.metrics))
 
 

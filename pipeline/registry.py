@@ -20,8 +20,8 @@ from api import contract
 from api.redact import redact
 from api.release import Verdict, image_verdict, sign, verifies
 from api.safe_model import RefusedModel
+from gates.release_policy import VersionState
 from pipeline.errors import CheckFailed, ConfigError
-from pipeline.policy import VersionState
 from pipeline.provenance import actor, git_sha, now
 
 METRIC_PREFIX = contract.METRIC_TAG_PREFIX
@@ -114,7 +114,7 @@ def run_gate_verdict(client: MlflowClient, name: str, run, verify_key) -> str:
         raise CheckFailed(f"run {run_id} has no readable gate report ({GATE_REPORT}); run the gate") from None
     if report.get("verdict") != "passed" or report.get("run_id") != run_id:
         raise CheckFailed(f"run {run_id}: its gate report says {report.get('verdict')!r}, not passed")
-    model_id = run.data.tags.get("model_id")
+    model_id = run.data.tags.get(contract.MODEL_ID)
     if not model_id:
         raise ConfigError(f"run {run_id} has no logged model (tag model_id missing)")
     from pipeline.integrity import logged_model_files  # loads sklearn: only registration needs it here
@@ -150,13 +150,13 @@ def register(client: MlflowClient, name: str, run_id: str, signing_key, verify_k
         contract.GATE_BASELINE: run.data.tags.get(contract.GATE_BASELINE, ""),
         contract.ARTIFACT_DIGEST: digest,
         contract.GIT_SHA: sha,
-        "data.fingerprint": run.data.tags.get("data.fingerprint", ""),
-        "data.rows": run.data.tags.get("data.rows", ""),
+        contract.DATA_FINGERPRINT: run.data.tags.get(contract.DATA_FINGERPRINT, ""),
+        contract.DATA_ROWS: run.data.tags.get(contract.DATA_ROWS, ""),
         **{f"{METRIC_PREFIX}{k}": str(v) for k, v in run.data.metrics.items() if k in METRICS},
     }
     if run.data.tags.get(contract.SCHEMA_BREAK_ALLOWED):
         tags[contract.SCHEMA_BREAK_ALLOWED] = run.data.tags[contract.SCHEMA_BREAK_ALLOWED]
-    model_id = run.data.tags["model_id"]
+    model_id = run.data.tags[contract.MODEL_ID]
     card = f"Model card: runs:/{run_id}/{contract.MODEL_CARD} (gate report: runs:/{run_id}/{GATE_REPORT})"
     mv = client.create_model_version(
         name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id, description=card

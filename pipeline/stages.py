@@ -25,6 +25,7 @@ from gates.evaluate import evaluate as evaluate_gates
 from gates.model_card import CardFacts, model_card
 from gates.policy_diff import policy_changes
 from gates.profile import compare_profiles
+from gates.release_policy import check_promotion, rollback_candidates
 from gates.report import COMMENT_MARKER, GateReport
 from gates.schema_diff import compare_schemas
 from gates.smoke_checks import Check, SmokeReport
@@ -35,7 +36,6 @@ from pipeline.config import Params
 from pipeline.data import coerce_to_schema, load_dataset
 from pipeline.errors import CheckFailed, ConfigError, InfrastructureError
 from pipeline.integrity import inspect_version
-from pipeline.policy import check_promotion, rollback_candidates
 from pipeline.processes import free_port, wait_for
 from pipeline.progress import say, stage
 from pipeline.provenance import git_sha
@@ -190,11 +190,13 @@ def _check_gate_config(gates, run, candidate: gate_inputs.ModelUnderGate) -> Non
 def _card_facts(params: Params, run, candidate: gate_inputs.ModelUnderGate) -> CardFacts:
     tags = run.data.tags
     return CardFacts(
-        model_type=tags.get("model.type", ""),
-        hyperparameters={k: v for k, v in run.data.params.items() if k.startswith("model.") and k != "model.type"},
-        data_path=tags.get("data.path", ""),
-        data_rows=tags.get("data.rows", ""),
-        data_fingerprint=tags.get("data.fingerprint", ""),
+        model_type=tags.get(contract.MODEL_TYPE, ""),
+        hyperparameters={
+            k: v for k, v in run.data.params.items() if k.startswith("model.") and k != contract.MODEL_TYPE
+        },
+        data_path=tags.get(contract.DATA_PATH, ""),
+        data_rows=tags.get(contract.DATA_ROWS, ""),
+        data_fingerprint=tags.get(contract.DATA_FINGERPRINT, ""),
         target=params.data.target,
         positive_label=candidate.positive_label,
         artifact_digest=candidate.digest,

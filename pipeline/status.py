@@ -83,7 +83,7 @@ def collect(client: MlflowClient, reg: RegistryParams, verify_key=None) -> dict:
                 "smoke": tags.get(contract.SMOKE, "pending"),
                 "aliases": sorted(by_version.get(str(mv.version), [])),
                 "git_sha": tags.get(contract.GIT_SHA, ""),
-                "data_fingerprint": tags.get("data.fingerprint", ""),
+                "data_fingerprint": tags.get(contract.DATA_FINGERPRINT, ""),
                 "smoke_target": tags.get(contract.SMOKE_TARGET, ""),
                 "registered_at": mv.creation_timestamp,
                 "artifact_digest": tags.get(contract.ARTIFACT_DIGEST, ""),

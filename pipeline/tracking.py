@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from api import contract
 from api.contract import DATA_PROFILE, FEATURE_SCHEMA, SMOKE_EXAMPLES
 from gates.profile import profile
 from pipeline.config import Params
@@ -57,19 +58,19 @@ def log_training_run(client: MlflowClient, params: Params, data: Dataset, result
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags(
             {
-                "git_sha": sha,
-                "data.fingerprint": data.fingerprint,
-                "data.rows": str(data.rows),
-                "data.path": params.data.path,
-                "model.type": params.model.type,
-                "positive_label": data.positive_label,
-                "gate": "pending",
+                contract.GIT_SHA: sha,
+                contract.DATA_FINGERPRINT: data.fingerprint,
+                contract.DATA_ROWS: str(data.rows),
+                contract.DATA_PATH: params.data.path,
+                contract.MODEL_TYPE: params.model.type,
+                contract.POSITIVE_LABEL: data.positive_label,
+                contract.GATE: "pending",
             }
         )
         mlflow.log_params(
             {
                 **{f"data.{k}": v for k, v in params.data.model_dump().items()},
-                "model.type": params.model.type,
+                contract.MODEL_TYPE: params.model.type,
                 **{f"model.{k}": v for k, v in params.model.hyperparameters().items()},
             }
         )
@@ -86,7 +87,7 @@ def log_training_run(client: MlflowClient, params: Params, data: Dataset, result
             # Explicit requirements: inferring them starts a subprocess that reloads the model.
             pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
         )
-        mlflow.set_tag("model_id", info.model_id)
+        mlflow.set_tag(contract.MODEL_ID, info.model_id)
         schema = {
             "features": [asdict(f) for f in data.schema],
             "target": params.data.target,

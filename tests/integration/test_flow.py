@@ -163,6 +163,14 @@ def test_promote_refuses_a_version_whose_smoke_failed(project, cli):
     assert version["smoke"] == "failed" and production(cli) is None
 
 
+def test_smoke_starts_the_api_with_the_serving_section_of_params(project, cli):
+    register_candidate(cli)
+    # the 25 smoke examples go in one request: a batch limit of 10 reaches the API smoke starts, which refuses them
+    assert cli("smoke", "--version", "1", "--set", "serving.max_batch_size=10") == 1
+    assert "25 records exceed the batch limit of 10" in cli.err
+    assert cli("smoke", "--version", "1", "--set", "serving.max_batch_size=25") == 0, cli.err
+
+
 def test_rollback_to_previous_and_to_a_named_version(project, cli):
     for _ in range(3):
         deploy(cli)

@@ -1,14 +1,17 @@
 """Pure release rules: may a version be promoted, where does a rollback go.
 
 These functions see plain values read from the registry and decide; the
-registry adapter does the reading and the moving.
+registry adapter (pipeline/registry.py) does the reading and the moving. A
+rule that says no raises ReleaseRefused, which the CLI exits 1 on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import CheckFailed
+
+class ReleaseRefused(Exception):
+    """A release rule said no; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -27,21 +30,21 @@ def check_promotion(state: VersionState, candidate: str | None, production: str 
     """Compare-and-set precondition (docs/DESIGN.md invariants 1 and 3).
 
     Returns False when production already points at the version (nothing to
-    do), True when the move may go ahead, and raises CheckFailed otherwise.
+    do), True when the move may go ahead, and raises ReleaseRefused otherwise.
     """
     if production == state.version:
         return False
     if state.gate != "passed":
-        raise CheckFailed(f"version {state.version} did not pass its gates (gate: {state.gate})")
+        raise ReleaseRefused(f"version {state.version} did not pass its gates (gate: {state.gate})")
     if state.smoke != "passed":
-        raise CheckFailed(f"version {state.version} has not passed smoke tests (smoke: {state.smoke})")
+        raise ReleaseRefused(f"version {state.version} has not passed smoke tests (smoke: {state.smoke})")
     if candidate != state.version:
-        raise CheckFailed(
+        raise ReleaseRefused(
             f"candidate alias points at {candidate or 'nothing'}, not {state.version}: "
             "a newer candidate was registered; promote that one instead"
         )
     if production != state.baseline:
-        raise CheckFailed(
+        raise ReleaseRefused(
             f"production moved from {state.baseline or 'nothing'} to {production or 'nothing'} after "
             f"version {state.version} was gated against it; re-run the gate"
         )
@@ -49,27 +52,27 @@ def check_promotion(state: VersionState, candidate: str | None, production: str 
 
 
 def rollback_candidates(versions: list[VersionState], production: str | None, to: str | None) -> list[VersionState]:
-    """The versions a rollback may move production to, best first; CheckFailed if there is none.
+    """The versions a rollback may move production to, best first; ReleaseRefused if there is none.
 
     With `to`, only that version. Without, every version older than production
     whose gate and smoke passed, newest first: the caller takes the first whose
     artifact still verifies and names the ones it skipped.
     """
     if production is None:
-        raise CheckFailed("production points at nothing: there is nothing to roll back")
+        raise ReleaseRefused("production points at nothing: there is nothing to roll back")
     by_version = {v.version: v for v in versions}
     if to is not None:
         if to not in by_version:
             known = ", ".join(sorted(by_version, key=int)) or "none"
-            raise CheckFailed(f"version {to} does not exist (registered versions: {known})")
+            raise ReleaseRefused(f"version {to} does not exist (registered versions: {known})")
         target = by_version[to]
         if not target.releasable:
-            raise CheckFailed(
+            raise ReleaseRefused(
                 f"version {to} never passed gates and smoke (gate: {target.gate}, smoke: {target.smoke}); "
                 "refusing to serve it"
             )
         return [target]
     older = [v for v in versions if int(v.version) < int(production) and v.releasable]
     if not older:
-        raise CheckFailed(f"no version older than {production} passed gates and smoke: nothing to roll back to")
+        raise ReleaseRefused(f"no version older than {production} passed gates and smoke: nothing to roll back to")
     return sorted(older, key=lambda v: int(v.version), reverse=True)

@@ -1,7 +1,6 @@
 import pytest
 
-from pipeline.errors import CheckFailed
-from pipeline.policy import VersionState, check_promotion, rollback_candidates
+from gates.release_policy import ReleaseRefused, VersionState, check_promotion, rollback_candidates
 
 
 def state(version, gate="passed", smoke="passed", baseline=None):
@@ -29,7 +28,7 @@ def test_promotion_is_a_no_op_when_production_is_already_there():
     ],
 )
 def test_promotion_refusals(version, candidate, production, message):
-    with pytest.raises(CheckFailed, match=message):
+    with pytest.raises(ReleaseRefused, match=message):
         check_promotion(version, candidate, production)
 
 
@@ -55,5 +54,5 @@ def test_rollback_to_a_named_good_version():
     ],
 )
 def test_rollback_refusals(production, to, message):
-    with pytest.raises(CheckFailed, match=message):
+    with pytest.raises(ReleaseRefused, match=message):
         rollback_candidates(VERSIONS, production, to)
