@@ -28,12 +28,12 @@ demo: $(STAMP) data ## run the whole gated flow on the embedded MLflow (sqlite) 
 status: $(STAMP) ## show versions, aliases and the alias history
 	$(BIN)/python -m pipeline status
 
-# podman (the container engine where no Docker engine runs), docker-registry (a
-# local OCI registry the act test publishes to), debootstrap (an
-# offline base image), wrk (benchmarks) and PostgreSQL (a real backend store for
-# the tracking-server tests). Installed with apt when missing.
+# podman (the container engine where no Docker engine runs), debootstrap (an
+# offline base image), docker-registry (the OCI registry the act test publishes
+# to), wrk (benchmarks) and PostgreSQL (the team tracking server's store in the
+# tests). Installed with apt when missing.
 SYSTEM_PACKAGES := podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap wrk postgresql docker-registry
-system-deps: ## install podman, debootstrap, wrk and postgresql with apt when missing (root)
+system-deps: ## install podman, debootstrap, docker-registry, wrk and postgresql with apt when missing (root)
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "missing system packages: $$missing (install them with apt as root)"; exit 2; fi; \
