@@ -23,10 +23,15 @@ def record_schema(features: list[FeatureSpec]) -> dict:
 
 
 def document(app: FastAPI, features: list[FeatureSpec] | None, max_batch_size: int, version: str | None) -> dict:
-    """The app's OpenAPI document; /predict's body describes the records the serving version accepts."""
+    """The app's OpenAPI document, with /predict (served by api/predict_route.py) for the serving version."""
     doc = get_openapi(title=app.title, version=version or "no model loaded", routes=app.routes)
     record = record_schema(features) if features else {"type": "object"}
     doc.setdefault("components", {}).setdefault("schemas", {})["Record"] = record
+    doc["paths"] = {"/predict": {"post": _predict_operation(max_batch_size)}, **doc.get("paths", {})}
+    return doc
+
+
+def _predict_operation(max_batch_size: int) -> dict:
     body = {
         "type": "object",
         "properties": {
@@ -40,8 +45,30 @@ def document(app: FastAPI, features: list[FeatureSpec] | None, max_batch_size: i
         "required": ["records"],
         "additionalProperties": False,
     }
-    doc["paths"]["/predict"]["post"]["requestBody"] = {
-        "required": True,
-        "content": {"application/json": {"schema": body}},
+    answer = {
+        "type": "object",
+        "properties": {
+            "model_version": {"type": "string"},
+            "predictions": {"type": "array", "items": {}},
+            "probabilities": {"type": "array", "items": {"type": "number"}},
+        },
+        "required": ["model_version", "predictions", "probabilities"],
     }
-    return doc
+    problem = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
+        "summary": "Predict",
+        "description": '{"records": [...]} -> predictions and positive-class probabilities.',
+        "operationId": "predict",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {
+                "description": "one prediction and probability per record, in order",
+                "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": answer}},
+            },
+            "400": {"description": "the body is not JSON, or nested too deep", **problem},
+            "413": {"description": "the body is over MAX_BODY_BYTES", **problem},
+            "422": {"description": "records the model cannot take, each named by record and field", **problem},
+            "503": {"description": "no model loaded yet", **problem},
+        },
+    }

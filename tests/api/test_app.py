@@ -116,6 +116,24 @@ def test_no_model_means_503_with_the_reason_and_health_still_200():
             assert response.status_code == 503 and "no model" in response.json()["detail"]
 
 
+def test_predict_takes_only_post_and_sends_its_length(client, records):
+    for response in (client.get("/predict"), client.put("/predict", json={"records": records[:1]})):
+        assert response.status_code == 405 and response.headers["allow"] == "POST"
+    answer = client.post("/predict", json={"records": records[:2]})
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    assert answer.headers["content-type"] == "application/json"
+
+
+def test_a_batch_too_big_for_the_event_loop_is_predicted_in_a_thread_with_the_same_answer(trained):
+    X = trained.split.X_test
+    rows = X.sample(3000, replace=True, random_state=1)  # over INLINE_RECORDS
+    batch = json.loads(rows.to_json(orient="records"))
+    with TestClient(create_app(ModelHolder(model=make_model(trained, max_batch_size=5000)))) as c:
+        answer = c.post("/predict", json={"records": batch})
+    assert answer.status_code == 200, answer.text[:300]
+    assert answer.json()["predictions"] == trained.model.predict(rows).tolist()
+
+
 @pytest.mark.parametrize("fmt", ["dataframe_split", "dataframe_records", "inputs", "instances"])
 def test_invocations_accepts_every_mlflow_format(client, trained, fmt):
     X = trained.split.X_test.head(15)
