@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from pipeline.config import load_params
 from pipeline.processes import free_port, stop, wait_for
 from pipeline.stages import rollback_stage
 from pipeline.tracking_server import start_tracking_server
+
+from .test_api_live import wait_ready
 
 pytestmark = pytest.mark.integration
 BUCKET = "mlflow-artifacts"
@@ -224,13 +225,6 @@ def _example_record(run_id: str) -> dict:
 
     with open(MlflowClient().download_artifacts(run_id, "smoke/examples.json")) as f:
         return json.load(f)["records"][0]
-
-
-def wait_ready(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while httpx.get(url + "/ready").status_code != 200:
-        assert time.monotonic() < deadline, httpx.get(url + "/ready").text
-        time.sleep(0.1)
 
 
 def test_a_tracking_server_that_is_down_is_named(project, cli, monkeypatch):
