@@ -19,7 +19,7 @@ from api.limits import BodyLimitMiddleware
 from api.loaded_model import LoadedModel
 from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.openapi import document
-from api.predict_route import PredictRoute
+from api.predict_route import VERSION_HEADER, PredictRoute
 from api.redact import redact, redact_logging
 from api.schema import RequestError
 from api.scoring import score, score_well_formed, score_with_mlflow
@@ -28,7 +28,6 @@ from api.settings import Settings, apply_mlflow_http_defaults
 # /invocations bodies up to this size are answered on the event loop, as /predict's
 # batches up to INLINE_RECORDS are (api/predict_route.py says why).
 INLINE_BODY_BYTES = 256 * 1024
-VERSION_HEADER = "X-Model-Version"
 
 
 class NotReady(Exception):
@@ -84,7 +83,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     @app.exception_handler(RequestError)
     async def bad_request(_: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": exc.problems, "message": str(exc)}, status_code=exc.status)
+        return JSONResponse(exc.answer(), status_code=exc.status)
 
     # The scoring route first: the router tries routes in order (/predict never reaches it).
     @app.post("/invocations")

@@ -22,7 +22,7 @@ from api.redact import redact
 from api.schema import RequestError
 
 PATH = "/predict"
-VERSION_HEADER = b"x-model-version"
+VERSION_HEADER = "X-Model-Version"
 # Batches up to this size are predicted on the event loop: a thread hop plus GIL
 # contention costs more than the few milliseconds they take (measured: 1,000-row
 # batches ran at 44 req/s through a thread, 81 req/s inline). Larger batches go
@@ -47,7 +47,9 @@ class PredictRoute:
         if body is None:  # the client went away
             return None
         status, payload, version = await self.answer(body)
-        return await _send(send, status, payload, [(VERSION_HEADER, version.encode())] if version else [])
+        return await _send(
+            send, status, payload, [(VERSION_HEADER.lower().encode(), version.encode())] if version else []
+        )
 
     async def answer(self, body: bytes) -> tuple[int, bytes, str | None]:
         """(status, JSON body, model version for the header) for one request body."""
@@ -65,7 +67,7 @@ class PredictRoute:
             except UNSCORABLE as exc:
                 raise model.unscorable(columns, exc) from None
         except RequestError as exc:
-            return exc.status, orjson.dumps({"detail": exc.problems, "message": str(exc)}), None
+            return exc.status, orjson.dumps(exc.answer()), None
         self.metrics.child(self.metrics.predictions, model.version).inc(rows)
         answer = {"model_version": model.version, "predictions": result.labels, "probabilities": result.probabilities}
         return 200, orjson.dumps(answer), model.version

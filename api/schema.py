@@ -36,6 +36,10 @@ class RequestError(ValueError):
         self.status = status
         super().__init__("; ".join(p["message"] for p in problems))
 
+    def answer(self) -> dict:
+        """The error body every route sends for it."""
+        return {"detail": self.problems, "message": str(self)}
+
 
 def _python_type(spec: FeatureSpec) -> Any:
     base = {float: StrictFloat, bool: StrictBool, str: StrictStr}[spec.value_type]
