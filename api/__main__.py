@@ -3,12 +3,19 @@
 `WEB_CONCURRENCY` workers (default 1). With more than one, Prometheus samples
 go to `PROMETHEUS_MULTIPROC_DIR` (a fresh temporary directory unless set), which
 is emptied here, before the workers start, so no dead process's counts linger.
+
+HTTP limits (api/http_limits.py): MAX_HEADER_BYTES, HEADER_TIMEOUT_S,
+BODY_TIMEOUT_S, KEEP_ALIVE_TIMEOUT_S. A bad value stops the start with one line
+naming the variable.
 """
 
 import os
+import sys
 import tempfile
 
 import uvicorn
+
+from api.settings import SettingsError
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in each worker
 
@@ -25,6 +32,10 @@ def prepare_multiprocess_dir(env=os.environ) -> str:
 
 
 def main() -> None:
+    try:  # the limits are read when the module is imported, here and again in each worker
+        from api.http_limits import LIMITS, PROTOCOL
+    except SettingsError as exc:
+        sys.exit(str(exc))
     workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
     if workers > 1 or os.environ.get(MULTIPROC_DIR):
         prepare_multiprocess_dir()  # set before the workers start: they inherit it
@@ -34,6 +45,8 @@ def main() -> None:
         port=int(os.environ.get("PORT", "8000")),
         workers=workers,
         access_log=False,
+        http=PROTOCOL,  # by path: each worker process imports it (and reads the limits) itself
+        timeout_keep_alive=LIMITS.keep_alive_timeout_s,
     )
 
 
