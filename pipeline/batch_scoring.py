@@ -6,14 +6,21 @@ chunk whose columns are all clean (numbers parse, required fields present) is
 scored column-wise at once; a chunk with a bad row is validated row by row by
 the API's RecordValidator, so every bad row lands in the rejects file with the
 API's own message and the good ones are scored.
+
+Nothing the user has is destroyed: the output and rejects files are checked
+against the input, the tracking store and each other (pipeline/output_files.py)
+and written to temp files renamed into place only when the whole input is
+scored. Text cells a spreadsheet would run as formulas are neutralised in both
+(pipeline/formula_cells.py).
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +30,8 @@ import pandas as pd
 from api.loaded_model import LoadedModel
 from api.schema import RequestError
 from pipeline.errors import CheckFailed, DataError
+from pipeline.formula_cells import neutralise_frame
+from pipeline.output_files import Protected, atomic_outputs, check_targets
 from pipeline.progress import say
 
 CHUNK_ROWS = 10_000
@@ -42,17 +51,32 @@ def rejects_path_for(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects{output.suffix or '.csv'}")
 
 
-def score_csv(model: LoadedModel, input_path: Path, output: Path, chunk_rows: int = CHUNK_ROWS) -> ScoreSummary:
-    """Score every row of `input_path` into `output`; rows that fail validation go to the rejects file."""
+def score_csv(
+    model: LoadedModel,
+    input_path: Path,
+    output: Path,
+    chunk_rows: int | None = None,
+    protected: Iterable[Protected] = (),
+) -> ScoreSummary:
+    """Score every row of `input_path` into `output`; rows that fail validation go to the rejects file.
+
+    Refuses (ConfigError) an output or rejects file that is the input, a `protected` path
+    or the other one; both files appear only when every chunk is scored.
+    """
     if not input_path.is_file():
         raise DataError(f"input file {input_path} does not exist")
-    total = _count_rows(input_path)
     rejects = rejects_path_for(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_targets({"output": output, "rejects file": rejects}, [Protected("the input", input_path), *protected])
+    _check_header(input_path)
+    total = _count_rows(input_path)
     started = time.perf_counter()
     scored = rejected = done = 0
-    with output.open("w", newline="") as out, rejects.open("w", newline="") as bad:
-        for chunk in _chunks(input_path, chunk_rows):
+    with (
+        atomic_outputs(output, rejects) as staged,
+        staged[output].open("w", newline="") as out,
+        staged[rejects].open("w", newline="") as bad,
+    ):
+        for chunk in _chunks(input_path, chunk_rows or CHUNK_ROWS):
             missing = [f.name for f in model.features if f.required and f.name not in chunk.columns]
             if missing:
                 raise DataError(f"{input_path}: required column(s) {', '.join(map(repr, missing))} missing")
@@ -68,17 +92,17 @@ def score_csv(model: LoadedModel, input_path: Path, output: Path, chunk_rows: in
                 result = rows.assign(
                     prediction=prediction.labels, probability=prediction.probabilities, model_version=model.version
                 )
-                result.to_csv(out, index=False, header=scored == 0)
+                neutralise_frame(result).to_csv(out, index=False, header=scored == 0)
                 scored += len(result)
             if reasons:
                 failed = chunk.iloc[list(reasons)].assign(**{REJECT_REASON: list(reasons.values())})
                 failed.insert(0, "row", [done + i + 1 for i in reasons])
-                failed.to_csv(bad, index=False, header=rejected == 0)
+                neutralise_frame(failed).to_csv(bad, index=False, header=rejected == 0)
                 rejected += len(failed)
             done += len(chunk)
             _progress(done, total, started)
-    if rejected == 0:
-        rejects.unlink()
+        if rejected == 0:
+            staged.omit(rejects)  # and an earlier run's rejects file goes
     if scored == 0 and rejected:
         raise CheckFailed(f"all {rejected} rows failed validation; reasons in {rejects}")
     return ScoreSummary(model.version, scored, rejected, time.perf_counter() - started, rejects if rejected else None)
@@ -89,6 +113,20 @@ def _chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
         yield from pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=rows)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path} is not a readable CSV: {str(exc).strip()}") from None
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a header that names a column twice: pandas would rename the second (`x.1`) and ignore it."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV: {str(exc).strip()}") from None
+    seen = set()
+    for name in header:
+        if name in seen and name.strip():  # blank names (trailing commas) are pandas' "Unnamed: N"
+            raise DataError(f"{path}: column {name!r} appears more than once in the header; rename or drop one")
+        seen.add(name)
 
 
 def _count_rows(path: Path) -> int:

@@ -509,13 +509,19 @@ def score_stage(params: Params, input_path: str, output: str, version: str | Non
     """Batch-score a CSV with a released version (the alias, production by default, or --version)."""
     from api.settings import Settings
     from api.source import RefusedVersion, RegistrySource
-    from pipeline.batch_scoring import CHUNK_ROWS, score_csv
+    from pipeline import batch_scoring
+    from pipeline.output_files import is_local_store, store_paths
 
     client = connection.connect(params)
     name = params.registry.model_name
     registry.require_model(client, name)
+    # What the output and rejects files may never be: the local tracking store, or inside its artifacts.
+    uri, artifacts = connection.tracking_uri(params), [params.registry.artifact_location]
+    if is_local_store(uri) and (experiment := client.get_experiment_by_name(params.registry.experiment)):
+        artifacts.append(experiment.artifact_location)
+    protected = store_paths(uri, artifacts)
     alias = alias or params.registry.production_alias
-    settings = Settings(model_name=name, model_alias=alias, max_batch_size=CHUNK_ROWS)
+    settings = Settings(model_name=name, model_alias=alias, max_batch_size=batch_scoring.CHUNK_ROWS)
     source = RegistrySource(settings, client=client, verify_key=release_keys.verify_key())
     if version is None:
         version = registry.alias_version(client, name, alias)
@@ -527,7 +533,7 @@ def score_stage(params: Params, input_path: str, output: str, version: str | Non
             model = source.load(version)
         except RefusedVersion as exc:
             raise CheckFailed(f"version {version} refused: {exc.reason}; nothing scored") from None
-        summary = score_csv(model, Path(input_path), Path(output))
+        summary = batch_scoring.score_csv(model, Path(input_path), Path(output), protected=protected)
         say(
             f"  {summary.scored:,} rows scored, {summary.rejected:,} rejected in {summary.seconds:.1f}s"
             + (f"; rejects with their reasons in {summary.rejects_path}" if summary.rejects_path else "")
