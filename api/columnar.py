@@ -115,7 +115,10 @@ class ColumnTypes:
         names, data = split.get("columns"), split.get("data")
         if type(names) is not list or type(data) is not list or not 0 < len(data) <= limit:
             return None
-        if len(names) != len(self.features) or set(names) != self.names:
+        try:
+            if len(names) != len(self.features) or set(names) != self.names:
+                return None
+        except TypeError:  # a list or object as a column name: the full path refuses it
             return None
         if not all(type(row) is list and len(row) == len(names) for row in data):
             return None
