@@ -88,7 +88,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     # The scoring route first: the router tries routes in order (/predict never reaches it).
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
-        """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances."""
+        """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances (JSON), or CSV."""
         model = serving_model()
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")
@@ -100,8 +100,10 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
         status, text, rows = answer
         if status == 200:
             metrics.child(metrics.predictions, model.version).inc(rows)
-        media = "application/json" if status != 415 else "text/plain"
-        return Response(text, status_code=status, media_type=media, headers={VERSION_HEADER: model.version})
+        # Errors too: MLflow's {"error_code", "message"} shape, a 415 included (api/invocation_input.py).
+        return Response(
+            text, status_code=status, media_type="application/json", headers={VERSION_HEADER: model.version}
+        )
 
     @app.get("/health")
     async def health() -> dict:
