@@ -127,20 +127,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         transitions = self._transitions
-        if self._phase == BODY:
-            self._feed(data)
-        else:  # every byte up to the end of the head belongs to it
-            room = self.max_header_bytes - self._head_bytes
-            if len(data) <= room:
-                self._feed(data)
-            else:
-                if room > 0:
-                    self._feed(data[:room])
-                if self._stopped:
-                    return
-                if self._transitions == transitions:  # still inside the head, and more of it to come
-                    return self._too_large()
-                self._feed(data[room:])
+        if self._phase == BODY or len(data) <= self.max_header_bytes - self._head_bytes:
+            try:  # uvicorn's data_received, inline: this is every request's path
+                self.parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                self._parser_stopped(exc)
+        elif self._feed_head_past_room(data, transitions):  # in a head: up to the limit, and past it only if it ends
+            return
         if self._stopped:
             return
         if self._transitions == transitions:  # this read continued the head or body it began in
@@ -156,31 +149,45 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self.pipeline:  # else reading is paused until the requests before this one are answered
             self._arm()
 
-    def _feed(self, data: bytes) -> None:
-        """uvicorn's data_received, without its keep-alive handling."""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self._stopped:  # our own callback stopped the parser
-                return
-            self._stopped = True
-            self._cancel_timers()
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
-        except httptools.HttpParserUpgrade:
+    def _feed_head_past_room(self, data: bytes, transitions: int) -> bool:
+        """Feed `data`, more than the head may still take: refuse (True) if the head does not end in its room."""
+        room = self.max_header_bytes - self._head_bytes
+        for piece in (data[:room], data[room:]):
+            if piece:
+                try:
+                    self.parser.feed_data(piece)
+                except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                    self._parser_stopped(exc)
+            if self._stopped:
+                return True
+            if self._transitions == transitions:  # still inside the head, and more of it to come
+                self._too_large()
+                return True
+        return False
+
+    def _parser_stopped(self, exc: Exception) -> None:
+        """What uvicorn's data_received does when the parser raises."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             if self._should_upgrade():
                 self._stopped = True
                 self._cancel_timers()
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+            return
+        if self._stopped:  # our own callback stopped the parser, after a refusal
+            return
+        self._stopped = True
+        self._cancel_timers()
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
 
     # Parser callbacks
 
     def on_message_begin(self) -> None:
         self._phase = HEAD
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)  # not super(): every request's path
 
     def on_headers_complete(self) -> None:
         if not self._head_exact and self._parsed_head_bytes() > self.max_header_bytes:
@@ -192,7 +199,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)  # not super(): every request's path
 
     def on_message_complete(self) -> None:
         self._phase = IDLE
@@ -200,13 +207,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)  # not super(): every request's path
 
     # Responses
 
     def on_response_complete(self) -> None:
         if self._pending is None:
-            super().on_response_complete()
+            HttpToolsProtocol.on_response_complete(self)  # not super(): every request's path
             # A pipelined head or body the server was not reading while earlier requests were answered.
             if self._phase != IDLE and not self.pipeline and not self.transport.is_closing():
                 self._arm()
