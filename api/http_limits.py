@@ -90,7 +90,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     to the parser at most MAX_HEADER_BYTES at a time, so it is refused exactly
     at the limit. A head that begins in the middle of a read (a pipelined
     request after another) is counted from the next read on, and measured as
-    parsed when complete: either way no more than one read (256 KiB) past the
+    parsed when complete: either way no more than one read (256 KB) past the
     limit is ever held.
     """
 
@@ -254,7 +254,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _parsed_head_bytes(self) -> int:
         """The request line and headers as parsed: the wire size less any optional whitespace."""
-        size = len(self.url) + 16  # method (up to 7 bytes), spaces, "HTTP/1.1\r\n"; the blank line
+        size = len(self.url) + 17  # at least: "GET ", " HTTP/1.1\r\n", the blank line
         for name, value in self.headers:
             size += len(name) + len(value) + 4
         return size
@@ -275,28 +275,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         queued = bool(self.pipeline) and self.pipeline[0][0] is cycle
         if queued:  # never started: it waited behind a request still being answered
             self.pipeline.popleft()
+        started, complete = cycle.response_started, cycle.response_complete
         cycle.disconnected = True  # the app's receive() now answers http.disconnect, its send() does nothing
         cycle.message_event.set()
-        if cycle.response_started:  # too late for a 408
+        if started and not complete:  # too late for a 408, and the response cannot be finished
             self._stopped = True
             self._cancel_timers()
             self.transport.close()
-            return
-        self._refuse(408, f"request body not complete within {self.body_timeout_s:g} s", owed=queued)
+        elif complete:  # answered already (without reading the whole body): close after it
+            self._refuse(None, "", owed=False)
+        else:
+            self._refuse(408, f"request body not complete within {self.body_timeout_s:g} s", owed=queued)
 
     def _owed(self) -> bool:
         """A response to an earlier request on this connection is still to be sent."""
         return self.cycle is not None and not self.cycle.response_complete
 
-    def _refuse(self, status: int, detail: str, owed: bool) -> None:
-        """Read nothing more; answer `status` (after the responses owed before it) and close."""
+    def _refuse(self, status: int | None, detail: str, owed: bool) -> None:
+        """Read nothing more; answer `status` (after the responses owed before it), if any, and close."""
         self._stopped = True
         self._cancel_timers()
         self._unset_keepalive_if_required()
         if not self.transport.is_closing():
             self.transport.pause_reading()
         self.flow.read_paused = False  # so uvicorn's flow control (an app's receive()) cannot resume reading
-        answer = self._answer(status, detail)
+        answer = self._answer(status, detail) if status else b""
         if owed:
             self._pending = answer
         else:
@@ -321,7 +324,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        transport.write(answer)
+        if answer:
+            transport.write(answer)
         if transport.can_write_eof():
             transport.write_eof()
             self._linger = self.loop.call_later(LINGER_S, transport.close)

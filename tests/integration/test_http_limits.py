@@ -306,6 +306,17 @@ def test_a_trickled_body_cannot_outlive_the_body_timeout(api):
     assert status == 408
 
 
+def test_a_body_left_unfinished_after_an_early_answer_is_closed_after_the_body_timeout(api):
+    with api.connect() as sock:
+        buffer = bytearray()
+        sock.sendall(post("/health", b"{" * 100)[:-90])  # 405 without reading the body; 90 bytes never come
+        assert read_response(sock, buffer)[0] == 405
+        answered = time.monotonic()
+        assert read_until_closed(sock) == b""  # no second answer
+        waited = time.monotonic() - answered
+    assert BODY_TIMEOUT_S - 0.2 <= waited <= BODY_TIMEOUT_S + SLACK_S, waited
+
+
 def test_the_header_timeout_starts_again_with_each_request(api):
     with api.connect() as sock:
         buffer = bytearray()
