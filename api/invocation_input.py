@@ -374,7 +374,8 @@ def _json_number(value: object) -> bool:
 # --- CSV -----------------------------------------------------------------------------------------
 
 # The cells pandas' float parser takes (and the ones it reads as missing): used to name the cell it refused.
-_PANDAS_NUMBER = re.compile(r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf|infinity)\s*|true|false", re.I)
+_PANDAS_NUMBER = re.compile(r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf|infinity)\s*", re.I)
+_PANDAS_BOOLEAN = frozenset({"True", "TRUE", "true", "False", "FALSE", "false"})  # 1/0, in a column of only these
 _PANDAS_MISSING = frozenset(
     {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
      "NULL", "NaN", "None", "n/a", "nan", "null"}
@@ -467,9 +468,11 @@ def explain_csv(table: CsvTable, features: list[FeatureSpec]) -> Refusal | None:
         j = position.get(spec.name)
         if j is None or spec.type not in ("double", "float"):
             continue
-        for record, row in enumerate(table.rows):
-            cell = row[j]
-            if cell not in _PANDAS_MISSING and not _PANDAS_NUMBER.fullmatch(cell):
+        cells = [(record, row[j]) for record, row in enumerate(table.rows) if row[j] not in _PANDAS_MISSING]
+        if cells and all(cell in _PANDAS_BOOLEAN for _, cell in cells):
+            continue
+        for record, cell in cells:
+            if not _PANDAS_NUMBER.fullmatch(cell):
                 problems.append(problem(f"{quote(cell)} is not a number", record, spec.name))
                 break
     return Refusal(problems) if problems else None
