@@ -31,3 +31,16 @@ def redact_logging(*logger_names: str) -> None:
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
                 handler.addFilter(RedactingFilter())
+
+
+# A file path (/a/b..., ./a, ../a) and a leading "SomethingError: ": neither belongs in an answer to a client.
+_PATH = re.compile(r"(?<![\w:/.@])/(?:[\w.\-]+/)+[\w.\-]*|(?<![\w/])\.{1,2}/[\w.\-/]+")
+_CLASS_PREFIX = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Warning|Exit|Interrupt)\s*:\s*")
+
+
+def plain_message(text: object, limit: int = 300) -> str:
+    """A message fit for an answer to a client: credentials redacted, first line, no file path or exception class."""
+    lines = redact(text).strip().splitlines()
+    line = _CLASS_PREFIX.sub("", lines[0].strip()) if lines else ""
+    line = _PATH.sub("<path>", line)
+    return line if len(line) <= limit else line[:limit] + "…"

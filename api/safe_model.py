@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -119,31 +120,61 @@ def types_in(data: bytes) -> set[str]:
 
 def load_estimator(model_dir: Path):
     """The fitted Pipeline of a model directory, loaded by skops with the allow-list."""
+    return load_estimator_bytes(model_file(model_dir).read_bytes())
+
+
+def load_estimator_bytes(data: bytes):
+    """The fitted Pipeline in a skops file's bytes, loaded with the allow-list."""
     import skops.io  # slow to import; only loading needs it
 
-    data = model_file(model_dir).read_bytes()
     unknown = types_in(data) - ALLOWED_TYPES
     if unknown:
         raise RefusedModel(f"types outside the allow-list: {', '.join(sorted(unknown))}")
     try:
         estimator = skops.io.loads(data, trusted=sorted(ALLOWED_TYPES))
     except Exception as exc:  # skops raises its own errors for a damaged or hostile file
-        raise RefusedModel(f"skops cannot load the model: {type(exc).__name__}: {exc}") from None
+        raise RefusedModel(f"skops cannot load the model: {_first_line(exc)}") from None
     if type(estimator).__module__ + "." + type(estimator).__name__ != "sklearn.pipeline.Pipeline":
         raise RefusedModel(f"expected a sklearn Pipeline, got {type(estimator).__name__}")
     return estimator
 
 
-def artifact_digest(model_dir: Path, feature_schema: Path) -> str:
-    """sha256 over what the API loads: MLmodel, the estimator file and the run's feature schema.
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "the file is damaged"
+
+
+@dataclass(frozen=True)
+class ArtifactBytes:
+    """What the API loads of a version, read once: the digest and the load use the same bytes."""
+
+    files: dict[str, bytes]  # MLmodel, the estimator file, feature_schema.json
+    model_name: str  # which of `files` is the estimator
+
+    @property
+    def model_bytes(self) -> bytes:
+        return self.files[self.model_name]
+
+    @property
+    def digest(self) -> str:
+        """sha256 over each file's sha256 with its name, sorted (docs/DESIGN.md)."""
+        outer = hashlib.sha256()
+        for name in sorted(self.files):
+            outer.update(f"{name}\0{hashlib.sha256(self.files[name]).hexdigest()}\n".encode())
+        return "sha256:" + outer.hexdigest()
+
+
+def read_artifact(model_dir: Path, feature_schema: Path) -> ArtifactBytes:
+    """MLmodel, the estimator file and the run's feature schema, as bytes.
 
     Files MLflow adds at registration (registered_model_meta) are not part of it,
     so the digest of a run's logged model equals that of its registered version.
     """
-    parts = {MLMODEL: model_dir / MLMODEL, "feature_schema.json": feature_schema}
-    with_model = model_file(model_dir)
-    parts[with_model.name] = with_model
-    outer = hashlib.sha256()
-    for name in sorted(parts):
-        outer.update(f"{name}\0{hashlib.sha256(parts[name].read_bytes()).hexdigest()}\n".encode())
-    return "sha256:" + outer.hexdigest()
+    estimator = model_file(model_dir)
+    paths = {MLMODEL: model_dir / MLMODEL, "feature_schema.json": feature_schema, estimator.name: estimator}
+    return ArtifactBytes({name: path.read_bytes() for name, path in paths.items()}, estimator.name)
+
+
+def artifact_digest(model_dir: Path, feature_schema: Path) -> str:
+    """sha256 over what the API loads: MLmodel, the estimator file and the run's feature schema."""
+    return read_artifact(model_dir, feature_schema).digest
