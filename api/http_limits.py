@@ -20,10 +20,11 @@ The limits are read from the environment once per process, when this module
 is imported (uvicorn imports the protocol class in each worker); a bad value
 raises SettingsError naming the variable.
 
-Cost per request: a few attribute reads and writes. A request that arrives in
-one read (what a keep-alive client sends) arms no timer: the header deadline is
-armed only when a read ends inside a head (and on a new connection), the body
-deadline only when a read ends inside a body.
+Cost per request: a few attribute reads and writes, 2 to 3 µs of CPU over
+uvicorn's own protocol (about 31 µs a keep-alive request, measured in-process;
+a one-record /predict is about 200 µs). A request that arrives in one read arms
+no timer: the header deadline is armed only when a read ends inside a head (and
+on a new connection), the body deadline only when a read ends inside a body.
 """
 
 from __future__ import annotations
