@@ -377,3 +377,16 @@ def test_a_model_failing_unexpectedly_is_a_closed_400(trained):
         for body in ({"dataframe_records": [record]}, {"dataframe_records": [{**record, "TotalCharges": None}]}):
             message = assert_closed(client.post("/invocations", json=body), 400)["message"]
             assert "boom" not in message and "unexpected error while evaluating the model" in message
+
+
+def test_invocations_not_ready_is_a_503_in_mlflows_shape_naming_no_exception():
+    holder = ModelHolder()
+    with TestClient(create_app(holder), raise_server_exceptions=False) as client:
+        answer = client.post("/invocations", json={"dataframe_records": [{}]})
+        assert answer.status_code == 503
+        assert answer.json() == {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "no model loaded yet"}
+        holder.last_error = "loading version 3 failed: MlflowException: cannot read /srv/models/3/MLmodel"
+        answer = client.post("/invocations", content=b"a,b\n1,2\n", headers={"content-type": "text/csv"})
+        assert answer.status_code == 503 and not LEAK.search(answer.text), answer.text
+        assert "see /ready" in answer.json()["message"]
+        assert "MlflowException" in client.get("/ready").json()["detail"]  # operators still see why
