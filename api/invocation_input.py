@@ -164,7 +164,7 @@ def read_json(body: bytes, features: list[FeatureSpec], limit: int) -> dict:
         marked.append(True)
         seen: set[str] = set()
         twice = _Duplicated(obj)
-        twice.names = [k for k, _ in items if k in seen or seen.add(k)]
+        twice.names = list(dict.fromkeys(k for k, _ in items if k in seen or seen.add(k)))
         return twice
 
     try:
@@ -179,10 +179,11 @@ def read_json(body: bytes, features: list[FeatureSpec], limit: int) -> dict:
     except RecursionError:
         raise refuse("the JSON body is nested too deeply") from None
     if not isinstance(request, dict):
-        kind = _kind(request)
         if marked:
             raise Refusal(_locate(request))
-        raise refuse(f"the body must be a JSON object with exactly one of the keys {', '.join(FORMATS)}; got {kind}")
+        raise refuse(
+            f"the body must be a JSON object with exactly one of the keys {', '.join(FORMATS)}; got {_kind(request)}"
+        )
     present = [key for key in FORMATS if key in request]
     if len(present) == 1:
         payload = request[present[0]]
@@ -304,7 +305,12 @@ def _locate(request: object) -> list[dict]:
             problems.append(_at(request, path, not_finite(node.text)))
         elif isinstance(node, dict):
             if isinstance(node, _Duplicated):
-                problems.extend(_at(request, (*path, name), "is written more than once") for name in node.names)
+                problems.extend(
+                    _at(request, (*path, name), "is written more than once")
+                    if path
+                    else problem(f"key {name!r} is written more than once in the body")
+                    for name in node.names
+                )
             stack.extend(((*path, k), v) for k, v in reversed(node.items()))
         elif isinstance(node, list):
             stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(node))))
@@ -325,8 +331,6 @@ def _at(request: object, path: tuple, message: str) -> dict:
         return problem(message, rest[0], rest[1])
     elif fmt in ("inputs", "instances") and rest and isinstance(payload, dict) and isinstance(rest[0], str):
         return problem(message, rest[1] if len(rest) > 1 and isinstance(rest[1], int) else None, rest[0])
-    if len(path) == 1 and path[0] in FORMATS and "written more than once" in message:
-        return problem(f"key {path[0]!r} {message}")
     return problem(f"at {_dotted(path)}: {message}" if path else f"the body: {message}")
 
 
