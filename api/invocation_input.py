@@ -37,6 +37,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from api.redact import plain_message, redact
 from api.schema import FeatureSpec, RequestError, quote
 
 JSON_TYPE, CSV_TYPE, PARQUET_TYPE = "application/json", "text/csv", "application/vnd.apache.parquet"
@@ -504,7 +505,8 @@ def refuse_infinite(frame, features: list[FeatureSpec]) -> None:
 
 # --- messages ------------------------------------------------------------------------------------
 
-_QUALIFIED_CLASS = re.compile(r"\b(?:[A-Za-z_]\w*\.)*[A-Za-z_]*(?:Error|Exception|Warning)\b:?\s?")
+# ValueError, mlflow.exceptions.MlflowException, _csv.Error; not the word "Error" alone.
+_QUALIFIED_CLASS = re.compile(r"\b(?:(?:[A-Za-z_]\w*\.)+\w*?|[A-Za-z_]\w*?)(?:Error|Exception|Warning)\b:?\s?")
 _ERROR_LABEL = re.compile(r"\.?\s*\bError:\s*")
 _PATH = re.compile(r"(?:\b[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}[\\/]?")
 _FILE_LINE = re.compile(r"\bFile \"[^\"]*\"(?:, line \d+)?")
@@ -512,15 +514,16 @@ FALLBACK = "the request could not be scored: check it against the model's input 
 
 
 def safe_message(text: str, limit: int = 300) -> str:
-    """A message fit for a client: its first line, no traceback, exception class, file or path."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    line = lines[0] if lines else ""
-    if line.startswith("Traceback"):
+    """A message fit for a client: its first line, credentials redacted, no traceback, exception class or path.
+
+    api.redact.plain_message strips a leading `SomethingError: `; MLflow's messages also carry
+    `Error: 'ValueError(...)'` in the middle, and files, which go here first.
+    """
+    lines = [line.strip() for line in redact(text).splitlines() if line.strip()]
+    if not lines or lines[0].startswith("Traceback"):
         return FALLBACK
-    line = _FILE_LINE.sub("", line)
-    line = _ERROR_LABEL.sub(": ", line)
+    line = _FILE_LINE.sub("", lines[0])
     line = _QUALIFIED_CLASS.sub("", line)
-    line = _PATH.sub("…", line).strip(" :")
-    if not line:
-        return FALLBACK
-    return line if len(line) <= limit else line[:limit] + "…"
+    line = _ERROR_LABEL.sub(": ", line)
+    line = plain_message(_PATH.sub("…", line), limit).strip(" :")
+    return line or FALLBACK
