@@ -90,11 +90,8 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     async def invocations(request: Request) -> Response:
         """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances (JSON), or CSV."""
         model = holder.current  # read once, as serving_model() does
-        if model is None:  # why (an exception's class and words) is for operators: /ready and /model show it
-            message = (
-                "no model loaded: the last load failed (see /ready)" if holder.last_error else "no model loaded yet"
-            )
-            answer = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": message}
+        if model is None:
+            answer = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": holder.not_ready_reason}
             return JSONResponse(answer, status_code=503)
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from api.loaded_model import LoadedModel
 from api.metrics import ServiceMetrics
-from api.redact import redact
+from api.redact import plain_message, redact
 
 log = logging.getLogger("api")
 MAX_BACKOFF_S = 300.0
@@ -91,7 +91,7 @@ class ModelHolder:
             await asyncio.sleep(interval_s)
 
     def _failed(self, message: str, result: str) -> None:
-        self.last_error = redact(message)
+        self.last_error = plain_message(message, 600)  # shown on /ready and /model: no class, path or secret
         self.last_error_at = _now()
         if self.metrics:
             self.metrics.reloads.labels(result).inc()
@@ -103,5 +103,5 @@ def _now() -> str:
 
 
 def _describe(exc: Exception) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return redact(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")[:500]
+    """One line fit for /ready and /model: credentials redacted, no exception class, no file path."""
+    return plain_message(getattr(exc, "message", None) or str(exc), 500) or "no reason given"

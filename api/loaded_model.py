@@ -11,6 +11,7 @@ import pandas as pd
 
 from api.columnar import ColumnTypes, RecordDecoder
 from api.compiled import CompiledPipeline, NotCompilable
+from api.redact import plain_message
 from api.schema import FeatureSpec, RecordValidator, RequestError, parse_json, quote
 
 PARITY_TOLERANCE = 1e-12
@@ -89,9 +90,9 @@ class LoadedModel:
                     if len(problems) == 50:
                         return RequestError(problems)
         if not problems:
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            text = plain_message(exc, 200) or "no reason given"
             problems.append({"loc": ["records"], "record": None, "field": None,
-                             "message": f"the model cannot score these values: {quote(text, 200)}"})  # fmt: skip
+                             "message": f"the model cannot score these values: {text}"})  # fmt: skip
         return RequestError(problems)
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:

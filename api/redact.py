@@ -35,7 +35,7 @@ def redact_logging(*logger_names: str) -> None:
 
 # A file path (/a/b..., ./a, ../a) and a leading "SomethingError: ": neither belongs in an answer to a client.
 _PATH = re.compile(r"(?<![\w:/.@])/(?:[\w.\-]+/)+[\w.\-]*|(?<![\w/])\.{1,2}/[\w.\-/]+")
-_CLASS_PREFIX = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Warning|Exit|Interrupt)\s*:\s*")
+_CLASS_PREFIX = re.compile(r"\b(?:[a-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Warning|Exit|Interrupt)\s*:\s*")
 
 
 def plain_message(text: object, limit: int = 300) -> str:

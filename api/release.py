@@ -1,7 +1,8 @@
 """Release verdicts: signed statements that a version passed its gate or smoke, and the check.
 
 A verdict is signed (Ed25519) over model name, version, run id, artifact
-digest, verdict and git sha. With a verify key, only verdicts that verify
+digest, verdict and git sha, plus what promote and publish trust beside it:
+the gate's baseline version and the smoke's image ID. With a verify key, only verdicts that verify
 count; without one, the verdict tags are trusted and every surface says
 "unsigned". Keys come as PEM text, or as the path of a PEM file.
 """
@@ -36,6 +37,8 @@ class Verdict:
     artifact_digest: str
     verdict: str  # passed | failed; for an image, the published REF@DIGEST
     git_sha: str
+    baseline: str = ""  # gate: the production version it compared against (gate.baseline_version)
+    image: str = ""  # smoke: the image ID it ran (smoke.image_digest), "" for a process
 
     def payload(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":")).encode()
@@ -137,12 +140,28 @@ def refusal(
         return f"artifact differs from what smoke tested ({(smoked or 'none')[:19]}…)"
     if verify_key is None:
         return None
-    sha = tags.get(contract.GIT_SHA, "")
     for kind, tag, _ in _SIGNED[: 2 if require_smoke else 1]:
-        verdict = Verdict(kind, model, version, run_id, digest, "passed", sha)
+        verdict = release_verdict(kind, tags, model=model, version=version, run_id=run_id, digest=digest)
         if not verifies(verify_key, verdict, tags.get(tag)):
             return f"{kind} verdict is not signed by the release key"
     return None
+
+
+def release_verdict(
+    kind: str, tags: dict[str, str], *, model: str, version: str, run_id: str, digest: str, verdict: str = "passed"
+) -> Verdict:
+    """The statement a version's gate or smoke signature covers, read from its tags."""
+    return Verdict(
+        kind,
+        model,
+        version,
+        run_id,
+        digest,
+        verdict,
+        tags.get(contract.GIT_SHA, ""),
+        baseline=tags.get(contract.GATE_BASELINE, "") if kind == "gate" else "",
+        image=tags.get(contract.SMOKE_IMAGE_DIGEST, "") if kind == "smoke" else "",
+    )
 
 
 def image_verdict(tags: dict[str, str], *, model: str, version: str, run_id: str) -> Verdict:
@@ -173,9 +192,11 @@ def signature_state(
         return "unsigned"
     if verify_key is None:
         return "signed (not verified)"
-    digest, sha = tags.get(contract.ARTIFACT_DIGEST, ""), tags.get(contract.GIT_SHA, "")
+    digest = tags.get(contract.ARTIFACT_DIGEST, "")
     for kind, tag, verdict_tag in signed:
-        verdict = Verdict(kind, model, version, run_id, digest, tags.get(verdict_tag, ""), sha)
+        verdict = release_verdict(
+            kind, tags, model=model, version=version, run_id=run_id, digest=digest, verdict=tags.get(verdict_tag, "")
+        )
         if not verifies(verify_key, verdict, tags[tag]):
             return "invalid"
     return "verified"

@@ -29,6 +29,8 @@ class Settings:
     model_name: str = "churn-classifier"
     model_alias: str = "production"
     model_version: str | None = None  # pins one version; no alias polling
+    # SMOKE_TEST_VERSION, set only by the smoke stage: the pinned version may serve before its smoke verdict exists.
+    smoke_test_version: str | None = None
     reload_interval_s: float = 10.0
     max_batch_size: int = 10_000
     max_body_bytes: int = 20 * 1024 * 1024  # MAX_BODY_BYTES: larger bodies get 413 before they are parsed
@@ -41,6 +43,7 @@ class Settings:
             model_name=env.get("MODEL_NAME", cls.model_name),
             model_alias=env.get("MODEL_ALIAS", cls.model_alias),
             model_version=env.get("MODEL_VERSION") or None,
+            smoke_test_version=env.get("SMOKE_TEST_VERSION") or None,
             reload_interval_s=_number(env, "RELOAD_INTERVAL_S", cls.reload_interval_s, float),
             max_batch_size=_number(env, "MAX_BATCH_SIZE", cls.max_batch_size, int),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", cls.max_body_bytes, int),
@@ -57,6 +60,11 @@ class Settings:
             return load_verify_key(self.verify_key_pem)
         except BadKey as exc:
             raise SettingsError(str(exc)) from None
+
+    @property
+    def requires_smoke(self) -> bool:
+        """Every replica serves only smoke-tested versions, but the one the smoke stage starts to test it."""
+        return not (self.model_version and self.model_version == self.smoke_test_version)
 
     @property
     def target(self) -> str:

@@ -11,16 +11,19 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from api.contract import FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX, SMOKE_EXAMPLES
+from api.load_probe import ProbeLimits, probe
 from api.loaded_model import LoadedModel
 from api.release import refusal, signature_state
-from api.safe_model import RefusedModel, artifact_digest, load_estimator, model_file
+from api.safe_model import ArtifactBytes, RefusedModel, load_estimator_bytes, model_file, read_artifact
 from api.schema import FeatureSpec
 from api.settings import Settings
 
@@ -37,11 +40,24 @@ class RefusedVersion(Exception):
 class ModelFiles:
     model_dir: Path
     feature_schema: Path
-    digest: str
+    artifact: ArtifactBytes  # read once: its digest and the load use the same bytes
+
+    @property
+    def digest(self) -> str:
+        return self.artifact.digest
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A version that may serve: its files, the estimator loaded from them, its stored smoke examples."""
+
+    files: ModelFiles
+    pipeline: Any
+    examples: dict | None
 
 
 def fetch_model_files(client: MlflowClient, artifact_uri: str, run_id: str, dst: Path) -> ModelFiles:
-    """Download a model's directory and its run's feature schema into `dst`; digest them.
+    """Download a model's directory and its run's feature schema into `dst`; read and digest them.
 
     Raises RefusedModel when the directory is not a plain skops model.
     """
@@ -51,19 +67,70 @@ def fetch_model_files(client: MlflowClient, artifact_uri: str, run_id: str, dst:
     model_dir = Path(local)
     model_file(model_dir)  # refuse a pickle or a code path before fetching anything else
     schema = Path(client.download_artifacts(run_id, FEATURE_SCHEMA, str(dst)))
-    return ModelFiles(model_dir, schema, artifact_digest(model_dir, schema))
+    return ModelFiles(model_dir, schema, read_artifact(model_dir, schema))
 
 
 def fetch_version_files(client: MlflowClient, name: str, version: str, run_id: str, dst: Path) -> ModelFiles:
     return fetch_model_files(client, client.get_model_version_download_uri(name, version), run_id, dst)
 
 
-def load_verified(client: MlflowClient, name: str, mv, dst: Path, verify_key, require_smoke: bool = True):
-    """(files, fitted pipeline) of a version whose artifact, as it is now, may serve.
+def stored_examples(client: MlflowClient, run_id: str) -> dict | None:
+    """The smoke examples a run stored (inputs and the answers given at training), or None for older runs."""
+    try:
+        return json.loads(Path(client.download_artifacts(run_id, SMOKE_EXAMPLES)).read_text())
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    except (OSError, ValueError):
+        return None
+
+
+def load_probed(
+    files: ModelFiles, examples: dict | None, limits: ProbeLimits | None = None, accepted: set[str] | None = None
+) -> Any:
+    """The estimator in `files`, loaded here only after a child process loaded and probed the same bytes.
+
+    RefusedModel when the child refused, crashed, ran out of time or memory.
+    `accepted` remembers digests a child already accepted in this process:
+    the same bytes are not probed twice (a swap back to a version served before).
+    """
+    probed(files, examples, limits, accepted)
+    return load_estimator_bytes(files.artifact.model_bytes)
+
+
+def probed(
+    files: ModelFiles, examples: dict | None, limits: ProbeLimits | None = None, accepted: set[str] | None = None
+) -> None:
+    """Have a child process load and probe `files` (unless `accepted` already holds their digest)."""
+    if accepted is not None and files.digest in accepted:
+        return
+    digest = probe(files.model_dir, files.feature_schema, examples, limits or ProbeLimits.from_env())
+    if digest != files.digest:
+        raise RefusedModel(f"the probe accepted other bytes ({digest[:19]}…) than were verified")
+    if accepted is not None:
+        accepted.add(digest)
+
+
+def load_verified(
+    client: MlflowClient,
+    name: str,
+    mv,
+    dst: Path,
+    verify_key,
+    require_smoke: bool = True,
+    limits: ProbeLimits | None = None,
+    load: bool = True,
+    accepted: set[str] | None = None,
+) -> Verified:
+    """A version whose artifact, as it is now, may serve: fetched, checked, probed, loaded.
 
     Fetches into `dst`, recomputes the digest, checks the verdicts against it
-    and loads the estimator safely; RefusedVersion with the reason otherwise.
-    The one check behind the API, promote, rollback and smoke.
+    (before anything is loaded), has a child process load and probe it, then
+    loads the same bytes (`load=False`: a caller that only decides, such as
+    promote, loads nothing itself); RefusedVersion with the reason otherwise. The one
+    check behind the API, promote, rollback, smoke, score and the gate's view
+    of production.
     """
     version = str(mv.version)
     try:
@@ -79,7 +146,11 @@ def load_verified(client: MlflowClient, name: str, mv, dst: Path, verify_key, re
         )
         if why:
             raise RefusedVersion(version, why)
-        return files, load_estimator(files.model_dir)
+        examples = stored_examples(client, mv.run_id)
+        if not load:
+            probed(files, examples, limits, accepted)
+            return Verified(files, None, examples)
+        return Verified(files, load_probed(files, examples, limits, accepted), examples)
     except RefusedModel as exc:
         raise RefusedVersion(version, str(exc)) from None
 
@@ -91,6 +162,7 @@ class RegistrySource:
         self.settings = settings
         self.client = client or MlflowClient()
         self.verify_key = verify_key
+        self.accepted: set[str] = set()  # digests a probe child accepted: a swap back needs no new probe
 
     def target_version(self) -> str:
         """The version that should be serving now; a cheap registry call."""
@@ -103,14 +175,23 @@ class RegistrySource:
         s = self.settings
         mv = self.client.get_model_version(s.model_name, version)
         with tempfile.TemporaryDirectory(prefix="model-") as tmp:
-            files, pipeline = load_verified(
-                self.client, s.model_name, mv, Path(tmp), self.verify_key, require_smoke=not s.model_version
+            verified = load_verified(
+                self.client,
+                s.model_name,
+                mv,
+                Path(tmp),
+                self.verify_key,
+                require_smoke=s.requires_smoke,
+                accepted=self.accepted,
             )
+            files, pipeline = verified.files, verified.pipeline
             metadata = Model.load(files.model_dir)
             schema = metadata.get_input_schema()
             features = [FeatureSpec(c.name, c.type.name, c.required) for c in schema.inputs]
-            trained = json.loads(files.feature_schema.read_text())
-            examples = (_input_example(metadata, files.model_dir, features), self._smoke_frame(mv.run_id, features))
+            trained = json.loads(files.artifact.files[FEATURE_SCHEMA])
+            stored = verified.examples
+            smoke = _typed_frame(pd.DataFrame(stored["records"]), features) if stored else None
+            examples = (_input_example(metadata, files.model_dir, features), smoke)
         return LoadedModel(
             pipeline=pipeline,
             features=features,
@@ -135,14 +216,6 @@ class RegistrySource:
             mlflow_model=metadata,
             parity_frames=[frame for frame in examples if frame is not None],
         )
-
-    def _smoke_frame(self, run_id: str, features: list[FeatureSpec]) -> pd.DataFrame | None:
-        try:
-            path = self.client.download_artifacts(run_id, SMOKE_EXAMPLES)
-        except Exception:  # older runs may not have stored examples; parity then uses the input example only
-            return None
-        records = json.loads(Path(path).read_text())["records"]
-        return _typed_frame(pd.DataFrame(records), features)
 
 
 def _input_example(metadata: Model, local: Path, features: list[FeatureSpec]) -> pd.DataFrame | None:

@@ -51,12 +51,17 @@ def check_promotion(state: VersionState, candidate: str | None, production: str 
     return True
 
 
-def rollback_candidates(versions: list[VersionState], production: str | None, to: str | None) -> list[VersionState]:
+def rollback_candidates(
+    versions: list[VersionState], production: str | None, to: str | None, served: list[tuple[str, str, bool]]
+) -> list[VersionState]:
     """The versions a rollback may move production to, best first; ReleaseRefused if there is none.
 
-    With `to`, only that version. Without, every version older than production
-    whose gate and smoke passed, newest first: the caller takes the first whose
-    artifact still verifies and names the ones it skipped.
+    With `to`, only that version. Without, the versions production served
+    before the current one, most recent first, from the verified ledger
+    (`served`: each production move as (from, to, was it a rollback), oldest
+    first): never one production was rolled back away from, and only those
+    whose gate and smoke passed. The caller takes the first whose artifact
+    still verifies and names the ones it skipped.
     """
     if production is None:
         raise ReleaseRefused("production points at nothing: there is nothing to roll back")
@@ -72,7 +77,15 @@ def rollback_candidates(versions: list[VersionState], production: str | None, to
                 "refusing to serve it"
             )
         return [target]
-    older = [v for v in versions if int(v.version) < int(production) and v.releasable]
-    if not older:
-        raise ReleaseRefused(f"no version older than {production} passed gates and smoke: nothing to roll back to")
-    return sorted(older, key=lambda v: int(v.version), reverse=True)
+    rolled_back = {before for before, _, rollback in served if rollback and before}
+    earlier: list[str] = []
+    for _, version, _ in reversed(served):
+        if version != production and version not in earlier and version not in rolled_back and version in by_version:
+            earlier.append(version)
+    found = [by_version[v] for v in earlier if by_version[v].releasable]
+    if not found:
+        raise ReleaseRefused(
+            f"the release ledger names no version production served before {production} that passed gates and "
+            "smoke and was not rolled back: nothing to roll back to (name one with --to)"
+        )
+    return found

@@ -15,6 +15,7 @@ import traceback
 
 from api.redact import redact, redact_logging
 from api.settings import apply_mlflow_http_defaults
+from pipeline import interrupts
 from pipeline.errors import PipelineError
 from pipeline.failures import classify
 
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_mlflow_http_defaults()
     try:
         # Libraries print (MLflow's "View run" links); stdout carries only our answer.
-        with contextlib.redirect_stdout(sys.stderr):
+        # SIGINT/SIGTERM: exit 3 with one line, an alias move and its ledger entry never split.
+        with contextlib.redirect_stdout(sys.stderr), interrupts.handled():
             answer = dispatch(args)
     except Exception as exc:
         code, message = (exc.exit_code, str(exc)) if isinstance(exc, PipelineError) else classify(exc)

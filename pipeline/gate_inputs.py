@@ -14,8 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from api import contract
 from api.contract import DATA_PROFILE, METRIC_TAG_PREFIX
-from api.safe_model import RefusedModel, load_estimator
-from api.source import ModelFiles, fetch_version_files
+from api.source import ModelFiles, RefusedVersion, load_probed, load_verified, stored_examples
 from gates.bootstrap import Scored
 from gates.evaluate import Production
 from gates.schema_diff import Field
@@ -41,13 +40,13 @@ class CannotScore(Exception):
 
 
 def _under_gate(
-    client: MlflowClient, label: str, files: ModelFiles, run_id: str, logged: dict[str, float]
+    client: MlflowClient, label: str, files: ModelFiles, run_id: str, logged: dict[str, float], estimator: object
 ) -> ModelUnderGate:
-    trained = json.loads(files.feature_schema.read_text())
+    trained = json.loads(files.artifact.files[contract.FEATURE_SCHEMA])
     signature = Model.load(str(files.model_dir)).get_input_schema()
     return ModelUnderGate(
         label=label,
-        estimator=load_estimator(files.model_dir),
+        estimator=estimator,
         features=tuple(Feature(**f) for f in trained["features"]),
         inputs=[Field(c.name, c.type.name, c.required) for c in signature.inputs] if signature else [],
         positive_label=trained["positive_label"],
@@ -58,22 +57,38 @@ def _under_gate(
 
 
 def candidate(client: MlflowClient, run, dst: Path) -> ModelUnderGate:
-    """The run's logged model (not yet registered), refused unless it is a plain skops model."""
-    files = logged_model_files(client, run.data.tags[contract.MODEL_ID], run.info.run_id, dst)
-    return _under_gate(client, f"run {run.info.run_id}", files, run.info.run_id, dict(run.data.metrics))
+    """The run's logged model (not yet registered), loaded only after a child process loaded and probed it.
+
+    RefusedModel unless it is a plain skops model that loads and answers its stored examples as recorded.
+    """
+    run_id = run.info.run_id
+    files = logged_model_files(client, run.data.tags[contract.MODEL_ID], run_id, dst)
+    estimator = load_probed(files, stored_examples(client, run_id))
+    return _under_gate(client, f"run {run_id}", files, run_id, dict(run.data.metrics), estimator)
 
 
-def production(client: MlflowClient, name: str, version: str, dst: Path) -> tuple[ModelUnderGate | None, str | None]:
-    """The production version, or None and why it cannot be loaded (refused, artifact missing)."""
+class ProductionRefused(Exception):
+    """Production may not serve (the release check said no): the gate cannot trust its answers."""
+
+
+def production(
+    client: MlflowClient, name: str, version: str, dst: Path, verify_key
+) -> tuple[ModelUnderGate | None, str | None]:
+    """The production version, or None and why it cannot be loaded (artifact missing, unreadable).
+
+    Production goes through the release check first (verdicts before any load,
+    then a probe in a child): ProductionRefused with the reason when it fails.
+    """
     try:
         mv = client.get_model_version(name, version)
-        files = fetch_version_files(client, name, version, mv.run_id, dst)
+        verified = load_verified(client, name, mv, dst, verify_key)
         logged = {
             k.removeprefix(METRIC_TAG_PREFIX): float(v) for k, v in mv.tags.items() if k.startswith(METRIC_TAG_PREFIX)
         }
-        return _under_gate(client, f"production v{version}", files, mv.run_id, logged), None
-    except RefusedModel as exc:
-        return None, f"refused to load: {exc}"
+        label = f"production v{version}"
+        return _under_gate(client, label, verified.files, mv.run_id, logged, verified.pipeline), None
+    except RefusedVersion as exc:
+        raise ProductionRefused(f"production v{version} refused: {exc.reason}") from None
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise  # the registry itself failed: exit 3, not a gate verdict

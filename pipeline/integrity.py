@@ -23,17 +23,17 @@ class Inspection:
 
 
 def inspect_version(client: MlflowClient, name: str, mv, verify_key, require_smoke: bool = True) -> Inspection:
-    """Whether `mv` may serve, judged on its artifact as it is now (downloaded, digested, loaded)."""
+    """Whether `mv` may serve, judged on its artifact as it is now (downloaded, digested, probed in a child)."""
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         try:
-            files, _ = load_verified(client, name, mv, Path(tmp), verify_key, require_smoke)
+            verified = load_verified(client, name, mv, Path(tmp), verify_key, require_smoke, load=False)
         except RefusedVersion as exc:
             return Inspection(None, exc.reason)
         except (MlflowException, FileNotFoundError) as exc:
             if isinstance(exc, MlflowException) and exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise  # the store itself failed: exit 3, not a verdict on the version
             return Inspection(None, f"artifact cannot be read: {exc}")
-    return Inspection(files.digest, None)
+    return Inspection(verified.files.digest, None)
 
 
 def logged_model_files(client: MlflowClient, model_id: str, run_id: str, dst: Path) -> ModelFiles:

@@ -55,7 +55,13 @@ def handled() -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """A critical section: a signal that arrives inside waits until the block has finished."""
+    """A critical section: a signal that arrives inside waits until the block has finished.
+
+    Only the main thread receives signals, so only there is anything deferred.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _state["depth"] += 1
     try:
         yield

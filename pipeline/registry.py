@@ -18,9 +18,10 @@ from mlflow.tracking import MlflowClient
 
 from api import contract
 from api.redact import redact
-from api.release import Verdict, image_verdict, sign, verifies
+from api.release import image_verdict, release_verdict, sign, verifies
 from api.safe_model import RefusedModel
 from gates.release_policy import VersionState
+from pipeline import interrupts, ledger
 from pipeline.errors import CheckFailed, ConfigError
 from pipeline.provenance import actor, git_sha, now
 
@@ -38,6 +39,7 @@ class AliasMove:
     reason: str
     git_sha: str
     by: str
+    kind: str  # promote | rollback | register: what moved it
     image: str = ""  # REF@DIGEST the version was published as, when it was
 
     def to_json(self) -> dict:
@@ -125,7 +127,7 @@ def run_gate_verdict(client: MlflowClient, name: str, run, verify_key) -> str:
         except RefusedModel as exc:
             raise CheckFailed(f"run {run_id}: model refused: {exc}") from None
     if verify_key is not None:
-        verdict = Verdict("gate", name, "", run_id, digest, "passed", run.data.tags.get(contract.GIT_SHA, ""))
+        verdict = release_verdict("gate", run.data.tags, model=name, version="", run_id=run_id, digest=digest)
         if not verifies(verify_key, verdict, run.data.tags.get(contract.GATE_SIGNATURE)):
             raise CheckFailed(f"run {run_id}: the gate verdict is not signed by the release key (or the model changed)")
     return digest
@@ -163,7 +165,7 @@ def register(client: MlflowClient, name: str, run_id: str, signing_key, verify_k
     )
     version = str(mv.version)
     if signing_key is not None:
-        verdict = Verdict("gate", name, version, run_id, digest, "passed", sha)
+        verdict = release_verdict("gate", tags, model=name, version=version, run_id=run_id, digest=digest)
         client.set_model_version_tag(name, version, contract.GATE_SIGNATURE, sign(signing_key, verdict))
     return version, True
 
@@ -183,8 +185,11 @@ def record_smoke(
     verdict = "passed" if passed else "failed"
     signature = ""
     if signing_key is not None and digest:
-        sha = mv.tags.get(contract.GIT_SHA, "")
-        signature = sign(signing_key, Verdict("smoke", name, str(mv.version), mv.run_id, digest, verdict, sha))
+        tags = {**mv.tags, contract.SMOKE_IMAGE_DIGEST: image_digest or ""}
+        statement = release_verdict(
+            "smoke", tags, model=name, version=str(mv.version), run_id=mv.run_id, digest=digest, verdict=verdict
+        )
+        signature = sign(signing_key, statement)
     for key, value in {
         contract.SMOKE_SIGNATURE: signature,
         contract.SMOKE_ARTIFACT_DIGEST: digest if passed and digest else "",
@@ -221,36 +226,44 @@ def move_alias(
     version: str,
     reason: str,
     expected: str | None,
+    kind: str,
     image: str = "",
+    signing_key=None,
 ) -> AliasMove | None:
     """Compare-and-set: point `alias` at `version` only if it still points at `expected`; record the move.
 
-    Call it holding the release lock. None when the alias already points at `version`.
+    Call it holding the release lock. The alias and its ledger entry are
+    written together: a SIGINT or SIGTERM waits until both are. None when the
+    alias already points at `version`.
     """
-    before = alias_version(client, name, alias)
+    model = registered_model(client, name)
+    before = None if model is None else (str(model.aliases[alias]) if alias in model.aliases else None)
     if before == version:
         return None
     if before != expected:
         raise CheckFailed(
             f"@{alias} moved from {expected or 'nothing'} to {before or 'nothing'} while this step ran; nothing changed"
         )
-    client.set_registered_model_alias(name, alias, version)
-    move = AliasMove(alias, before, version, now(), redact(reason), git_sha(), actor(), image)
-    # One tag per move, keyed by time plus a random suffix, so writers never overwrite each other.
-    key = f"{contract.HISTORY_PREFIX}{time.time_ns():020d}.{secrets.token_hex(3)}"
-    client.set_registered_model_tag(name, key, json.dumps(move.to_json(), sort_keys=True))
+    tags = {} if model is None else model.tags
+    last = max((k for k in tags if k.startswith(contract.HISTORY_PREFIX)), default=None)
+    move = AliasMove(alias, before, version, now(), redact(reason), git_sha(), actor(), kind, image)
+    key = ledger.entry_key(last, time.time_ns(), secrets.token_hex(3))
+    entry = ledger.make_entry(name, key, move.to_json(), tags.get(last) if last else None, signing_key)
+    with interrupts.deferred():
+        client.set_registered_model_alias(name, alias, version)
+        client.set_registered_model_tag(name, key, entry)
     return move
 
 
-def history(client: MlflowClient, name: str) -> list[dict]:
-    """Every recorded alias move, oldest first."""
+def read_history(client: MlflowClient, name: str, verify_key=None) -> ledger.Ledger:
+    """The model's ledger: accepted moves, oldest first, and its anomalies."""
     model = registered_model(client, name)
-    return [] if model is None else history_of(model.tags)
+    return ledger.read_ledger(name, {} if model is None else model.tags, verify_key)
 
 
-def history_of(tags: dict[str, str]) -> list[dict]:
-    prefix = contract.HISTORY_PREFIX
-    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(prefix))]
+def history(client: MlflowClient, name: str, verify_key=None) -> list[dict]:
+    """Every accepted alias move, oldest first."""
+    return read_history(client, name, verify_key).entries
 
 
 def require_model(client: MlflowClient, name: str) -> None:

@@ -36,6 +36,7 @@ from pipeline.config import Params
 from pipeline.data import coerce_to_schema, load_dataset
 from pipeline.errors import CheckFailed, ConfigError, InfrastructureError
 from pipeline.integrity import inspect_version
+from pipeline.ledger import is_rollback
 from pipeline.processes import free_port, wait_for
 from pipeline.progress import say, stage
 from pipeline.provenance import git_sha
@@ -89,7 +90,7 @@ def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -
     for stale in (REPORTS / "gate.json", REPORTS / "gate.md", REPORTS / "model_card.md"):
         stale.unlink(missing_ok=True)
     client = connection.connect(params)
-    signing_key = release_keys.signing_key()
+    signing_key, verify_key = release_keys.signing_key(), release_keys.verify_key()
     run = _get_run(client, run_id)
     name, gates = params.registry.model_name, params.gates
     rules_text = ", ".join(
@@ -112,9 +113,21 @@ def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -
 
         production_client = _production_client(params, client)
         version = registry.alias_version(production_client, name, params.registry.production_alias)
+        baseline = version  # where production stood: promote's compare-and-set checks it has not moved
         production, schema, drift, notes = None, None, None, []
         if version is not None:
-            model, error = gate_inputs.production(production_client, name, version, Path(tmp) / "production")
+            try:
+                model, error = gate_inputs.production(
+                    production_client, name, version, Path(tmp) / "production", verify_key
+                )
+            except gate_inputs.ProductionRefused as exc:
+                say(f"  {exc}")
+                if verify_key is not None:  # signed releases: a production the release check refuses fails the gate
+                    model, error = None, str(exc)
+                else:  # unsigned: nothing vouches for production, so it is reported and not compared against
+                    model, error, version = None, None, None
+                    notes.append(f"{exc}; not compared against (unsigned mode)")
+        if version is not None:
             production, note = gate_inputs.production_answers(
                 version, model, error, raw, positive, gates.allow_breaking_schema
             )
@@ -148,11 +161,11 @@ def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -
         client.log_text(run_id, report.to_json(), contract.GATE_REPORT)
         client.log_text(run_id, report.to_markdown(), "gate/gate.md")
         client.log_text(run_id, card, contract.MODEL_CARD)
-        client.set_tag(run_id, contract.GATE_BASELINE, version or "")
+        client.set_tag(run_id, contract.GATE_BASELINE, baseline or "")
         if schema is not None and schema.breaking:
             client.set_tag(run_id, contract.SCHEMA_BREAK_ALLOWED, "; ".join(schema.breaking)[:5000])
         if signing_key is not None:
-            verdict = Verdict("gate", name, "", run_id, candidate.digest, report.verdict, sha)
+            verdict = Verdict("gate", name, "", run_id, candidate.digest, report.verdict, sha, baseline=baseline or "")
             client.set_tag(run_id, contract.GATE_SIGNATURE, sign(signing_key, verdict))
         client.set_tag(run_id, contract.GATE, report.verdict)
         REPORTS.mkdir(exist_ok=True)
@@ -230,7 +243,14 @@ def register_stage(params: Params, run_id: str) -> str:
         with release_lock(client, reg.model_name):
             before = registry.alias_version(client, reg.model_name, reg.candidate_alias)
             registry.move_alias(
-                client, reg.model_name, reg.candidate_alias, version, f"registered from run {run_id}", expected=before
+                client,
+                reg.model_name,
+                reg.candidate_alias,
+                version,
+                f"registered from run {run_id}",
+                expected=before,
+                kind="register",
+                signing_key=release_keys.signing_key(),
             )
         say(
             f"  version {version} {'registered' if created else 'was already registered'}; "
@@ -297,6 +317,7 @@ def _smoke_started_here(
         "MLFLOW_TRACKING_URI": uri,
         "MODEL_NAME": name,
         "MODEL_VERSION": version,
+        "SMOKE_TEST_VERSION": version,  # the one replica that may serve a version before its smoke verdict
         # params.yaml's serving section configures the API that smoke tests, as a deployment would.
         "MAX_BATCH_SIZE": str(params.serving.max_batch_size),
         "RELOAD_INTERVAL_S": str(params.serving.reload_interval_s),
@@ -398,7 +419,9 @@ def promote_stage(params: Params, version: str) -> None:
             version,
             reason=_promotion_reason(mv),
             expected=production,
+            kind="promote",
             image=image,
+            signing_key=release_keys.signing_key(),
         )
         say(f"  @{reg.production_alias}: {production or 'nothing'} -> {version} ({mv.tags[contract.ARTIFACT_DIGEST]})")
     github.write_outputs(image=image)
@@ -416,8 +439,10 @@ def _release_refusal(client: MlflowClient, name: str, mv, verify_key) -> str | N
 def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
     """Move production back to the previous good version, or to `to`; returns the version.
 
-    Versions whose artifact changed, no longer loads or is badly signed are
-    skipped (without `to`) and named, or refused (with `to`).
+    Without `to`, back along the verified release ledger: the versions
+    production served before, most recent first, never one it was rolled back
+    away from. Versions whose artifact changed, no longer loads or is badly
+    signed are skipped (without `to`) and named, or refused (with `to`).
     """
     if not reason or not reason.strip():
         raise ConfigError("rollback needs a --reason saying why")
@@ -436,7 +461,9 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
         production = registry.alias_version(client, reg.model_name, reg.production_alias)
         by_version = {str(mv.version): mv for mv in registry.versions(client, reg.model_name)}
         states = [registry.version_state(mv) for mv in by_version.values()]
-        candidates = rollback_candidates(states, production, to)
+        moves = registry.history(client, reg.model_name, verify_key)
+        served = [(m["from"], m["to"], is_rollback(m)) for m in moves if m["alias"] == reg.production_alias]
+        candidates = rollback_candidates(states, production, to, served)
         if candidates[0].version == production:
             say(f"  @{reg.production_alias} already points at {production}; nothing to do")
             return production
@@ -458,7 +485,9 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
             str(target.version),
             reason=f"rollback: {reason.strip()}",
             expected=production,
+            kind="rollback",
             image=image,
+            signing_key=release_keys.signing_key(),
         )
         say(f"  @{reg.production_alias}: {production} -> {target.version} ({target.tags[contract.ARTIFACT_DIGEST]})")
     why = f"rollback: {reason.strip()}" + (f"; skipped {'; '.join(skipped)}" if skipped else "")

@@ -8,14 +8,15 @@ from api import contract
 from api.release import signature_state
 from pipeline import registry
 from pipeline.config import RegistryParams
+from pipeline.ledger import read_ledger
 
 
 def anomalies(aliases: dict[str, str], history: list[dict], versions: list[dict], production_alias: str) -> list[dict]:
     """Every alias position the ledger does not explain, and a production alias on an unreleased version.
 
-    Pure: the ledger explains an alias when its moves for that alias form a
-    chain (each move starts where the previous one ended) ending where the alias
-    points now.
+    Pure: the ledger (its accepted entries: see pipeline/ledger.py) explains an
+    alias when its moves for that alias form a chain (each move starts where
+    the previous one ended) ending where the alias points now.
     """
     found = []
     for alias in sorted(set(aliases) | {m["alias"] for m in history}):
@@ -93,13 +94,13 @@ def collect(client: MlflowClient, reg: RegistryParams, verify_key=None) -> dict:
                 "signed": signature_state(tags, verify_key, model=name, version=str(mv.version), run_id=mv.run_id),
             }
         )
-    history = [] if model is None else registry.history_of(model.tags)
+    ledger = read_ledger(name, {} if model is None else model.tags, verify_key)
     return {
         "model": name,
         "aliases": dict(sorted(aliases.items())),
         "versions": versions,
-        "history": history,
-        "anomalies": anomalies(aliases, history, versions, reg.production_alias),
+        "history": ledger.entries,
+        "anomalies": ledger.anomalies + anomalies(aliases, ledger.entries, versions, reg.production_alias),
     }
 
 

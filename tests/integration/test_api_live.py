@@ -16,6 +16,7 @@ from .test_flow import deploy
 
 pytestmark = pytest.mark.integration
 POLL_S = 0.5
+SWAP_S = 60  # a version this replica has not served yet is first loaded and probed in a child process
 
 
 class Hammer(threading.Thread):
@@ -59,9 +60,9 @@ def test_service_follows_promote_and_rollback_without_failing_a_request(project,
         try:
             hammer.wait_for_version("2", 5)
             assert cli("rollback", "--reason", "live swap test") == 0
-            back = hammer.wait_for_version("1", 10 * POLL_S)
+            back = hammer.wait_for_version("1", SWAP_S)
             assert cli("promote", "--version", "2") == 0
-            forward = hammer.wait_for_version("2", 10 * POLL_S)
+            forward = hammer.wait_for_version("2", 10 * POLL_S)  # served before: its bytes are not probed again
             time.sleep(0.2)
         finally:
             hammer.stop.set()

@@ -16,9 +16,8 @@ from api import contract
 from api.holder import ModelHolder
 from api.settings import Settings
 from api.source import RefusedVersion, RegistrySource
-from pipeline import registry
 from pipeline.errors import CheckFailed
-from pipeline.release_lock import EXPIRES, HOLDER, lock_name, release_lock
+from pipeline.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
 
 from .test_flow import deploy, register_candidate
 
@@ -85,9 +84,10 @@ def test_a_forged_pickle_never_runs_anywhere(project, cli):
     asyncio.run(holder.refresh())
     assert holder.current is None and "pickle" in holder.refused["reason"]
     assert cli("train") == 0
-    assert cli("gate", "--run-id", cli.out.strip()) == 1
+    assert cli("gate", "--run-id", cli.out.strip()) == 0  # unsigned: production refused, reported, not compared
     report = json.loads((project / "reports" / "gate.json").read_text())
-    assert "refused to load" in report["baseline"]["error"]
+    assert report["baseline"] is None
+    assert any(f"production v{forged} refused" in n and "pickle" in n for n in report["notes"]), report["notes"]
     state = cli.status()
     assert any(a["alias"] == "production" and a["version"] == forged for a in state["anomalies"])
     # and no code from the artifact ran anywhere
@@ -166,8 +166,11 @@ def test_a_hand_moved_production_is_an_anomaly_and_the_api_keeps_serving(project
     kinds = {(a["kind"], a["version"]) for a in state["anomalies"]}
     assert kinds == {("unrecorded_move", "2"), ("not_releasable", "2")}
     assert cli("status") == 0 and "⚠ anomalies" in cli.out
-    # and a replica pinned to 2 (as smoke starts it) may serve it: gate passed, artifact as registered
-    assert registry_source(version="2").load("2").version == "2"
+    # and a replica pinned to 2 refuses it too (smoke pending), but the one the smoke stage starts to test it
+    with pytest.raises(RefusedVersion, match="smoke pending"):
+        registry_source(version="2").load("2")
+    smoke_replica = RegistrySource(Settings(model_version="2", smoke_test_version="2"), MlflowClient())
+    assert smoke_replica.load("2").version == "2"
 
 
 def test_signed_verdicts_make_hand_edited_tags_worthless(project, cli, monkeypatch, tmp_path):
@@ -226,7 +229,7 @@ def test_nothing_writes_a_local_verdict_before_the_registry_has_it(project, cli)
     assert MlflowClient().get_run(run_id).data.tags[contract.GATE] == "pending"
 
 
-def test_the_release_lock_is_exclusive_and_an_expired_one_is_broken(project, cli, capsys):
+def test_the_release_lock_is_exclusive_and_an_expired_one_is_passed_over(project, cli, capsys):
     deploy(cli)
     client = MlflowClient()
     events: list[str] = []
@@ -250,9 +253,11 @@ def test_the_release_lock_is_exclusive_and_an_expired_one_is_broken(project, cli
         events.append("first released")
     waiter.join(timeout=30)
     assert events == ["first released", "second acquired"]
-    # given: a holder that died and left an expired lock
-    client.create_registered_model(lock_name(MODEL), tags={HOLDER: "dead-runner", EXPIRES: "2020-01-01T00:00:00+00:00"})
+    # given: a holder that died and left an expired ticket
+    client.create_model_version(
+        lock_name(MODEL), source=TICKET_SOURCE, tags={HOLDER: "dead-runner", EXPIRES: "2020-01-01T00:00:00+00:00"}
+    )
     with release_lock(client, MODEL, wait_s=5):
         pass
-    assert "breaking the release lock of dead-runner" in capsys.readouterr().err
-    assert registry.registered_model(client, lock_name(MODEL)) is None
+    assert "passing over the release lock of dead-runner" in capsys.readouterr().err
+    assert client.search_model_versions(f"name='{lock_name(MODEL)}'") == []  # no ticket left behind

@@ -33,26 +33,40 @@ def test_promotion_refusals(version, candidate, production, message):
 
 
 VERSIONS = [state("1"), state("2", smoke="failed"), state("3"), state("4")]
+# Production's moves in the ledger, as (from, to, was it a rollback): 1, then 3, then 4.
+SERVED = [(None, "1", False), ("1", "3", False), ("3", "4", False)]
 
 
-def test_rollback_goes_to_the_newest_good_version_below_production():
-    assert [v.version for v in rollback_candidates(VERSIONS, "4", None)] == ["3", "1"]  # 2 failed smoke
-    assert [v.version for v in rollback_candidates(VERSIONS, "3", None)] == ["1"]
+def test_rollback_goes_back_along_the_ledger_to_what_production_served_before():
+    assert [v.version for v in rollback_candidates(VERSIONS, "4", None, SERVED)] == ["3", "1"]
+    assert [v.version for v in rollback_candidates(VERSIONS, "3", None, SERVED[:2])] == ["1"]
+
+
+def test_rollback_never_returns_to_a_version_production_was_rolled_back_away_from():
+    # 4 misbehaved and was rolled back to 3; rolling back again goes to 1, not to 4
+    served = [*SERVED, ("4", "3", True)]
+    assert [v.version for v in rollback_candidates(VERSIONS, "3", None, served)] == ["1"]
+
+
+def test_rollback_skips_what_never_passed_smoke_and_what_the_ledger_never_served():
+    served = [(None, "1", False), ("1", "2", False), ("2", "4", False)]  # 2 was served though its smoke failed
+    assert [v.version for v in rollback_candidates(VERSIONS, "4", None, served)] == ["1"]  # 3 was never served
 
 
 def test_rollback_to_a_named_good_version():
-    assert [v.version for v in rollback_candidates(VERSIONS, "4", "1")] == ["1"]
+    assert [v.version for v in rollback_candidates(VERSIONS, "4", "1", SERVED)] == ["1"]
 
 
 @pytest.mark.parametrize(
-    ("production", "to", "message"),
+    ("production", "to", "served", "message"),
     [
-        (None, None, "nothing to roll back"),
-        ("4", "9", r"version 9 does not exist \(registered versions: 1, 2, 3, 4\)"),
-        ("4", "2", "version 2 never passed gates and smoke"),
-        ("1", None, "no version older than 1"),
+        (None, None, SERVED, "nothing to roll back"),
+        ("4", "9", SERVED, r"version 9 does not exist \(registered versions: 1, 2, 3, 4\)"),
+        ("4", "2", SERVED, "version 2 never passed gates and smoke"),
+        ("1", None, SERVED[:1], "names no version production served before 1"),
+        ("4", None, [], "names no version production served before 4"),
     ],
 )
-def test_rollback_refusals(production, to, message):
+def test_rollback_refusals(production, to, served, message):
     with pytest.raises(ReleaseRefused, match=message):
-        rollback_candidates(VERSIONS, production, to)
+        rollback_candidates(VERSIONS, production, to, served)

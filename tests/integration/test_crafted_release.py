@@ -1,0 +1,121 @@
+"""A crafted model (allow-listed types, hostile arrays) never takes down a process that serves or decides."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import skops.io
+from mlflow.tracking import MlflowClient
+
+from api import contract
+from api.safe_model import ALLOWED_TYPES, artifact_digest
+from pipeline.api_process import uvicorn_process
+
+from ..crafted import child_out_of_range
+from .test_api_live import wait_ready
+from .test_flow import deploy
+
+pytestmark = pytest.mark.integration
+MODEL = "churn-classifier"
+FOREST = ["model.type=random_forest", "model.random_forest.n_estimators=20"]
+
+
+def register(cli, *overrides: str) -> str:
+    """train -> gate -> register -> smoke: a candidate that passed everything, not promoted; returns the version."""
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert cli("train", *sets) == 0, cli.err
+    run_id = cli.out.strip()
+    assert cli("gate", "--run-id", run_id, *sets) == 0, cli.err
+    assert cli("register", "--run-id", run_id) == 0, cli.err
+    version = cli.out.strip()
+    assert cli("smoke", "--version", version) == 0, cli.err
+    return version
+
+
+def craft(version: str, attack) -> None:
+    """What an attacker with registry write access does: rewrite the model file, then every tag bound to it."""
+    client = MlflowClient()
+    store = Path(client.get_model_version_download_uri(MODEL, version).removeprefix("file://"))
+    model = store / "model.skops"
+    pipeline = skops.io.loads(model.read_bytes(), trusted=sorted(ALLOWED_TYPES))
+    attack(pipeline)
+    model.write_bytes(skops.io.dumps(pipeline))
+    run_id = client.get_model_version(MODEL, version).run_id
+    digest = artifact_digest(store, Path(client.download_artifacts(run_id, contract.FEATURE_SCHEMA)))
+    for tag in (contract.ARTIFACT_DIGEST, contract.SMOKE_ARTIFACT_DIGEST):
+        client.set_model_version_tag(MODEL, version, tag, digest)
+
+
+def follow(url: str, version: str, timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = httpx.get(url + "/model").json()
+        if (info.get("refused") or {}).get("version") == version or time.monotonic() > deadline:
+            return info
+        time.sleep(0.2)
+
+
+def test_a_crafted_forest_is_refused_everywhere_and_every_process_lives_on(project, cli):
+    # given: a forest serving production (1) and a candidate (2) that passed everything, then crafted
+    deploy(cli, *FOREST)
+    crafted = register(cli, *FOREST)
+    craft(crafted, child_out_of_range)
+    run_id = MlflowClient().get_model_version(MODEL, "1").run_id
+    record = json.loads(Path(MlflowClient().download_artifacts(run_id, contract.SMOKE_EXAMPLES)).read_text())
+    env = {"MODEL_NAME": MODEL, "RELOAD_INTERVAL_S": "0.5"}
+    with uvicorn_process(env) as url:
+        wait_ready(url)
+        # then: every command that would load it refuses it with the reason, and exits 1
+        for command in (
+            ("promote", "--version", crafted),
+            ("rollback", "--to", crafted, "--reason", "try it"),
+            ("score", "--input", "data/churn.csv", "--output", "out.csv", "--version", crafted),
+        ):
+            assert cli(*command) == 1, (command, cli.err)
+            assert "outside the tree" in cli.err, (command, cli.err)
+        assert cli.status()["aliases"]["production"] == "1" and not Path("out.csv").exists()
+        # when: production is moved to it by hand
+        MlflowClient().set_registered_model_alias(MODEL, "production", crafted)
+        # then: the serving replica keeps answering with 1 and says why it refused 2
+        info = follow(url, crafted)
+        assert info["version"] == "1" and "outside the tree" in info["refused"]["reason"], info
+        answer = httpx.post(url + "/predict", json={"records": record["records"][:1]})
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+        # and a replica started now is alive and not ready, not crash-looping
+        with uvicorn_process(env) as fresh:
+            deadline = time.monotonic() + 60
+            while "refused" not in (ready := httpx.get(fresh + "/ready")).text and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert ready.status_code == 503 and "outside the tree" in ready.text
+            time.sleep(1)  # a retry of the load comes and goes: still alive
+            assert httpx.get(fresh + "/health").status_code == 200
+        # and the next gate reports production refused and goes on (unsigned), never dying
+        assert cli("train") == 0
+        assert cli("gate", "--run-id", cli.out.strip()) == 0, cli.err
+        notes = json.loads(Path("reports/gate.json").read_text())["notes"]
+        assert any(f"production v{crafted} refused" in n and "outside the tree" in n for n in notes), notes
+        # and smoke refuses to pass it
+        assert cli("smoke", "--version", crafted) == 1 and "outside the tree" in cli.err
+        assert httpx.get(url + "/health").status_code == 200
+
+
+def test_with_a_verify_key_a_tampered_production_fails_the_gate_before_anything_loads(project, cli, monkeypatch):
+    # given: signed releases, production 1 and a signed candidate 2; then 2's model is crafted and moved to by hand
+    assert cli("keygen", "--out", "keys") == 0
+    monkeypatch.setenv("RELEASE_SIGNING_KEY", str(project / "keys" / "release.key"))
+    deploy(cli, *FOREST)
+    crafted = register(cli, *FOREST)
+    craft(crafted, child_out_of_range)
+    MlflowClient().set_registered_model_alias(MODEL, "production", crafted)
+    # then: the gate's view of production checks its verdicts first: refused, and the gate fails saying why
+    assert cli("train") == 0
+    assert cli("gate", "--run-id", cli.out.strip()) == 1
+    report = json.loads(Path("reports/gate.json").read_text())
+    assert f"production v{crafted} refused" in report["baseline"]["error"]
+    assert "not signed by the release key" in report["baseline"]["error"]
+    # and rollback goes back along the verified ledger, to 1
+    assert cli("rollback", "--reason", "hand-moved production") == 0 and cli.out.strip() == "1"
