@@ -1,0 +1,167 @@
+"""deploy/prometheus: the rules pass promtool's checks and unit tests, and say what the on-call engineer needs."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import yaml
+
+from gates.profile import PSI_FLOOR
+
+from .tools import DEPLOY, ROOT, alerting_rules, load_yaml, rules, run, system_tool
+
+RULES = DEPLOY / "prometheus" / "rules.yml"
+UNIT_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
+
+# What the API exports (the serving side's metric contract); a rule naming anything else has a typo.
+API_METRICS = {
+    "api_requests_total",
+    "api_request_latency_seconds_bucket",
+    "api_predictions_total",
+    "api_positive_predictions_total",
+    "api_score_bucket",
+    "api_serving_model_version",
+    "api_model_loaded",
+    "api_ready",
+    "api_registry_up",
+    "api_model_reloads_total",
+    "api_feature_values_total",
+    "api_feature_expected_ratio",
+}
+# The alerts a rollback can cure, for the version production serves (see rules.yml's header).
+ROLLBACK_ALERTS = {"ChurnApiHigh5xxRatio", "ChurnApiLatencyOverBudget", "ChurnApiFeatureDrift"}
+
+
+def promtool() -> str:
+    """Return promtool, from Debian's prometheus package."""
+    return system_tool("promtool", "prometheus")
+
+
+def unit_test_cases() -> list[dict]:
+    """Return every alert_rule_test case of every promtool unit test file."""
+    return [
+        case for path in UNIT_TESTS for test in load_yaml(path)["tests"] for case in test.get("alert_rule_test", [])
+    ]
+
+
+def test_promtool_checks_the_rules() -> None:
+    """Every expression and template parses, and promtool's linter finds no duplicate rule."""
+    result = run([promtool(), "check", "rules", "--lint=all", "--lint-fatal", str(RULES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    """The unit tests in deploy/prometheus/tests: each alert firing and quiet, and the PSI's value."""
+    assert UNIT_TESTS
+    result = run([promtool(), "test", "rules", *map(str, UNIT_TESTS)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_tested_firing_and_quiet() -> None:
+    """Each alert has a unit test where it fires and one where it must stay quiet."""
+    cases = unit_test_cases()
+    firing = {case["alertname"] for case in cases if case.get("exp_alerts")}
+    quiet = {case["alertname"] for case in cases if not case.get("exp_alerts")}
+    names = {rule["alert"] for rule in alerting_rules()}
+    assert names - firing == set(), "never tested firing"
+    assert names - quiet == set(), "never tested quiet"
+
+
+@pytest.mark.parametrize("rule", alerting_rules(), ids=lambda rule: rule["alert"])
+def test_every_alert_tells_what_to_do(rule: dict) -> None:
+    """A severity, and a summary, a description and a runbook with commands to run."""
+    assert rule["labels"]["severity"] in {"warning", "critical"}
+    assert set(rule["annotations"]) >= {"summary", "description", "runbook"}
+    runbook = rule["annotations"]["runbook"]
+    assert re.search(r"`(python -m pipeline|kubectl|curl|gh) [^`]+`", runbook), runbook
+    assert "$labels.environment" in rule["annotations"]["summary"], "say which environment"
+
+
+def test_rollback_alerts_are_the_curable_ones_and_concern_production_only() -> None:
+    """action=rollback on the 5xx ratio, latency and drift alerts, each joined to production's served version."""
+    marked = {rule["alert"]: rule for rule in alerting_rules() if rule["labels"].get("action") == "rollback"}
+    assert set(marked) == ROLLBACK_ALERTS
+    for rule in marked.values():
+        assert rule["labels"]["severity"] == "critical"
+        assert "and on (environment, version) api:serving_version:workers" in rule["expr"]
+        assert "rollback" in rule["annotations"]["runbook"]
+
+
+def test_latency_budget_is_the_smoke_budget() -> None:
+    """The p99 alert uses params.yaml's smoke.latency_budget_ms, the latency each version proved at smoke."""
+    budget_ms = load_yaml(ROOT / "params.yaml")["smoke"]["latency_budget_ms"]
+    (rule,) = [rule for rule in alerting_rules() if rule["alert"] == "ChurnApiLatencyOverBudget"]
+    threshold = float(re.search(r'quantile="0\.99"\} > ([0-9.]+)', rule["expr"]).group(1))
+    assert threshold == budget_ms / 1000
+    assert f"{budget_ms} ms" in rule["annotations"]["summary"]
+
+
+def test_rules_read_only_the_metrics_the_api_exports() -> None:
+    """Every raw metric a rule reads is in the API's metric contract, scraped from job churn-api."""
+    for group in rules()["groups"]:
+        for rule in group["rules"]:
+            names = set(re.findall(r"\b(api_[a-z_]+)\b", rule["expr"]))
+            assert names <= API_METRICS, f"{rule.get('record') or rule.get('alert')}: {names - API_METRICS}"
+            for selector in re.findall(r"\b(?:api_[a-z_]+|up)\{([^}]*)\}", rule["expr"]):
+                assert 'job="churn-api"' in selector, rule["expr"]
+
+
+def test_recording_rules_follow_the_naming_convention() -> None:
+    """level:metric:operations names, and every series keeps the environment label."""
+    for group in rules()["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                assert re.fullmatch(r"api:[a-z0-9_]+:[a-z0-9_]+", rule["record"]), rule["record"]
+                assert "environment" in rule["expr"] or "api:" in rule["expr"], rule["record"]
+
+
+def test_psi_rule_clamps_like_the_gate() -> None:
+    """Live PSI clamps empty bins to the same floor as the gate's offline PSI (gates/profile.py)."""
+    psi_rules = [rule["expr"] for group in rules()["groups"] for rule in group["rules"] if "clamp_min" in rule["expr"]]
+    assert len(psi_rules) == 2
+    for expr in psi_rules:
+        assert float(re.search(r"clamp_min\([\s\S]*,\s*([0-9.e-]+)\s*\)\s*$", expr).group(1)) == PSI_FLOOR
+
+
+def psi(actual: list[float], expected: list[float]) -> float:
+    """Compute PSI over matching bins with both shares clamped to the gate's floor."""
+    pairs = [(max(a, PSI_FLOOR), max(e, PSI_FLOOR)) for a, e in zip(actual, expected, strict=True)]
+    return sum((a - e) * math.log(a / e) for a, e in pairs)
+
+
+def test_psi_unit_test_values_are_the_hand_computed_ones() -> None:
+    """The PSI values promtool checks in tests/drift.yml are the ones computed here from the example's shares."""
+    expected = {
+        "Contract": psi([0.6, 0.3, 0.0, 0.1], [0.5, 0.3, 0.2, 0.0]),  # Month-to-month, One year, Two year, unseen
+        "PaperlessBilling": psi([0.4, 0.6], [0.6, 0.4]),
+    }
+    assert expected["Contract"] == pytest.approx(2.2277373, abs=1e-7)
+    assert expected["PaperlessBilling"] == pytest.approx(2 * 0.2 * math.log(1.5))
+    drift = load_yaml(DEPLOY / "prometheus" / "tests" / "drift.yml")
+    checked = {
+        yaml_labels(sample["labels"])["feature"]: sample["value"]
+        for case in drift["tests"][0]["promql_expr_test"]
+        if case["expr"] == "api:feature_psi:15m"
+        for sample in case["exp_samples"]
+    }
+    assert checked == pytest.approx(expected, rel=1e-12)
+
+
+def yaml_labels(series: str) -> dict[str, str]:
+    """Return the labels of a series written as name{a="x", b="y"}."""
+    return dict(re.findall(r'(\w+)="([^"]*)"', series))
+
+
+def test_unit_test_files_load_the_rules_file() -> None:
+    """Each unit test file tests deploy/prometheus/rules.yml itself, not a copy."""
+    for path in UNIT_TESTS:
+        files = [(path.parent / name).resolve() for name in yaml.safe_load(path.read_text())["rule_files"]]
+        assert files == [RULES.resolve()], path
+
+
+def test_unit_test_files_all_end_in_yml() -> None:
+    """A unit test file the *.yml glob would miss (say, .yaml) is never silently left out."""
+    stray = [path.name for path in (DEPLOY / "prometheus" / "tests").iterdir() if path.suffix != ".yml"]
+    assert stray == []

@@ -1,0 +1,51 @@
+"""Paths and the command-line tools the deploy/ checks run (each test fails naming what to install)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+VENV_BIN = Path(sys.executable).parent
+
+
+def system_tool(name: str, package: str) -> str:
+    """Return the path of a command from a Debian package, or fail naming the package to install."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: apt-get install {package}")
+    return path
+
+
+def venv_tool(name: str, pin: str) -> str:
+    """Return the path of a command installed in this virtualenv, or fail naming the pin to install."""
+    path = shutil.which(name, path=str(VENV_BIN))
+    if path is None:
+        pytest.fail(f"{name} is not installed in the virtualenv: pip install {pin}")
+    return path
+
+
+def run(command: list[str], cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion and capture its text output (a non-zero exit does not raise)."""
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False, timeout=timeout)
+
+
+def load_yaml(path: Path) -> dict:
+    """Read one YAML document (a mapping) safely."""
+    return yaml.safe_load(path.read_text())
+
+
+def rules() -> dict:
+    """Read deploy/prometheus/rules.yml, the single source of the recording and alerting rules."""
+    return load_yaml(DEPLOY / "prometheus" / "rules.yml")
+
+
+def alerting_rules() -> list[dict]:
+    """Return every alerting rule of deploy/prometheus/rules.yml."""
+    return [rule for group in rules()["groups"] for rule in group["rules"] if "alert" in rule]
