@@ -10,26 +10,11 @@ import yaml
 
 from gates.profile import PSI_FLOOR
 
-from .tools import DEPLOY, ROOT, alerting_rules, load_yaml, rules, run, system_tool
+from .tools import API_METRICS, DEPLOY, ROOT, alerting_rules, load_yaml, rules, run, system_tool
 
 RULES = DEPLOY / "prometheus" / "rules.yml"
 UNIT_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 
-# What the API exports (the serving side's metric contract); a rule naming anything else has a typo.
-API_METRICS = {
-    "api_requests_total",
-    "api_request_latency_seconds_bucket",
-    "api_predictions_total",
-    "api_positive_predictions_total",
-    "api_score_bucket",
-    "api_serving_model_version",
-    "api_model_loaded",
-    "api_ready",
-    "api_registry_up",
-    "api_model_reloads_total",
-    "api_feature_values_total",
-    "api_feature_expected_ratio",
-}
 # The alerts a rollback can cure, for the version production serves (see rules.yml's header).
 ROLLBACK_ALERTS = {"ChurnApiHigh5xxRatio", "ChurnApiLatencyOverBudget", "ChurnApiFeatureDrift"}
 

@@ -13,6 +13,21 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 VENV_BIN = Path(sys.executable).parent
+# What the API exports (the serving side's metric contract); a rule naming anything else has a typo.
+API_METRICS = {
+    "api_requests_total",
+    "api_request_latency_seconds_bucket",
+    "api_predictions_total",
+    "api_positive_predictions_total",
+    "api_score_bucket",
+    "api_serving_model_version",
+    "api_model_loaded",
+    "api_ready",
+    "api_registry_up",
+    "api_model_reloads_total",
+    "api_feature_values_total",
+    "api_feature_expected_ratio",
+}
 
 
 def system_tool(name: str, package: str) -> str:
