@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .tools import DEPLOY, ROOT, load_yaml, run, system_tool, venv_tool
+from .tools import API_MEMORY_MB, DEPLOY, ROOT, SMOKE_PROBE_MEMORY_MB, load_yaml, run, system_tool, venv_tool
 
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / "env.example"
 API_SERVICES = ["api-1", "api-2"]
 SERVICES = {*API_SERVICES, "mlflow", "postgres", "minio", "prometheus", "alertmanager", "grafana"}
 MLFLOW_PINS = ("mlflow[auth]", "boto3", "psycopg2-binary")
-SMOKE_PROBE_MEMORY_MB = 2048  # the API's default (api/load_probe.py), which smoke runs under
 
 
 def podman_compose(*args: str) -> list[str]:
@@ -100,7 +99,7 @@ def test_api_replicas_run_locked_down_and_sized(resolved: Path) -> None:
         writable = {entry.split(":")[0] for entry in service["tmpfs"]}
         assert {"/tmp", env["PROMETHEUS_MULTIPROC_DIR"]} <= writable
         assert int(env["PROBE_MEMORY_MB"]) == SMOKE_PROBE_MEMORY_MB
-        assert int(service["mem_limit"].rstrip("g")) * 1024 >= int(env["PROBE_MEMORY_MB"]) + 768
+        assert int(service["mem_limit"].rstrip("g")) * 1024 >= int(env["PROBE_MEMORY_MB"]) + API_MEMORY_MB
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MODEL_ALIAS"] == "production"
         assert service["depends_on"]["mlflow"]["condition"] == "service_healthy"
 

@@ -21,7 +21,7 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 
 from . import rules_sync
-from .tools import DEPLOY, ROOT, load_yaml, rules, run, system_tool, venv_tool
+from .tools import API_MEMORY_MB, DEPLOY, ROOT, SMOKE_PROBE_MEMORY_MB, load_yaml, rules, run, system_tool, venv_tool
 
 K8S = DEPLOY / "k8s"
 OVERLAYS = ["staging", "production"]
@@ -32,9 +32,6 @@ VARIANT_IDS = [f"{overlay}-{'with' if monitoring else 'without'}-monitoring" for
 KUBERNETES_VERSIONS = ["1.30.0", "1.32.0"]
 CHECKOV = ROOT / "build" / "checkov-venv" / "bin" / "checkov"
 CHECKOV_PIN = "checkov==3.3.30"
-# The API's own default (api/load_probe.py), which smoke runs under: production must not be stricter.
-SMOKE_PROBE_MEMORY_MB = 2048
-API_MEMORY_MB = 768  # the API beside its probe child: ~250 MiB measured after imports, plus a model and a request
 PLACEHOLDER_TRACKING_CIDR = "192.0.2.1/32"  # base's egress rule, which every overlay replaces
 
 

@@ -13,6 +13,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 VENV_BIN = Path(sys.executable).parent
+# The probe child's memory limit smoke runs a version under (the API's default, api/load_probe.py): a replica
+# given less could refuse a version that passed smoke. And the API beside it: ~250 MiB measured after imports,
+# plus a model and a 20 MB request being parsed.
+SMOKE_PROBE_MEMORY_MB = 2048
+API_MEMORY_MB = 768
 # What the API exports (the serving side's metric contract); a rule naming anything else has a typo.
 API_METRICS = {
     "api_requests_total",
