@@ -16,13 +16,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.holder import ModelHolder
 from api.limits import BodyLimitMiddleware
-from api.loaded_model import LoadedModel
 from api.metrics import MetricsMiddleware, ServiceMetrics
+from api.model.loaded_model import LoadedModel
+from api.model.schema import RequestError
+from api.model.scoring import score, score_well_formed, score_with_mlflow
 from api.openapi import document
 from api.predict_route import VERSION_HEADER, PredictRoute
-from api.redact import redact, redact_logging
-from api.schema import RequestError
-from api.scoring import score, score_well_formed, score_with_mlflow
+from api.release.redact import redact, redact_logging
 from api.settings import Settings, apply_mlflow_http_defaults
 
 # /invocations bodies up to this size are answered on the event loop, as /predict's

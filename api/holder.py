@@ -15,9 +15,9 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
-from api.loaded_model import LoadedModel
 from api.metrics import ServiceMetrics
-from api.redact import plain_message, redact
+from api.model.loaded_model import LoadedModel
+from api.release.redact import plain_message, redact
 
 log = logging.getLogger("api")
 MAX_BACKOFF_S = 300.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api.schema import FeatureSpec
+from api.model.schema import FeatureSpec
 
 
 def record_schema(features: list[FeatureSpec]) -> dict:

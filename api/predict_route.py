@@ -18,8 +18,8 @@ import orjson
 
 from api.holder import ModelHolder
 from api.metrics import ServiceMetrics
-from api.redact import redact
-from api.schema import RequestError
+from api.model.schema import RequestError
+from api.release.redact import redact
 
 PATH = "/predict"
 VERSION_HEADER = "X-Model-Version"

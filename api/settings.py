@@ -54,7 +54,7 @@ class Settings:
         """The public key verdicts must verify against, or None (unsigned mode)."""
         if not self.verify_key_pem:
             return None
-        from api.release import BadKey, load_verify_key
+        from api.release.verdicts import BadKey, load_verify_key
 
         try:
             return load_verify_key(self.verify_key_pem)

@@ -19,12 +19,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from api.contract import FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX, SMOKE_EXAMPLES
-from api.load_probe import ProbeLimits, probe
-from api.loaded_model import LoadedModel
-from api.release import refusal, signature_state
-from api.safe_model import ArtifactBytes, RefusedModel, load_estimator_bytes, model_file, read_artifact
-from api.schema import FeatureSpec
+from api.model.loaded_model import LoadedModel
+from api.model.schema import FeatureSpec
+from api.release.contract import FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX, SMOKE_EXAMPLES
+from api.release.load_probe import ProbeLimits, probe
+from api.release.safe_model import ArtifactBytes, RefusedModel, load_estimator_bytes, model_file, read_artifact
+from api.release.verdicts import refusal, signature_state
 from api.settings import Settings
 
 

@@ -13,11 +13,11 @@ import json
 import sys
 import traceback
 
-from api.redact import redact, redact_logging
+from api.release.redact import redact, redact_logging
 from api.settings import apply_mlflow_http_defaults
-from pipeline import interrupts
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.failures import classify
+from pipeline.runtime import interrupts
 
 # The commands that load a logged model through skops (see dispatch).
 LOADS_MODELS = {"run", "train", "gate", "register", "smoke", "publish", "score", "promote", "rollback"}
@@ -121,12 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(args: argparse.Namespace) -> str | None:
     """Run one command; returns what it prints on stdout."""
     # Imported per command: `--help` loads no MLflow, `status` no scikit-learn, nothing loads matplotlib but training.
-    from pipeline.config import load_params
-    from pipeline.errors import ConfigError
+    from pipeline.core.config import load_params
+    from pipeline.core.errors import ConfigError
 
     if args.command == "status":
-        from pipeline import release_keys, status
-        from pipeline.connection import connect
+        from pipeline.core import release_keys
+        from pipeline.store import status
+        from pipeline.store.connection import connect
 
         redact_logging("mlflow")
         params = load_params(args.params, args.overrides)

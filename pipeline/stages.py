@@ -17,9 +17,9 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from api import contract
-from api.release import Verdict, image_refusal, sign
-from api.safe_model import RefusedModel
+from api.release import contract
+from api.release.safe_model import RefusedModel
+from api.release.verdicts import Verdict, image_refusal, sign
 from gates.bootstrap import METRICS
 from gates.evaluate import evaluate as evaluate_gates
 from gates.model_card import CardFacts, model_card
@@ -29,21 +29,24 @@ from gates.release_policy import check_promotion, rollback_candidates
 from gates.report import COMMENT_MARKER, GateReport
 from gates.schema_diff import compare_schemas
 from gates.smoke_checks import Check, SmokeReport
-from pipeline import connection, container, gate_inputs, github, registry, release_keys, tracking
-from pipeline.api_process import uvicorn_process
-from pipeline.churn_data import generate_churn
-from pipeline.config import Params
-from pipeline.data import coerce_to_schema, load_dataset
-from pipeline.errors import CheckFailed, ConfigError, InfrastructureError
-from pipeline.integrity import inspect_version
-from pipeline.ledger import is_rollback
-from pipeline.processes import free_port, wait_for
-from pipeline.progress import say, stage
-from pipeline.provenance import git_sha
-from pipeline.release_lock import release_lock
-from pipeline.smoke import smoke_http
-from pipeline.tracking_server import start_tracking_server
-from pipeline.train import train
+from pipeline.ci import github
+from pipeline.ci.progress import say, stage
+from pipeline.ci.provenance import git_sha
+from pipeline.core import release_keys
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import Params
+from pipeline.core.data import coerce_to_schema, load_dataset
+from pipeline.core.errors import CheckFailed, ConfigError, InfrastructureError
+from pipeline.core.ledger import is_rollback
+from pipeline.core.train import train
+from pipeline.runtime import container
+from pipeline.runtime.api_process import uvicorn_process
+from pipeline.runtime.processes import free_port, wait_for
+from pipeline.runtime.smoke import smoke_http
+from pipeline.runtime.tracking_server import start_tracking_server
+from pipeline.store import connection, gate_inputs, registry, tracking
+from pipeline.store.integrity import inspect_version
+from pipeline.store.release_lock import release_lock
 
 # PR checks log to an ephemeral store and read production from the team's server here.
 PRODUCTION_URI_VAR = "PRODUCTION_TRACKING_URI"
@@ -361,7 +364,7 @@ def publish_stage(params: Params, version: str, image: str, repository: str | No
     that may be released (gate and smoke passed, artifact unchanged, verdicts
     signed when a key is set). Returns REF@DIGEST.
     """
-    from pipeline.image_publish import image_repository, push
+    from pipeline.runtime.image_publish import image_repository, push
 
     repository = image_repository(repository, dict(os.environ))
     sha = git_sha()
@@ -538,8 +541,8 @@ def score_stage(params: Params, input_path: str, output: str, version: str | Non
     """Batch-score a CSV with a released version (the alias, production by default, or --version)."""
     from api.settings import Settings
     from api.source import RefusedVersion, RegistrySource
-    from pipeline import batch_scoring
-    from pipeline.output_files import is_local_store, store_paths
+    from pipeline.runtime import batch_scoring
+    from pipeline.runtime.output_files import is_local_store, store_paths
 
     client = connection.connect(params)
     name = params.registry.model_name

@@ -12,7 +12,7 @@ from gates.report import COMMENT_MARKER, GateReport
 from gates.rules import Baseline, metric_floor, non_inferiority
 from gates.schema_diff import Field, compare_schemas
 from gates.slices import slices_of
-from pipeline.config import GateParams, build_params
+from pipeline.core.config import GateParams, build_params
 
 SKLEARN = {"f1": f1_score, "precision": precision_score, "recall": recall_score, "accuracy": accuracy_score}
 

@@ -1,0 +1,181 @@
+"""MLflow tracking adapter: log a training run, read it back."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from api.release import contract
+from api.release.contract import DATA_PROFILE, FEATURE_SCHEMA, SMOKE_EXAMPLES
+from gates.profile import profile
+from pipeline.ci.provenance import git_sha
+from pipeline.core.config import Params
+from pipeline.core.data import Dataset, Feature, coerce_to_schema
+from pipeline.core.errors import DataError
+from pipeline.core.train import TrainResult
+from pipeline.store.connection import tracking_uri
+
+TEST_SET = "eval/test.csv"
+TARGET_COLUMN = "__target__"
+
+
+def ensure_experiment(client: MlflowClient, params: Params) -> str:
+    """The experiment id, creating it (with a local artifact root on a local store)."""
+    name = params.registry.experiment
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if urlparse(tracking_uri(params)).scheme not in ("http", "https", "databricks"):
+        location = Path(params.registry.artifact_location).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def smoke_examples(result: TrainResult, data: Dataset, count: int) -> dict:
+    """Inputs from the test set with the outputs the model gave them at training time."""
+    X = result.split.X_test.head(count)
+    positive = list(result.model.classes_).index(data.positive_label)
+    return {
+        "records": json.loads(X.to_json(orient="records")),
+        "predictions": [str(p) for p in result.model.predict(X)],
+        "probabilities": [float(p) for p in result.model.predict_proba(X)[:, positive]],
+    }
+
+
+def log_training_run(client: MlflowClient, params: Params, data: Dataset, result: TrainResult) -> str:
+    """Log one training run with everything the later stages and people need; returns its id."""
+    experiment_id = ensure_experiment(client, params)
+    sha = git_sha()
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.set_tags(
+            {
+                contract.GIT_SHA: sha,
+                contract.DATA_FINGERPRINT: data.fingerprint,
+                contract.DATA_ROWS: str(data.rows),
+                contract.DATA_PATH: params.data.path,
+                contract.MODEL_TYPE: params.model.type,
+                contract.POSITIVE_LABEL: data.positive_label,
+                contract.GATE: "pending",
+            }
+        )
+        mlflow.log_params(
+            {
+                **{f"data.{k}": v for k, v in params.data.model_dump().items()},
+                contract.MODEL_TYPE: params.model.type,
+                **{f"model.{k}": v for k, v in params.model.hyperparameters().items()},
+            }
+        )
+        mlflow.log_metrics(result.metrics)
+        X_train = result.split.X_train
+        signature = infer_signature(X_train, result.model.predict(X_train.head(50)))
+        info = mlflow.sklearn.log_model(
+            result.model,
+            name="model",
+            signature=signature,
+            input_example=X_train.head(3),
+            pyfunc_predict_fn="predict",
+            skops_trusted_types=_trusted_types(result.model),
+            # Explicit requirements: inferring them starts a subprocess that reloads the model.
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+        )
+        mlflow.set_tag(contract.MODEL_ID, info.model_id)
+        schema = {
+            "features": [asdict(f) for f in data.schema],
+            "target": params.data.target,
+            "positive_label": data.positive_label,
+        }
+        mlflow.log_dict(schema, FEATURE_SCHEMA)
+        mlflow.log_dict(smoke_examples(result, data, params.smoke.examples), SMOKE_EXAMPLES)
+        kinds = {f.name: f.kind for f in data.schema}
+        mlflow.log_dict(profile(result.split.X_train, kinds), DATA_PROFILE)
+        with tempfile.TemporaryDirectory() as tmp:
+            test = result.split.X_test.assign(**{TARGET_COLUMN: result.split.y_test.values})
+            test.to_csv(Path(tmp) / "test.csv", index=False)
+            mlflow.log_artifact(str(Path(tmp) / "test.csv"), "eval")
+        _log_plots(result, data.positive_label)
+        return run.info.run_id
+
+
+def _trusted_types(model: object) -> list[str]:
+    """Types skops does not trust by default but that this model, built here, contains.
+
+    The model is serialised with skops (safe to load); we vouch only for the
+    types of the estimator we just fitted ourselves.
+    """
+    import skops.io  # slow to import (it walks all of sklearn); only training needs it
+
+    return skops.io.get_untrusted_types(data=skops.io.dumps(model))
+
+
+def _log_plots(result: TrainResult, positive_label: str) -> None:
+    # Imported here: only training draws, and matplotlib costs every other command a third of a second.
+    import matplotlib
+
+    matplotlib.use("Agg")  # plots are files; no display
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    X, y = result.split.X_test, result.split.y_test
+    y_true = (y == positive_label).to_numpy()
+    positive = list(result.model.classes_).index(positive_label)
+    scores = result.model.predict_proba(X)[:, positive]
+    plots = {
+        "plots/confusion_matrix.png": lambda ax: ConfusionMatrixDisplay.from_predictions(
+            y, result.model.predict(X), ax=ax, colorbar=False
+        ),
+        "plots/roc_curve.png": lambda ax: RocCurveDisplay.from_predictions(y_true, scores, ax=ax),
+        "plots/precision_recall.png": lambda ax: PrecisionRecallDisplay.from_predictions(y_true, scores, ax=ax),
+    }
+    for path, draw in plots.items():
+        fig, ax = plt.subplots(figsize=(5, 4))
+        draw(ax)
+        ax.set_title(Path(path).stem.replace("_", " "))
+        mlflow.log_figure(fig, path)
+        plt.close(fig)
+
+
+def load_feature_schema(client: MlflowClient, run_id: str) -> tuple[Feature, ...]:
+    """The features a run was trained with."""
+    raw = json.loads(Path(client.download_artifacts(run_id, FEATURE_SCHEMA)).read_text())
+    return tuple(Feature(**f) for f in raw["features"])
+
+
+def load_test_set(client: MlflowClient, run_id: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The exact test set a run was scored on, cast back to its schema."""
+    schema = load_feature_schema(client, run_id)
+    frame = load_raw_test_set(client, run_id)
+    try:
+        return coerce_to_schema(frame, schema), frame[TARGET_COLUMN].astype(str)
+    except DataError as exc:
+        raise DataError(f"stored test set of run {run_id}: {exc}") from None
+
+
+def load_raw_test_set(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    """The stored test set as text columns, target included (column TARGET_COLUMN)."""
+    path = client.download_artifacts(run_id, TEST_SET)
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+
+
+def load_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | None:
+    """A run's JSON artifact, or None when the run has none (runs logged before it existed)."""
+    try:
+        return json.loads(Path(client.download_artifacts(run_id, path)).read_text())
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    except OSError:
+        return None
+
+
+def load_smoke_examples(client: MlflowClient, run_id: str) -> dict:
+    return json.loads(Path(client.download_artifacts(run_id, SMOKE_EXAMPLES)).read_text())
