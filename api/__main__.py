@@ -15,9 +15,8 @@ import tempfile
 
 import uvicorn
 
+from api.metrics import MULTIPROC_DIR  # read by prometheus_client in each worker
 from api.settings import SettingsError
-
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in each worker
 
 
 def prepare_multiprocess_dir(env=os.environ) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import orjson
 
-DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
-
 
 class BodyTooLarge(Exception):
     pass
@@ -14,7 +12,7 @@ class BodyTooLarge(Exception):
 class BodyLimitMiddleware:
     """Pure ASGI: 413 when Content-Length says too much, or when a chunked body grows past the limit."""
 
-    def __init__(self, app, max_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
 

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 # A column type that accepts every value of the key type (MLflow column types).
 WIDER = {"integer": {"long", "float", "double"}, "long": {"double"}, "float": {"double"}}
 
 
-@dataclass(frozen=True)
-class Field:
-    name: str
-    type: str  # an MLflow column type: double, long, string, boolean, ...
-    required: bool
+class Field(Protocol):
+    """An input field of a serving schema (api.model.schema.FeatureSpec is one): name, MLflow column type, required."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def required(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from api.model.columnar import ColumnTypes, RecordDecoder
 from api.model.compiled import CompiledPipeline, NotCompilable
+from api.model.frames import typed_frame
 from api.model.schema import FeatureSpec, RecordValidator, RequestError, parse_json, quote
 from api.release.redact import plain_message
 
@@ -104,14 +105,7 @@ class LoadedModel:
 
     def frame(self, columns: dict[str, list]) -> pd.DataFrame:
         """Columns as the frame sklearn was trained on (float for numbers, object with NaN for text)."""
-        out = {}
-        for spec in self.features:
-            values = columns[spec.name]
-            if spec.numeric:
-                out[spec.name] = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-            else:
-                out[spec.name] = pd.Series([np.nan if v is None else v for v in values], dtype=object)
-        return pd.DataFrame(out)
+        return typed_frame(columns, self.features)
 
     def _compile(self) -> tuple[CompiledPipeline | None, str]:
         """Compile, then prove it: any disagreement with sklearn means sklearn serves."""

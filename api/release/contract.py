@@ -10,9 +10,6 @@ DATA_PROFILE = "data/profile.json"  # the training data's profile, compared by t
 GATE_REPORT = "gate/gate.json"
 MODEL_CARD = "model_card.md"
 
-# Metric names, in MLflow and in `status --json`
-METRICS = ("f1", "precision", "recall", "roc_auc", "accuracy")
-
 # Model version tags
 METRIC_TAG_PREFIX = "metric."
 GATE = "gate"  # passed | failed | pending (also a run tag)

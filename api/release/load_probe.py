@@ -82,28 +82,17 @@ def probe(model_dir: Path, feature_schema: Path, examples: dict | None, limits: 
     return answer["digest"]
 
 
-def typed_frame(records: list[dict], features: list[dict]):
-    """Records as the frame the pipeline was trained on: floats for numeric features, objects (NaN missing) else."""
-    import numpy as np
-    import pandas as pd
-
-    columns = {}
-    for feature in features:
-        values = [record.get(feature["name"]) for record in records]
-        if feature["kind"] == "numeric":
-            columns[feature["name"]] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        else:
-            columns[feature["name"]] = pd.Series([np.nan if v is None else v for v in values], dtype=object)
-    return pd.DataFrame(columns)
-
-
 def check_answers(pipeline, schema: dict, examples: dict | None) -> None:
     """Predict the stored examples; RefusedModel unless the answers are well formed and those recorded."""
     import numpy as np
 
     if not examples or not examples.get("records"):
         return
-    frame = typed_frame(examples["records"], schema["features"])
+    from api.model.frames import Column, typed_frame
+
+    records = examples["records"]
+    features = [Column(f["name"], f["kind"] == "numeric") for f in schema["features"]]
+    frame = typed_frame({f.name: [r.get(f.name) for r in records] for f in features}, features)
     classes = [str(c) for c in pipeline.classes_]
     if schema["positive_label"] not in classes:
         raise RefusedModel(f"the model does not predict the positive label {schema['positive_label']!r}")

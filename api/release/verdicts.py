@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from api.release import contract
 
@@ -48,7 +48,7 @@ class Verdict:
 _SIGNED = (("gate", contract.GATE_SIGNATURE, contract.GATE), ("smoke", contract.SMOKE_SIGNATURE, contract.SMOKE))
 
 
-def _pem(value: str) -> bytes:
+def read_pem(value: str) -> bytes:
     text = value.strip()
     if not text.startswith("-----BEGIN"):
         try:
@@ -58,47 +58,14 @@ def _pem(value: str) -> bytes:
     return text.encode()
 
 
-def load_signing_key(value: str) -> Ed25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(_pem(value), password=None)
-    except (ValueError, TypeError) as exc:
-        raise BadKey(f"{SIGNING_KEY_VAR} is not a PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise BadKey(f"{SIGNING_KEY_VAR} is not an Ed25519 key")
-    return key
-
-
 def load_verify_key(value: str) -> Ed25519PublicKey:
     try:
-        key = serialization.load_pem_public_key(_pem(value))
+        key = serialization.load_pem_public_key(read_pem(value))
     except (ValueError, TypeError) as exc:
         raise BadKey(f"{VERIFY_KEY_VAR} is not a PEM public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
         raise BadKey(f"{VERIFY_KEY_VAR} is not an Ed25519 key")
     return key
-
-
-def verify_key_from_env(env) -> Ed25519PublicKey | None:
-    """RELEASE_VERIFY_KEY, else the public half of RELEASE_SIGNING_KEY, else None."""
-    if env.get(VERIFY_KEY_VAR):
-        return load_verify_key(env[VERIFY_KEY_VAR])
-    if env.get(SIGNING_KEY_VAR):
-        return load_signing_key(env[SIGNING_KEY_VAR]).public_key()
-    return None
-
-
-def new_key_pair() -> tuple[bytes, bytes]:
-    """(private PEM, public PEM) of a fresh Ed25519 key."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, public
-
-
-def sign(key: Ed25519PrivateKey, verdict: Verdict) -> str:
-    return base64.b64encode(key.sign(verdict.payload())).decode()
 
 
 def verifies(key: Ed25519PublicKey, verdict: Verdict, signature: str | None) -> bool:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from api.settings import Settings
 from pipeline.core.errors import ConfigError
 
 ALIAS_NAME = re.compile(r"^[\w\-]{1,255}$")  # MLflow's rule; `latest` and `v<N>` are reserved
@@ -182,8 +183,10 @@ class SmokeParams(Section):
 
 
 class ServingParams(Section):
-    max_batch_size: Annotated[int, Field(gt=0)] = 10_000
-    reload_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    """What the API smoke starts is configured with, as a deployment would be (defaults: the API's own)."""
+
+    max_batch_size: Annotated[int, Field(gt=0)] = Settings.max_batch_size
+    reload_interval_s: Annotated[float, Field(gt=0)] = Settings.reload_interval_s
 
 
 class Params(Section):

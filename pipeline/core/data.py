@@ -13,14 +13,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from api.model.frames import typed_frame
 from pipeline.core.config import DataParams
 from pipeline.core.errors import DataError
 
 
 @dataclass(frozen=True)
 class Feature:
+    """A training column and its inferred kind."""
+
     name: str
     kind: str  # "numeric" or "categorical"
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind == "numeric"
 
 
 @dataclass(frozen=True)
@@ -120,14 +127,8 @@ def infer_types(features: pd.DataFrame) -> tuple[pd.DataFrame, tuple[Feature, ..
 
 
 def coerce_to_schema(frame: pd.DataFrame, schema: tuple[Feature, ...]) -> pd.DataFrame:
-    """Cast a frame to a known schema (used when scoring stored test sets)."""
-    out = {}
+    """Cast a frame to a known schema (used when scoring stored test sets): api.model.frames' one cast."""
     for feature in schema:
         if feature.name not in frame.columns:
             raise DataError(f"column {feature.name!r} is missing")
-        column = frame[feature.name]
-        if feature.kind == "numeric":
-            out[feature.name] = pd.to_numeric(column, errors="coerce").astype("float64")
-        else:
-            out[feature.name] = column.astype(object).where(column.notna(), np.nan)
-    return pd.DataFrame(out, index=frame.index)
+    return typed_frame(frame, schema)

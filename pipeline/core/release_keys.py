@@ -1,16 +1,49 @@
-"""The release keys from the environment, and `keygen`."""
+"""The release keys: read from the environment, made by `keygen`, and the signing (which never ships in the image).
+
+The serving image verifies (api/release/verdicts.py); only the pipeline signs.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
-from api.release.verdicts import SIGNING_KEY_VAR, BadKey, load_signing_key, new_key_pair, verify_key_from_env
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from api.release.verdicts import SIGNING_KEY_VAR, VERIFY_KEY_VAR, BadKey, Verdict, load_verify_key, read_pem
 from pipeline.core.errors import ConfigError
 
 
-def signing_key():
-    """RELEASE_SIGNING_KEY as a private key, or None when unset."""
+def load_signing_key(value: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PEM text or the path of a PEM file; BadKey otherwise."""
+    try:
+        key = serialization.load_pem_private_key(read_pem(value), password=None)
+    except (ValueError, TypeError) as exc:
+        raise BadKey(f"{SIGNING_KEY_VAR} is not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BadKey(f"{SIGNING_KEY_VAR} is not an Ed25519 key")
+    return key
+
+
+def new_key_pair() -> tuple[bytes, bytes]:
+    """(private PEM, public PEM) of a fresh Ed25519 key."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+def sign(key: Ed25519PrivateKey, verdict: Verdict) -> str:
+    """The base64 Ed25519 signature of a verdict's canonical payload."""
+    return base64.b64encode(key.sign(verdict.payload())).decode()
+
+
+def signing_key() -> Ed25519PrivateKey | None:
+    """RELEASE_SIGNING_KEY as a private key, or None when unset; ConfigError (exit 2) when it is not one."""
     value = os.environ.get(SIGNING_KEY_VAR)
     if not value:
         return None
@@ -20,12 +53,15 @@ def signing_key():
         raise ConfigError(str(exc)) from None
 
 
-def verify_key():
-    """RELEASE_VERIFY_KEY (or the public half of RELEASE_SIGNING_KEY), or None: unsigned mode."""
+def verify_key() -> Ed25519PublicKey | None:
+    """RELEASE_VERIFY_KEY, else the public half of RELEASE_SIGNING_KEY, else None: unsigned mode."""
     try:
-        return verify_key_from_env(os.environ)
+        if os.environ.get(VERIFY_KEY_VAR):
+            return load_verify_key(os.environ[VERIFY_KEY_VAR])
+        private = signing_key()
     except BadKey as exc:
         raise ConfigError(str(exc)) from None
+    return None if private is None else private.public_key()
 
 
 def write_key_pair(directory: Path) -> tuple[Path, Path]:

@@ -11,11 +11,11 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from gates.bootstrap import METRICS, Scored
 from pipeline.core.config import ModelParams
 from pipeline.core.data import Dataset
 
@@ -75,14 +75,9 @@ def evaluate(model: Pipeline, X: pd.DataFrame, y: pd.Series, positive_label: str
     positive_column = list(model.classes_).index(positive_label)
     scores = model.predict_proba(X)[:, positive_column]
     y_true = np.asarray(y) == positive_label
-    y_pred = np.asarray(predicted) == positive_label
-    return {
-        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
-        "precision": float(precision_score(y_true, y_pred, zero_division=0)),
-        "recall": float(recall_score(y_true, y_pred, zero_division=0)),
-        "roc_auc": float(roc_auc_score(y_true, scores)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-    }
+    scored = Scored(np.asarray(predicted) == positive_label, np.asarray(scores, dtype=float))
+    ones = np.ones((1, len(y_true)))  # every row once: the point estimate of the gate's own metric functions
+    return {name: float(metric(ones, y_true, scored)[0]) for name, metric in METRICS.items()}
 
 
 def train(data: Dataset, model_params: ModelParams, test_size: float, seed: int) -> TrainResult:

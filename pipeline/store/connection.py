@@ -1,12 +1,15 @@
-"""Connect to the tracking store, failing fast when it is down. Light: every command needs it first."""
+"""The one tracking connection: resolved once, checked once, passed explicitly (no MLflow global state).
+
+Light: every command needs it first.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import httpx
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from api.release.redact import redact
@@ -19,13 +22,22 @@ def tracking_uri(params: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
 
 
-def connect(params: Params) -> MlflowClient:
-    """Point MLflow at the tracking store, failing fast (exit 3) if a server is down."""
+@dataclass(frozen=True)
+class Tracking:
+    """A tracking store: its URI (as configured, credentials included) and a client bound to it."""
+
+    uri: str
+    client: MlflowClient
+
+    @property
+    def is_server(self) -> bool:
+        return urlparse(self.uri).scheme in ("http", "https", "databricks")
+
+
+def connect(params: Params) -> Tracking:
+    """The tracking store of `params` (MLFLOW_TRACKING_URI wins), failing fast (exit 3) if a server is down."""
     uri = tracking_uri(params)
-    client = client_for(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return client
+    return Tracking(uri, client_for(uri))
 
 
 def client_for(uri: str) -> MlflowClient:

@@ -12,14 +12,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+from api.model.schema import FeatureSpec
 from api.release import contract
+from api.release.check import (
+    ModelFiles,
+    RefusedVersion,
+    check_release,
+    is_not_found,
+    load_probed,
+    logged_model_files,
+    stored_examples,
+)
 from api.release.contract import DATA_PROFILE, METRIC_TAG_PREFIX
-from api.source import ModelFiles, RefusedVersion, load_probed, load_verified, stored_examples
 from gates.bootstrap import Scored
 from gates.evaluate import Production
-from gates.schema_diff import Field
 from pipeline.core.data import Feature, coerce_to_schema
-from pipeline.store.integrity import logged_model_files
 from pipeline.store.tracking import load_json_artifact
 
 
@@ -28,7 +35,7 @@ class ModelUnderGate:
     label: str  # "run X" or "production vN"
     estimator: object
     features: tuple[Feature, ...]  # the training columns and their kinds (feature_schema.json)
-    inputs: list[Field]  # the serving contract: the MLmodel signature's input fields
+    inputs: list[FeatureSpec]  # the serving contract: the MLmodel signature's input fields
     positive_label: str
     profile: dict | None  # the training data's profile; None for runs logged before profiles
     digest: str
@@ -48,7 +55,7 @@ def _under_gate(
         label=label,
         estimator=estimator,
         features=tuple(Feature(**f) for f in trained["features"]),
-        inputs=[Field(c.name, c.type.name, c.required) for c in signature.inputs] if signature else [],
+        inputs=[FeatureSpec(c.name, c.type.name, c.required) for c in signature.inputs] if signature else [],
         positive_label=trained["positive_label"],
         profile=load_json_artifact(client, run_id, DATA_PROFILE),
         digest=files.digest,
@@ -81,7 +88,7 @@ def production(
     """
     try:
         mv = client.get_model_version(name, version)
-        verified = load_verified(client, name, mv, dst, verify_key)
+        verified = check_release(client, name, mv, dst, verify_key)
         logged = {
             k.removeprefix(METRIC_TAG_PREFIX): float(v) for k, v in mv.tags.items() if k.startswith(METRIC_TAG_PREFIX)
         }
@@ -90,7 +97,7 @@ def production(
     except RefusedVersion as exc:
         raise ProductionRefused(f"production v{version} refused: {exc.reason}") from None
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+        if not is_not_found(exc):
             raise  # the registry itself failed: exit 3, not a gate verdict
         return None, f"artifact missing: {exc.message}"
     except (OSError, KeyError, ValueError) as exc:

@@ -17,17 +17,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from api.release import contract
+from api.release.check import is_not_found, logged_model_files
 from api.release.redact import redact
 from api.release.safe_model import RefusedModel
-from api.release.verdicts import image_verdict, release_verdict, sign, verifies
+from api.release.verdicts import image_verdict, release_verdict, verifies
+from gates.bootstrap import METRICS  # the metric names, in MLflow and in `status --json`
 from gates.release_policy import VersionState
 from pipeline.ci.provenance import actor, git_sha, now
 from pipeline.core import ledger
 from pipeline.core.errors import CheckFailed, ConfigError
+from pipeline.core.release_keys import sign
 from pipeline.runtime import interrupts
 
 METRIC_PREFIX = contract.METRIC_TAG_PREFIX
-METRICS = contract.METRICS
 GATE_REPORT = contract.GATE_REPORT
 
 
@@ -54,7 +56,7 @@ def registered_model(client: MlflowClient, name: str):
     try:
         return client.get_registered_model(name)
     except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if is_not_found(exc):
             return None
         raise
 
@@ -86,7 +88,7 @@ def get_version(client: MlflowClient, name: str, version: str):
     try:
         return client.get_model_version(name, version)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if is_not_found(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":
             raise CheckFailed(f"model {name!r} has no version {version}") from None
         raise
 
@@ -120,7 +122,6 @@ def run_gate_verdict(client: MlflowClient, name: str, run, verify_key) -> str:
     model_id = run.data.tags.get(contract.MODEL_ID)
     if not model_id:
         raise ConfigError(f"run {run_id} has no logged model (tag model_id missing)")
-    from pipeline.store.integrity import logged_model_files  # loads sklearn: only registration needs it here
 
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
         try:

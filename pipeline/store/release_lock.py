@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from api.release.check import is_not_found
 from pipeline.ci.progress import say
 from pipeline.ci.provenance import actor
 from pipeline.core.errors import CheckFailed
@@ -129,5 +130,5 @@ def _delete(client: MlflowClient, name: str, version: str) -> None:
     try:
         client.delete_model_version(name, version)
     except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if not (is_not_found(exc) or exc.error_code == "INVALID_PARAMETER_VALUE"):
             raise

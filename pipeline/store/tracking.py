@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import urlparse
 
-import mlflow
 import pandas as pd
+from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from api.release import contract
+from api.release.check import is_not_found
 from api.release.contract import DATA_PROFILE, FEATURE_SCHEMA, SMOKE_EXAMPLES
 from gates.profile import profile
 from pipeline.ci.provenance import git_sha
@@ -22,22 +23,20 @@ from pipeline.core.config import Params
 from pipeline.core.data import Dataset, Feature, coerce_to_schema
 from pipeline.core.errors import DataError
 from pipeline.core.train import TrainResult
-from pipeline.store.connection import tracking_uri
+from pipeline.store.connection import Tracking
 
 TEST_SET = "eval/test.csv"
 TARGET_COLUMN = "__target__"
 
 
-def ensure_experiment(client: MlflowClient, params: Params) -> str:
+def ensure_experiment(tracking: Tracking, params: Params) -> str:
     """The experiment id, creating it (with a local artifact root on a local store)."""
     name = params.registry.experiment
-    found = client.get_experiment_by_name(name)
+    found = tracking.client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
-    if urlparse(tracking_uri(params)).scheme not in ("http", "https", "databricks"):
-        location = Path(params.registry.artifact_location).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    location = None if tracking.is_server else Path(params.registry.artifact_location).resolve().as_uri()
+    return tracking.client.create_experiment(name, artifact_location=location)
 
 
 def smoke_examples(result: TrainResult, data: Dataset, count: int) -> dict:
@@ -51,58 +50,85 @@ def smoke_examples(result: TrainResult, data: Dataset, count: int) -> dict:
     }
 
 
-def log_training_run(client: MlflowClient, params: Params, data: Dataset, result: TrainResult) -> str:
-    """Log one training run with everything the later stages and people need; returns its id."""
-    experiment_id = ensure_experiment(client, params)
-    sha = git_sha()
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.set_tags(
-            {
-                contract.GIT_SHA: sha,
-                contract.DATA_FINGERPRINT: data.fingerprint,
-                contract.DATA_ROWS: str(data.rows),
-                contract.DATA_PATH: params.data.path,
-                contract.MODEL_TYPE: params.model.type,
-                contract.POSITIVE_LABEL: data.positive_label,
-                contract.GATE: "pending",
-            }
-        )
-        mlflow.log_params(
-            {
-                **{f"data.{k}": v for k, v in params.data.model_dump().items()},
-                contract.MODEL_TYPE: params.model.type,
-                **{f"model.{k}": v for k, v in params.model.hyperparameters().items()},
-            }
-        )
-        mlflow.log_metrics(result.metrics)
-        X_train = result.split.X_train
-        signature = infer_signature(X_train, result.model.predict(X_train.head(50)))
-        info = mlflow.sklearn.log_model(
+def log_training_run(tracking: Tracking, params: Params, data: Dataset, result: TrainResult) -> str:
+    """Log one training run with everything the later stages and people need; returns its id.
+
+    Through the client of `tracking` only: nothing here reads or sets MLflow's global tracking URI.
+    """
+    client = tracking.client
+    run_id = client.create_run(ensure_experiment(tracking, params)).info.run_id
+    try:
+        _log_run(client, run_id, params, data, result)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _log_run(client: MlflowClient, run_id: str, params: Params, data: Dataset, result: TrainResult) -> None:
+    tags = {
+        contract.GIT_SHA: git_sha(),
+        contract.DATA_FINGERPRINT: data.fingerprint,
+        contract.DATA_ROWS: str(data.rows),
+        contract.DATA_PATH: params.data.path,
+        contract.MODEL_TYPE: params.model.type,
+        contract.POSITIVE_LABEL: data.positive_label,
+        contract.GATE: "pending",
+    }
+    logged_params = {
+        **{f"data.{k}": v for k, v in params.data.model_dump().items()},
+        contract.MODEL_TYPE: params.model.type,
+        **{f"model.{k}": v for k, v in params.model.hyperparameters().items()},
+    }
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in result.metrics.items()],
+        params=[Param(k, str(v)) for k, v in logged_params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    model_id = _log_model(client, run_id, result)
+    client.set_tag(run_id, contract.MODEL_ID, model_id)
+    schema = {
+        "features": [asdict(f) for f in data.schema],
+        "target": params.data.target,
+        "positive_label": data.positive_label,
+    }
+    client.log_dict(run_id, schema, FEATURE_SCHEMA)
+    client.log_dict(run_id, smoke_examples(result, data, params.smoke.examples), SMOKE_EXAMPLES)
+    kinds = {f.name: f.kind for f in data.schema}
+    client.log_dict(run_id, profile(result.split.X_train, kinds), DATA_PROFILE)
+    with tempfile.TemporaryDirectory() as tmp:
+        test = result.split.X_test.assign(**{TARGET_COLUMN: result.split.y_test.values})
+        test.to_csv(Path(tmp) / "test.csv", index=False)
+        client.log_artifact(run_id, str(Path(tmp) / "test.csv"), "eval")
+    _log_plots(client, run_id, result, data.positive_label)
+
+
+def _log_model(client: MlflowClient, run_id: str, result: TrainResult) -> str:
+    """The fitted pipeline as a logged model of the run (skops, signature, input example); returns its id."""
+    import mlflow.sklearn
+
+    X_train = result.split.X_train
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, model_type="sklearn")
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.sklearn.save_model(
             result.model,
-            name="model",
-            signature=signature,
+            str(Path(tmp) / "model"),
+            serialization_format="skops",
+            signature=infer_signature(X_train, result.model.predict(X_train.head(50))),
             input_example=X_train.head(3),
             pyfunc_predict_fn="predict",
             skops_trusted_types=_trusted_types(result.model),
             # Explicit requirements: inferring them starts a subprocess that reloads the model.
             pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
         )
-        mlflow.set_tag(contract.MODEL_ID, info.model_id)
-        schema = {
-            "features": [asdict(f) for f in data.schema],
-            "target": params.data.target,
-            "positive_label": data.positive_label,
-        }
-        mlflow.log_dict(schema, FEATURE_SCHEMA)
-        mlflow.log_dict(smoke_examples(result, data, params.smoke.examples), SMOKE_EXAMPLES)
-        kinds = {f.name: f.kind for f in data.schema}
-        mlflow.log_dict(profile(result.split.X_train, kinds), DATA_PROFILE)
-        with tempfile.TemporaryDirectory() as tmp:
-            test = result.split.X_test.assign(**{TARGET_COLUMN: result.split.y_test.values})
-            test.to_csv(Path(tmp) / "test.csv", index=False)
-            mlflow.log_artifact(str(Path(tmp) / "test.csv"), "eval")
-        _log_plots(result, data.positive_label)
-        return run.info.run_id
+        client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
+    client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id
 
 
 def _trusted_types(model: object) -> list[str]:
@@ -116,7 +142,7 @@ def _trusted_types(model: object) -> list[str]:
     return skops.io.get_untrusted_types(data=skops.io.dumps(model))
 
 
-def _log_plots(result: TrainResult, positive_label: str) -> None:
+def _log_plots(client: MlflowClient, run_id: str, result: TrainResult, positive_label: str) -> None:
     # Imported here: only training draws, and matplotlib costs every other command a third of a second.
     import matplotlib
 
@@ -139,7 +165,7 @@ def _log_plots(result: TrainResult, positive_label: str) -> None:
         fig, ax = plt.subplots(figsize=(5, 4))
         draw(ax)
         ax.set_title(Path(path).stem.replace("_", " "))
-        mlflow.log_figure(fig, path)
+        client.log_figure(run_id, fig, path)
         plt.close(fig)
 
 
@@ -170,7 +196,7 @@ def load_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | N
     try:
         return json.loads(Path(client.download_artifacts(run_id, path)).read_text())
     except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if is_not_found(exc):
             return None
         raise
     except OSError:

@@ -14,8 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from api.holder import ModelHolder
 from api.release import contract
+from api.release.check import RefusedVersion
 from api.settings import Settings
-from api.source import RefusedVersion, RegistrySource
+from api.source import RegistrySource
 from pipeline.core.errors import CheckFailed
 from pipeline.store.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
 

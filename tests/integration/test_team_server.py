@@ -23,7 +23,7 @@ from pipeline.core.config import load_params
 from pipeline.runtime.api_process import uvicorn_process
 from pipeline.runtime.processes import free_port, stop, wait_for
 from pipeline.runtime.tracking_server import start_tracking_server
-from pipeline.stages import rollback_stage
+from pipeline.stages.release import rollback_stage
 
 from .test_api_live import wait_ready
 

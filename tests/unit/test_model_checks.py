@@ -84,9 +84,11 @@ def test_the_attack_is_real_an_unchecked_predict_dies_and_the_probe_refuses_inst
     # then: loaded and used without the checks, it kills the process that predicts
     unchecked = (
         "import sys, json; sys.path.insert(0, sys.argv[1]); from api.release.safe_model import load_estimator; "
-        "from api.release.load_probe import typed_frame; m = load_estimator(__import__('pathlib').Path(sys.argv[2])); "
+        "from api.model.frames import Column, typed_frame; from pathlib import Path; "
+        "m = load_estimator(Path(sys.argv[2])); "
         "s = json.load(open(sys.argv[3])); e = json.load(open(sys.argv[4])); "
-        "m.predict(typed_frame(e['records'], s['features']))"
+        "f = [Column(c['name'], c['kind'] == 'numeric') for c in s['features']]; "
+        "m.predict(typed_frame({c.name: [r.get(c.name) for r in e['records']] for c in f}, f))"
     )
     (tmp_path / "examples.json").write_text(json.dumps(examples))
     died = subprocess.run(

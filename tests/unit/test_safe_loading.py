@@ -9,10 +9,11 @@ import skops.io
 from api.release import contract
 from api.release.redact import redact
 from api.release.safe_model import ALLOWED_TYPES, RefusedModel, artifact_digest, load_estimator, types_in
-from api.release.verdicts import Verdict, load_signing_key, load_verify_key, new_key_pair, refusal, sign, verifies
+from api.release.verdicts import Verdict, load_verify_key, refusal, verifies
 from pipeline.core.churn_data import generate_churn
 from pipeline.core.config import DataParams, ModelParams
 from pipeline.core.data import prepare
+from pipeline.core.release_keys import load_signing_key, new_key_pair, sign
 from pipeline.core.train import train
 
 MLMODEL = """flavors:
