@@ -63,9 +63,10 @@ act-rollback: $(STAMP) ## the rollback workflow through act: make act-rollback R
 	PATH=$(CURDIR)/$(BIN):$$PATH act workflow_dispatch -W .github/workflows/rollback.yml \
 		--input reason="$(REASON)" --input version="$(VERSION)" -s MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff (lint, docstrings, annotations, format) and mypy (strict on gates/ and api/release/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## ruff format and autofix
 	$(BIN)/ruff format .
