@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
@@ -26,7 +28,9 @@ from api.settings import Settings
 class RegistrySource:
     """Resolves the alias (or pinned version) and loads versions from MLflow."""
 
-    def __init__(self, settings: Settings, client: MlflowClient | None = None, verify_key=None):
+    def __init__(
+        self, settings: Settings, client: MlflowClient | None = None, verify_key: Ed25519PublicKey | None = None
+    ) -> None:
         self.settings = settings
         self.client = client or MlflowClient()
         self.verify_key = verify_key
@@ -40,6 +44,7 @@ class RegistrySource:
         return str(self.client.get_model_version_by_alias(s.model_name, s.model_alias).version)
 
     def load(self, version: str) -> LoadedModel:
+        """`version` through the release check, built into the LoadedModel requests use; RefusedVersion says why not."""
         s = self.settings
         mv = self.client.get_model_version(s.model_name, version)
         with tempfile.TemporaryDirectory(prefix="model-") as tmp:
@@ -54,7 +59,7 @@ class RegistrySource:
             )
             files, pipeline = verified.files, verified.pipeline
             metadata = Model.load(files.model_dir)
-            schema = metadata.get_input_schema()
+            schema = metadata.get_input_schema()  # type: ignore[no-untyped-call]  # unannotated in MLflow
             features = [FeatureSpec(c.name, c.type.name, c.required) for c in schema.inputs]
             trained = json.loads(files.artifact.files[FEATURE_SCHEMA])
             stored = verified.examples
@@ -78,7 +83,11 @@ class RegistrySource:
                 "git_sha": mv.tags.get(GIT_SHA),
                 "artifact_digest": files.digest,
                 "signature": signature_state(
-                    mv.tags, self.verify_key, model=s.model_name, version=str(mv.version), run_id=mv.run_id
+                    mv.tags,
+                    self.verify_key,
+                    model=s.model_name,
+                    version=str(mv.version),
+                    run_id=cast(str, mv.run_id),  # MLflow types it `str | None`: the release check fetched its run
                 ),
             },
             mlflow_model=metadata,

@@ -10,12 +10,13 @@ module only decides "certainly fine"; it never words an error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from operator import attrgetter
+from typing import Any, cast
 
 import msgspec
 import numpy as np
 
+from api.model.frames import Values
 from api.model.schema import FeatureSpec
 
 NoneType = type(None)
@@ -24,7 +25,7 @@ NoneType = type(None)
 # passes through unchanged, per column type, and the column types whose optional
 # fields may be null (a null in an optional double column is a NaN to pandas, as
 # it is to our imputers).
-INVOCATION_TYPES = {"double": {int, float}, "long": {int}, "string": {str}, "boolean": {bool}}
+INVOCATION_TYPES: dict[str, set[type]] = {"double": {int, float}, "long": {int}, "string": {str}, "boolean": {bool}}
 INVOCATION_NULLABLE = frozenset({"double"})
 
 
@@ -36,8 +37,8 @@ class RecordDecoder:
     no unknown field. A body this rejects goes to pydantic, which words why.
     """
 
-    def __init__(self, features: list[FeatureSpec]):
-        fields = []
+    def __init__(self, features: list[FeatureSpec]) -> None:
+        fields: list[tuple[str, object] | tuple[str, object, None]] = []  # (name, type[, default]) for msgspec
         for i, spec in enumerate(features):
             kind = spec.value_type
             fields.append((f"f{i}", kind) if spec.required else (f"f{i}", kind | None, None))
@@ -49,18 +50,20 @@ class RecordDecoder:
             forbid_unknown_fields=True,
             kw_only=True,  # an optional feature may come before a required one
         )
-        body = msgspec.defstruct("PredictBody", [("records", list[record])], forbid_unknown_fields=True)
-        self._decoder = msgspec.json.Decoder(body)
+        # The Struct is built here, at run time: `list[record]` is a type only then, and what is decoded is Any here.
+        body = msgspec.defstruct("PredictBody", [("records", list[record])], forbid_unknown_fields=True)  # type: ignore[valid-type]
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(body)
         self._getters = [(spec, attrgetter(f"f{i}")) for i, spec in enumerate(features)]
 
-    def columns(self, body: bytes, limit: int) -> dict[str, Sequence] | None:
+    def columns(self, body: bytes, limit: int) -> dict[str, Values] | None:
+        """The body's records by column (numbers as float64), or None when the full path must decide."""
         try:
             records = self._decoder.decode(body).records
         except (msgspec.MsgspecError, ValueError):  # bad JSON or UTF-8, a wrong type, a missing/unknown field
             return None
         if not 0 < len(records) <= limit:
             return None
-        columns = {}
+        columns: dict[str, Values] = {}
         for spec, get in self._getters:
             values = list(map(get, records))
             columns[spec.name] = np.array(values, dtype=np.float64) if spec.numeric else values
@@ -70,19 +73,19 @@ class RecordDecoder:
 class ColumnTypes:
     """Per feature, the value types an /invocations request may carry without a closer look."""
 
-    def __init__(self, features: list[FeatureSpec]):
+    def __init__(self, features: list[FeatureSpec]) -> None:
         self.features = features
         self.names = frozenset(f.name for f in features)
-        self.allowed = {}
+        self.allowed: dict[str, frozenset[type]] | None = {}
         for spec in features:
             kinds = INVOCATION_TYPES.get(spec.type)
             if kinds is None:
                 self.allowed = None  # a column type this check does not know: always the full path
                 return
-            null = {NoneType} if spec.type in INVOCATION_NULLABLE and not spec.required else set()
+            null: set[type] = {NoneType} if spec.type in INVOCATION_NULLABLE and not spec.required else set()
             self.allowed[spec.name] = frozenset(kinds | null)
 
-    def from_records(self, records: object, limit: int) -> dict[str, Sequence] | None:
+    def from_records(self, records: object, limit: int) -> dict[str, Values] | None:
         """Columns of a list of records whose fields are exactly the features', else None."""
         if self.allowed is None or not isinstance(records, list) or not 0 < len(records) <= limit:
             return None
@@ -91,7 +94,7 @@ class ColumnTypes:
         width = len(self.features)
         if not all(len(r) == width for r in records) and not all(r.keys() <= self.names for r in records):
             return None  # an unknown field
-        columns = {}
+        columns: dict[str, Values] = {}
         for spec in self.features:
             name = spec.name
             try:
@@ -108,7 +111,7 @@ class ColumnTypes:
             columns[name] = column
         return columns
 
-    def from_split(self, split: object, limit: int) -> dict[str, Sequence] | None:
+    def from_split(self, split: object, limit: int) -> dict[str, Values] | None:
         """Columns of `{"columns": [...], "data": [[...], ...]}` naming exactly the features, else None."""
         if self.allowed is None or type(split) is not dict or split.keys() - {"columns", "data", "index"}:
             return None
@@ -123,7 +126,7 @@ class ColumnTypes:
         if not all(type(row) is list and len(row) == len(names) for row in data):
             return None
         position = {name: i for i, name in enumerate(names)}
-        columns = {}
+        columns: dict[str, Values] = {}
         for spec in self.features:
             i = position[spec.name]
             column = self._column(spec, [row[i] for row in data])
@@ -132,9 +135,10 @@ class ColumnTypes:
             columns[spec.name] = column
         return columns
 
-    def _column(self, spec: FeatureSpec, values: list) -> Sequence | None:
+    def _column(self, spec: FeatureSpec, values: list[object]) -> Values | None:
         kinds = set(map(type, values))
-        if not kinds <= self.allowed[spec.name] or kinds == {NoneType}:  # an all-null column: pandas' dtype differs
+        allowed = cast(dict[str, frozenset[type]], self.allowed)  # not None: from_records and from_split checked
+        if not kinds <= allowed[spec.name] or kinds == {NoneType}:  # an all-null column: pandas' dtype differs
             return None
         if not spec.numeric:
             return values

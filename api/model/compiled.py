@@ -10,9 +10,9 @@ whose shape is not recognised raises NotCompilable and is served by sklearn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
+from typing import Any
 
 import numpy as np
 from scipy.special import expit
@@ -22,6 +22,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from api.model.frames import Columns
+
 
 class NotCompilable(Exception):
     """The pipeline has a shape this module does not translate."""
@@ -29,6 +31,8 @@ class NotCompilable(Exception):
 
 @dataclass(frozen=True)
 class NumericBlock:
+    """Numeric columns: imputed, then centred and scaled as the block's StandardScaler does, if it has one."""
+
     columns: list[str]
     fill: np.ndarray  # imputation value per column
     mean: np.ndarray | None
@@ -37,6 +41,8 @@ class NumericBlock:
 
 @dataclass(frozen=True)
 class CategoricalBlock:
+    """Categorical columns: imputed, then one-hot encoded into `width` output columns."""
+
     columns: list[str]
     fill: list[object]  # imputation value per column
     lookups: list[dict[object, int]]  # category -> output column, per input column
@@ -46,7 +52,7 @@ class CategoricalBlock:
 class CompiledPipeline:
     """predict(columns) -> (labels, class probabilities) without sklearn on the hot path."""
 
-    def __init__(self, pipeline: Pipeline):
+    def __init__(self, pipeline: Pipeline) -> None:
         if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
             raise NotCompilable("expected Pipeline(preprocess, classifier)")
         preprocess, self.estimator = pipeline.steps[0][1], pipeline.steps[1][1]
@@ -81,7 +87,7 @@ class CompiledPipeline:
             self.coef_T = self.estimator.coef_.T
             self.intercept = self.estimator.intercept_
 
-    def transform(self, columns: dict[str, Sequence]) -> np.ndarray:
+    def transform(self, columns: Columns) -> np.ndarray:
         """The dense matrix the ColumnTransformer would produce."""
         rows = len(next(iter(columns.values())))
         out = np.zeros((rows, self.width))
@@ -109,14 +115,15 @@ class CompiledPipeline:
             out.put(flat[index >= 0], 1.0)  # unknown categories encode as all zeros
         return out
 
-    def _resolve_missing(self, columns: dict[str, Sequence], index: np.ndarray) -> None:
+    def _resolve_missing(self, columns: Columns, index: np.ndarray) -> None:
         """NaN is no dict key: a missing value (None or NaN) takes the imputed category."""
         for i, row in zip(*np.nonzero(index < 0), strict=True):
             name, fill, lookup = self.categorical[i]
             if _missing(columns[name][row]):
                 index[i, row] = lookup.get(fill, -1)
 
-    def predict(self, columns: dict[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, class probabilities) for the records in `columns`, as the sklearn pipeline gives them."""
         X = self.transform(columns)
         if self.linear:
             scores = (X @ self.coef_T + self.intercept).reshape(-1)
@@ -134,7 +141,7 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def _compile_block(transformer, columns: list[str]) -> NumericBlock | CategoricalBlock:
+def _compile_block(transformer: Any, columns: list[str]) -> NumericBlock | CategoricalBlock:
     steps = transformer.steps if isinstance(transformer, Pipeline) else [("only", transformer)]
     kinds = [type(step) for _, step in steps]
     imputer = steps[0][1] if kinds[0] is SimpleImputer else None

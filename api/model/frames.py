@@ -8,20 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+
+# One feature's values in record order, as a client sent them (None where missing), or as float64 for a numeric
+# feature on the fast paths. A client's values are JSON scalars of any type until a schema checks them.
+Values: TypeAlias = Sequence[Any] | npt.NDArray[np.float64]
+# A request by column: feature name -> its values.
+Columns: TypeAlias = Mapping[str, Values]
 
 
 class Typed(Protocol):
     """Anything that names a feature and says whether it is numeric (FeatureSpec, the pipeline's Feature)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The feature's column name."""
+        ...
 
     @property
-    def numeric(self) -> bool: ...
+    def numeric(self) -> bool:
+        """True for a numeric feature (cast to float64), False for a categorical one."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -33,7 +44,7 @@ class Column:
 
 
 def typed_frame(
-    values: pd.DataFrame | Mapping[str, Sequence[Any]], features: Iterable[Typed], index: pd.Index | None = None
+    values: pd.DataFrame | Columns, features: Iterable[Typed], index: pd.Index | None = None
 ) -> pd.DataFrame:
     """`values` (a frame, or columns by name) as the frame the pipeline was trained on, in `features`' order."""
     if index is None and isinstance(values, pd.DataFrame):

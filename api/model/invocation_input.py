@@ -34,11 +34,15 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict, TypeVar, Unpack
 
-from api.model.schema import FeatureSpec, RequestError, quote
+from api.model.schema import FeatureSpec, Problem, RequestError, quote
 from api.release.redact import plain_message, redact
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 JSON_TYPE, CSV_TYPE, PARQUET_TYPE = "application/json", "text/csv", "application/vnd.apache.parquet"
 ACCEPTED_TYPES = (JSON_TYPE, CSV_TYPE)
@@ -55,21 +59,29 @@ FLOAT_MAX = sys.float_info.max
 INT_DIGITS = 400  # an integer literal longer than this is beyond any double: never converted
 
 BAD_REQUEST, INVALID_PARAMETER_VALUE = "BAD_REQUEST", "INVALID_PARAMETER_VALUE"  # MLflow's error codes
+H = TypeVar("H", bound=Hashable)
 
 
 class Refusal(RequestError):
     """A request /invocations refuses: its status, MLflow's error code, and the problems by record and field."""
 
-    def __init__(self, problems: list[dict], status: int = 400, error_code: str = BAD_REQUEST):
+    def __init__(self, problems: list[Problem], status: int = 400, error_code: str = BAD_REQUEST) -> None:
         super().__init__(problems[:MAX_PROBLEMS], status)
         self.error_code = error_code
 
-    def answer(self) -> dict:
+    def answer(self) -> dict[str, object]:
         """MLflow's error shape without its stack trace."""
         return {"error_code": self.error_code, "message": str(self)}
 
 
-def problem(message: str, record: int | None = None, field: object = None) -> dict:
+class RefusalOptions(TypedDict, total=False):
+    """What `refuse` passes on to Refusal besides the problem: its status and MLflow's error code."""
+
+    status: int
+    error_code: str
+
+
+def problem(message: str, record: int | str | None = None, field: object = None) -> Problem:
     """One problem, worded as /predict words them: `record 3: field 'tenure': ...`."""
     where = "".join(
         (f"record {record}: " if record is not None else "", f"field {field!r}: " if field is not None else "")
@@ -78,12 +90,24 @@ def problem(message: str, record: int | None = None, field: object = None) -> di
     return {"loc": loc, "record": record, "field": field, "message": where + message}
 
 
-def refuse(message: str, record: int | None = None, field: object = None, **kwargs) -> Refusal:
+def refuse(
+    message: str, record: int | str | None = None, field: object = None, **kwargs: Unpack[RefusalOptions]
+) -> Refusal:
+    """A Refusal of one problem (`kwargs`: its status and error code, when not 400 and BAD_REQUEST)."""
     return Refusal([problem(message, record, field)], **kwargs)
 
 
 def batch_limit(rows: int | str, limit: int) -> Refusal:
+    """The Refusal of a batch over `limit`: `rows` records (a count, or words such as "more than 10")."""
     return refuse(f"{rows} records exceed the batch limit of {limit}", error_code=INVALID_PARAMETER_VALUE)
+
+
+def _seen(seen: set[H], name: H) -> bool:
+    """True when `name` is in `seen` already, else False with `name` added: picks out the names written twice."""
+    if name in seen:
+        return True
+    seen.add(name)
+    return False
 
 
 # --- content type --------------------------------------------------------------------------------
@@ -127,22 +151,23 @@ class _Bad:
 
     __slots__ = ("text",)
 
-    def __init__(self, text: str):
+    def __init__(self, text: str) -> None:
         self.text = text
 
 
-class _Duplicated(dict):
+class _Duplicated(dict[str, object]):
     """A JSON object that wrote a key more than once (Python keeps the last value)."""
 
     __slots__ = ("names",)
+    names: list[str]  # the keys written more than once, in order
 
 
 # --- JSON ----------------------------------------------------------------------------------------
 
 
-def read_json(body: bytes, features: list[FeatureSpec], limit: int) -> dict:
+def read_json(body: bytes, features: list[FeatureSpec], limit: int) -> dict[str, object]:
     """The parsed request, checked; a Refusal naming the first problems otherwise."""
-    marked = []  # set when a hook saw something the walk must locate
+    marked: list[bool] = []  # set when a hook saw something the walk must locate
 
     def bad(text: str) -> _Bad:
         marked.append(True)
@@ -158,14 +183,14 @@ def read_json(body: bytes, features: list[FeatureSpec], limit: int) -> dict:
         value = int(text)
         return value if -FLOAT_MAX <= value <= FLOAT_MAX else bad(text)
 
-    def pairs(items: list[tuple[str, object]]) -> dict:
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
         obj = dict(items)
         if len(obj) == len(items):
             return obj
         marked.append(True)
         seen: set[str] = set()
         twice = _Duplicated(obj)
-        twice.names = list(dict.fromkeys(k for k, _ in items if k in seen or seen.add(k)))
+        twice.names = list(dict.fromkeys(k for k, _ in items if _seen(seen, k)))
         return twice
 
     try:
@@ -224,7 +249,7 @@ class _Table:
 
     where: str  # the format key, for messages about the table as a whole
     width: int  # columns named, the model's and others
-    columns: dict[str, list]
+    columns: dict[str, list[object]]
 
 
 def _table(fmt: str, payload: object, features: list[FeatureSpec]) -> _Table | None:
@@ -242,8 +267,8 @@ def _table(fmt: str, payload: object, features: list[FeatureSpec]) -> _Table | N
             return None
         if not all(isinstance(n, str | int | float | bool | type(None)) for n in names):
             raise refuse("dataframe_split: columns must be names (strings), not lists or objects")
-        seen: set = set()
-        twice = dict.fromkeys(n for n in names if n in seen or seen.add(n))
+        seen: set[object] = set()
+        twice = dict.fromkeys(n for n in names if _seen(seen, n))
         if twice:
             raise Refusal([problem("appears more than once in dataframe_split's columns", field=n) for n in twice])
         for i, row in enumerate(data):
@@ -296,10 +321,10 @@ def _check_table(table: _Table | None, features: list[FeatureSpec]) -> None:
         raise Refusal(problems)
 
 
-def _locate(request: object) -> list[dict]:
+def _locate(request: object) -> list[Problem]:
     """Every marked number and duplicated key in document order, named by record and field where it has one."""
-    problems: list[dict] = []
-    stack: list[tuple[tuple, object]] = [((), request)]
+    problems: list[Problem] = []
+    stack: list[tuple[tuple[str | int, ...], object]] = [((), request)]
     while stack and len(problems) < MAX_PROBLEMS:
         path, node = stack.pop()
         if isinstance(node, _Bad):
@@ -318,7 +343,7 @@ def _locate(request: object) -> list[dict]:
     return problems[:MAX_PROBLEMS]
 
 
-def _at(request: object, path: tuple, message: str) -> dict:
+def _at(request: object, path: tuple[str | int, ...], message: str) -> Problem:
     """A problem at a path of the parsed body: `record 2: field 'tenure': ...`, else `at dataframe_split.index[3]`."""
     fmt = path[0] if path else None
     payload = request.get(fmt) if isinstance(request, dict) and fmt in FORMATS else None
@@ -335,14 +360,14 @@ def _at(request: object, path: tuple, message: str) -> dict:
     return problem(f"at {_dotted(path)}: {message}" if path else f"the body: {message}")
 
 
-def _dotted(path: Iterable) -> str:
+def _dotted(path: Iterable[str | int]) -> str:
     text = ""
     for step in path:
         text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
     return quote(text, 80).strip("'")
 
 
-def explain_json(request: dict, features: list[FeatureSpec]) -> Refusal | None:
+def explain_json(request: dict[str, object], features: list[FeatureSpec]) -> Refusal | None:
     """When MLflow refused the values of a request read_json passed: the first cells that are not numbers."""
     present = [key for key in FORMATS if key in request]
     if len(present) != 1:
@@ -389,6 +414,8 @@ _PANDAS_MISSING = frozenset(
 
 @dataclass
 class CsvTable:
+    """A CSV request as read: its text (what MLflow parses), its header and its rows of cells."""
+
     text: str
     header: list[str]
     rows: list[list[str]]
@@ -437,7 +464,7 @@ def _check_header(header: list[str], features: list[FeatureSpec]) -> None:
             f"(this model reads {len(features)})"
         )
     seen: set[str] = set()
-    twice = [name for name in header if name in seen or seen.add(name)]
+    twice = [name for name in header if _seen(seen, name)]
     if twice:
         raise Refusal(
             [problem("appears more than once in the CSV header", field=name) for name in dict.fromkeys(twice)]
@@ -486,7 +513,7 @@ def explain_csv(table: CsvTable, features: list[FeatureSpec]) -> Refusal | None:
 # --- the frame MLflow built ----------------------------------------------------------------------
 
 
-def refuse_infinite(frame, features: list[FeatureSpec]) -> None:
+def refuse_infinite(frame: pd.DataFrame, features: list[FeatureSpec]) -> None:
     """The last check before predicting: no infinite value in a numeric column, however it was spelled."""
     import numpy as np
 

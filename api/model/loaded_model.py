@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from api.model.columnar import ColumnTypes, RecordDecoder
 from api.model.compiled import CompiledPipeline, NotCompilable
-from api.model.frames import typed_frame
-from api.model.schema import FeatureSpec, RecordValidator, RequestError, parse_json, quote
+from api.model.frames import Columns, typed_frame
+from api.model.schema import FeatureSpec, Problem, RecordValidator, RequestError, parse_json, quote
 from api.release.redact import plain_message
 
 PARITY_TOLERANCE = 1e-12
@@ -22,7 +22,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 @dataclass(frozen=True)
 class Prediction:
-    labels: list
+    """One label and one positive-class probability per record, in order."""
+
+    labels: list[object]  # the model's classes, as numpy's tolist() gives them
     probabilities: list[float]
 
 
@@ -34,11 +36,11 @@ class LoadedModel:
     features: list[FeatureSpec]
     positive_label: str
     max_batch_size: int
-    info: dict = field(default_factory=dict)  # name, version, alias, run_id, metrics, git_sha
+    info: dict[str, object] = field(default_factory=dict)  # name, version, alias, run_id, metrics, git_sha
     mlflow_model: Any = None  # the pyfunc metadata, for /invocations
     parity_frames: list[pd.DataFrame] = field(default_factory=list)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.validator = RecordValidator(self.features, self.max_batch_size)
         self.decoder = RecordDecoder(self.features)
         self.invocation_types = ColumnTypes(self.features)
@@ -50,22 +52,23 @@ class LoadedModel:
 
     @property
     def version(self) -> str:
+        """This model's version in the registry ("" when not known)."""
         return str(self.info.get("version", ""))
 
-    def request_columns(self, raw: bytes) -> dict[str, Any]:
+    def request_columns(self, raw: bytes) -> Columns:
         """Column-wise values of a /predict body, or RequestError naming what is wrong with it."""
         columns = self.decoder.columns(raw, self.max_batch_size)
         if columns is not None:
             return columns
         return self.validator.columns(self.validator.validate(parse_json(raw)))  # words the problem
 
-    def labels(self, columns: dict[str, Any]) -> np.ndarray:
+    def labels(self, columns: Columns) -> np.ndarray:
         """Labels only (the /invocations answer)."""
         if self.compiled is not None:
             return self.compiled.predict(columns)[0]
-        return self.pipeline.predict(self.frame(columns))
+        return cast(np.ndarray, self.pipeline.predict(self.frame(columns)))  # sklearn's labels, untyped
 
-    def predict_columns(self, columns: dict[str, list]) -> Prediction:
+    def predict_columns(self, columns: Columns) -> Prediction:
         """Predict from column-wise values (None or NaN for missing)."""
         if self.compiled is not None:
             labels, proba = self.compiled.predict(columns)
@@ -74,9 +77,9 @@ class LoadedModel:
             labels, proba = self.pipeline.predict(frame), self.pipeline.predict_proba(frame)
         return Prediction(labels.tolist(), proba[:, self.positive_index].tolist())
 
-    def unscorable(self, columns: dict[str, list], exc: Exception) -> RequestError:
+    def unscorable(self, columns: Columns, exc: Exception) -> RequestError:
         """The client's values the model could not score (sklearn raised on them), named field by field."""
-        problems = []
+        problems: list[Problem] = []
         for spec in self.features:
             if not spec.numeric:
                 continue
@@ -99,11 +102,11 @@ class LoadedModel:
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Labels for a frame already enforced to the model's schema (the /invocations path)."""
         if self.compiled is None:
-            return self.pipeline.predict(frame)
+            return cast(np.ndarray, self.pipeline.predict(frame))  # sklearn's labels, untyped
         columns = {f.name: frame[f.name].tolist() for f in self.features}
         return self.compiled.predict(columns)[0]
 
-    def frame(self, columns: dict[str, list]) -> pd.DataFrame:
+    def frame(self, columns: Columns) -> pd.DataFrame:
         """Columns as the frame sklearn was trained on (float for numbers, object with NaN for text)."""
         return typed_frame(columns, self.features)
 

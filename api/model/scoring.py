@@ -15,6 +15,7 @@ this path is caught: none is a 5xx, none shows a traceback, path or class name.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import orjson
@@ -57,13 +58,17 @@ COUNT_WITH_NUMPY = 16 * 1024
 class _PyfuncView:
     """Just enough of a PyFuncModel for scoring_server.invocations; keeps why it refused a frame."""
 
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel) -> None:
         self.metadata = model.mlflow_model
         self._model = model
         self.rows = 0
         self.refusal: Refusal | None = None  # MLflow rewords whatever predict raises: this is the cause
 
-    def predict(self, data):
+    def predict(self, data: Any) -> np.ndarray:
+        """The labels for `data`; a refusal is kept, since MLflow rewords whatever this raises.
+
+        `data` is what MLflow parsed the body into: a frame, or a dict or list its schema enforcement makes one of.
+        """
         try:
             return self._predict(data)
         except Refusal as exc:
@@ -73,7 +78,7 @@ class _PyfuncView:
             self.refusal = Refusal([problem(safe_message(exc.message))], error_code=_client_code(exc))
             raise
 
-    def _predict(self, data):
+    def _predict(self, data: Any) -> np.ndarray:
         model = self._model
         if len(data) > model.max_batch_size:
             raise batch_limit(len(data), model.max_batch_size)
@@ -134,15 +139,16 @@ def _colons(body: bytes) -> int:
 def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, bytes | str, int]:
     """Read and check the request, then MLflow's functions; every failure a 4xx in MLflow's error shape."""
     view = _PyfuncView(model)
-    request: dict | CsvTable | None = None
+    request: dict[str, object] | CsvTable | None = None
     try:
         mime = media_type(content_type)
         if mime == CSV_TYPE:
             request = read_csv(body, model.features, model.max_batch_size)
-            data: dict | str = request.text
+            data: dict[str, object] | str = request.text
         else:
             request = data = read_json(body, model.features, model.max_batch_size)
-        result = scoring_server.invocations(data, mime, view, view.metadata.get_input_schema())
+        # scoring_server.invocations is unannotated in MLflow.
+        result = scoring_server.invocations(data, mime, view, view.metadata.get_input_schema())  # type: ignore[no-untyped-call]
     except Refusal as exc:
         return _refused(exc)
     except MlflowException as exc:
@@ -160,7 +166,7 @@ def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> tup
     return result.status, result.response, view.rows
 
 
-def _explain(request: dict | CsvTable | None, model: LoadedModel) -> Refusal | None:
+def _explain(request: dict[str, object] | CsvTable | None, model: LoadedModel) -> Refusal | None:
     """MLflow refused a request before predicting: name the first cells it could not read, if we can."""
     try:
         if isinstance(request, CsvTable):
@@ -178,7 +184,8 @@ def _from_mlflow(exc: MlflowException) -> Refusal:
 
 def _client_code(exc: MlflowException) -> str:
     """MLflow's error code, unless it means a server error (MLflow's default): a client's input is BAD_REQUEST."""
-    return exc.error_code if exc.get_http_status_code() < 500 else BAD_REQUEST
+    # MlflowException.get_http_status_code is unannotated in MLflow.
+    return exc.error_code if exc.get_http_status_code() < 500 else BAD_REQUEST  # type: ignore[no-untyped-call]
 
 
 def _refused(exc: Refusal) -> tuple[int, bytes, int]:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from api.release.contract import FEATURE_SCHEMA, SMOKE_EXAMPLES
+from api.release.contract import FEATURE_SCHEMA, SMOKE_EXAMPLES, SmokeExamples
 from api.release.load_probe import ProbeLimits, probe
 from api.release.safe_model import ArtifactBytes, RefusedModel, load_estimator_bytes, model_file, read_artifact
 from api.release.verdicts import image_refusal, refusal
@@ -24,25 +26,28 @@ from api.release.verdicts import image_refusal, refusal
 
 def is_not_found(exc: MlflowException) -> bool:
     """True when MLflow says the thing asked for does not exist (as opposed to the store failing)."""
-    return exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+    return cast(str, exc.error_code) == "RESOURCE_DOES_NOT_EXIST"  # an attribute MLflow leaves untyped
 
 
 class RefusedVersion(Exception):
     """The version may not serve: not released, changed since, badly signed, or unsafe to load."""
 
-    def __init__(self, version: str, reason: str):
+    def __init__(self, version: str, reason: str) -> None:
         self.version, self.reason = version, reason
         super().__init__(f"version {version} refused: {reason}")
 
 
 @dataclass(frozen=True)
 class ModelFiles:
+    """A version's files as fetched: its model directory, its run's feature schema, and their bytes read once."""
+
     model_dir: Path
     feature_schema: Path
     artifact: ArtifactBytes  # read once: its digest and the load use the same bytes
 
     @property
     def digest(self) -> str:
+        """The artifact digest of the bytes read (docs/DESIGN.md)."""
         return self.artifact.digest
 
 
@@ -51,8 +56,8 @@ class Verified:
     """A version that may serve: its files, the estimator loaded from them, its stored smoke examples."""
 
     files: ModelFiles
-    pipeline: Any
-    examples: dict | None
+    pipeline: Any  # the fitted sklearn Pipeline; None when the check loaded nothing
+    examples: SmokeExamples | None
 
 
 def fetch_model_files(client: MlflowClient, artifact_uri: str, run_id: str, dst: Path) -> ModelFiles:
@@ -78,13 +83,14 @@ def logged_model_files(client: MlflowClient, model_id: str, run_id: str, dst: Pa
 
 
 def fetch_version_files(client: MlflowClient, name: str, version: str, run_id: str, dst: Path) -> ModelFiles:
+    """The files of a registered model version, checked to be a plain skops model."""
     return fetch_model_files(client, client.get_model_version_download_uri(name, version), run_id, dst)
 
 
-def stored_examples(client: MlflowClient, run_id: str) -> dict | None:
+def stored_examples(client: MlflowClient, run_id: str) -> SmokeExamples | None:
     """The smoke examples a run stored (inputs and the answers given at training), or None for older runs."""
     try:
-        return json.loads(Path(client.download_artifacts(run_id, SMOKE_EXAMPLES)).read_text())
+        return cast(SmokeExamples, json.loads(Path(client.download_artifacts(run_id, SMOKE_EXAMPLES)).read_text()))
     except MlflowException as exc:
         if is_not_found(exc):
             return None
@@ -94,7 +100,10 @@ def stored_examples(client: MlflowClient, run_id: str) -> dict | None:
 
 
 def load_probed(
-    files: ModelFiles, examples: dict | None, limits: ProbeLimits | None = None, accepted: set[str] | None = None
+    files: ModelFiles,
+    examples: SmokeExamples | None,
+    limits: ProbeLimits | None = None,
+    accepted: set[str] | None = None,
 ) -> Any:
     """The estimator in `files`, loaded here only after a child process loaded and probed the same bytes.
 
@@ -107,7 +116,10 @@ def load_probed(
 
 
 def probed(
-    files: ModelFiles, examples: dict | None, limits: ProbeLimits | None = None, accepted: set[str] | None = None
+    files: ModelFiles,
+    examples: SmokeExamples | None,
+    limits: ProbeLimits | None = None,
+    accepted: set[str] | None = None,
 ) -> None:
     """Have a child process load and probe `files` (unless `accepted` already holds their digest)."""
     if accepted is not None and files.digest in accepted:
@@ -122,9 +134,9 @@ def probed(
 def check_release(
     client: MlflowClient,
     name: str,
-    mv,
+    mv: ModelVersion,
     dst: Path,
-    verify_key,
+    verify_key: Ed25519PublicKey | None,
     require_smoke: bool = True,
     limits: ProbeLimits | None = None,
     load: bool = True,
@@ -142,21 +154,24 @@ def check_release(
     rollback, publish, smoke and the gate's view of production.
     """
     version = str(mv.version)
+    # MLflow types a version's run id `str | None`; versions here are registered from runs. A cast, not a
+    # check: what is passed on is unchanged.
+    run_id = cast(str, mv.run_id)
     try:
-        files = fetch_version_files(client, name, version, mv.run_id, dst)
+        files = fetch_version_files(client, name, version, run_id, dst)
         why = refusal(
             mv.tags,
             model=name,
             version=version,
-            run_id=mv.run_id,
+            run_id=run_id,
             digest=files.digest,
             verify_key=verify_key,
             require_smoke=require_smoke,
         )
-        why = why or image_refusal(mv.tags, verify_key, model=name, version=version, run_id=mv.run_id)
+        why = why or image_refusal(mv.tags, verify_key, model=name, version=version, run_id=run_id)
         if why:
             raise RefusedVersion(version, why)
-        examples = stored_examples(client, mv.run_id)
+        examples = stored_examples(client, run_id)
         if not load:
             probed(files, examples, limits, accepted)
             return Verified(files, None, examples)

@@ -3,12 +3,40 @@
 The tag contract of docs/DESIGN.md: change a name here and both sides follow.
 """
 
+from __future__ import annotations
+
+from typing import TypedDict
+
 # Run artifacts
 FEATURE_SCHEMA = "feature_schema.json"
 SMOKE_EXAMPLES = "smoke/examples.json"
 DATA_PROFILE = "data/profile.json"  # the training data's profile, compared by the next gate
 GATE_REPORT = "gate/gate.json"
 MODEL_CARD = "model_card.md"
+
+
+class SchemaFeature(TypedDict):
+    """One feature in FEATURE_SCHEMA: its column name and kind ("numeric" or "categorical")."""
+
+    name: str
+    kind: str
+
+
+class FeatureSchema(TypedDict):
+    """What FEATURE_SCHEMA holds: the features in training order, the target column and the positive label."""
+
+    features: list[SchemaFeature]
+    target: str
+    positive_label: str
+
+
+class SmokeExamples(TypedDict, total=False):
+    """What SMOKE_EXAMPLES holds: input records, and the labels and positive-class probabilities given at training."""
+
+    records: list[dict[str, object]]
+    predictions: list[str]
+    probabilities: list[float]
+
 
 # Model version tags
 METRIC_TAG_PREFIX = "metric."

@@ -18,9 +18,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
+from api.release.contract import FeatureSchema, SmokeExamples
 from api.release.redact import plain_message
 from api.release.safe_model import RefusedModel
 
@@ -32,13 +35,22 @@ PROBABILITY_TOLERANCE = 1e-9
 CHILD = ("-m", "api.release.load_probe")  # what the child runs: this module
 
 
+class ProbeAnswer(TypedDict, total=False):
+    """The child's answer, one JSON line: the digest it accepted, or why it refused."""
+
+    digest: str
+    refused: str
+
+
 @dataclass(frozen=True)
 class ProbeLimits:
+    """How long a probe child may take, and how much memory it may map."""
+
     timeout_s: float = 60.0
     memory_mb: int = 2048
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ProbeLimits:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProbeLimits:
         """PROBE_TIMEOUT_S and PROBE_MEMORY_MB, when set (the API and the CLI read the same variables)."""
         env = os.environ if env is None else env
         try:
@@ -51,7 +63,7 @@ class ProbeLimits:
         return cls(timeout, memory)
 
 
-def probe(model_dir: Path, feature_schema: Path, examples: dict | None, limits: ProbeLimits) -> str:
+def probe(model_dir: Path, feature_schema: Path, examples: SmokeExamples | None, limits: ProbeLimits) -> str:
     """The digest of the artifact a child process loaded and probed without harm; RefusedModel says why not."""
     request = {"model_dir": str(model_dir), "feature_schema": str(feature_schema), "examples": examples}
     env = {name: os.environ[name] for name in INHERITED if name in os.environ}
@@ -72,7 +84,7 @@ def probe(model_dir: Path, feature_schema: Path, examples: dict | None, limits: 
         name = signal.Signals(-done.returncode).name
         raise RefusedModel(f"its first load crashed the probe process ({name})")
     try:
-        answer = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        answer: ProbeAnswer = json.loads(done.stdout.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
         if b"MemoryError" in done.stderr:
             raise RefusedModel(f"its first load ran out of memory (limit {limits.memory_mb} MB)") from None
@@ -82,7 +94,7 @@ def probe(model_dir: Path, feature_schema: Path, examples: dict | None, limits: 
     return answer["digest"]
 
 
-def check_answers(pipeline, schema: dict, examples: dict | None) -> None:
+def check_answers(pipeline: Any, schema: FeatureSchema, examples: SmokeExamples | None) -> None:
     """Predict the stored examples; RefusedModel unless the answers are well formed and those recorded."""
     import numpy as np
 
@@ -113,7 +125,7 @@ def check_answers(pipeline, schema: dict, examples: dict | None) -> None:
         raise RefusedModel("probe: probabilities on the stored examples differ from those recorded at training")
 
 
-def _child(memory_mb: int) -> dict:
+def _child(memory_mb: int) -> ProbeAnswer:
     """Set the limits first, then load, check and probe; the answer is a small JSON object."""
     import resource
 

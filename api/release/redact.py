@@ -18,6 +18,7 @@ class RedactingFilter(logging.Filter):
     """A logging filter that redacts every record's rendered message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """True (every record is kept), once the record's message is redacted."""
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:

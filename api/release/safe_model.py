@@ -14,6 +14,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -118,12 +119,12 @@ def types_in(data: bytes) -> set[str]:
     return found
 
 
-def load_estimator(model_dir: Path):
+def load_estimator(model_dir: Path) -> Any:
     """The fitted Pipeline of a model directory, loaded by skops with the allow-list."""
     return load_estimator_bytes(model_file(model_dir).read_bytes())
 
 
-def load_estimator_bytes(data: bytes):
+def load_estimator_bytes(data: bytes) -> Any:
     """The fitted Pipeline in a skops file's bytes, loaded with the allow-list."""
     import skops.io  # slow to import; only loading needs it
 
@@ -153,6 +154,7 @@ class ArtifactBytes:
 
     @property
     def model_bytes(self) -> bytes:
+        """The estimator file's bytes."""
         return self.files[self.model_name]
 
     @property

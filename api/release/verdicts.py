@@ -30,6 +30,8 @@ class BadKey(ValueError):
 
 @dataclass(frozen=True)
 class Verdict:
+    """What a release signature covers: the version, its artifact digest and the verdict on it."""
+
     kind: str  # gate | smoke | image
     model: str
     version: str  # "" for a run's gate verdict, before registration
@@ -41,6 +43,7 @@ class Verdict:
     image: str = ""  # smoke: the image ID it ran (smoke.image_digest), "" for a process
 
     def payload(self) -> bytes:
+        """The bytes signed and verified: every field, as compact JSON with sorted keys."""
         return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -49,6 +52,7 @@ _SIGNED = (("gate", contract.GATE_SIGNATURE, contract.GATE), ("smoke", contract.
 
 
 def read_pem(value: str) -> bytes:
+    """The PEM bytes of a key given as PEM text or as the path of a PEM file; BadKey when it is neither."""
     text = value.strip()
     if not text.startswith("-----BEGIN"):
         try:
@@ -59,6 +63,7 @@ def read_pem(value: str) -> bytes:
 
 
 def load_verify_key(value: str) -> Ed25519PublicKey:
+    """The Ed25519 public key in `value` (PEM text or a PEM file's path); BadKey otherwise."""
     try:
         key = serialization.load_pem_public_key(read_pem(value))
     except (ValueError, TypeError) as exc:
@@ -69,6 +74,7 @@ def load_verify_key(value: str) -> Ed25519PublicKey:
 
 
 def verifies(key: Ed25519PublicKey, verdict: Verdict, signature: str | None) -> bool:
+    """True when `signature` (base64) is `key`'s signature over the verdict's payload."""
     if not signature:
         return False
     try:
@@ -153,7 +159,7 @@ def image_refusal(
 def signature_state(
     tags: dict[str, str], verify_key: Ed25519PublicKey | None, model: str, version: str, run_id: str
 ) -> str:
-    """unsigned | signed (not verified) | verified | invalid, from the recorded tags alone."""
+    """A version's signature state, from its tags alone: unsigned, signed (not verified), verified or invalid."""
     signed = [(kind, tag, verdict) for kind, tag, verdict in _SIGNED if tags.get(tag)]
     if not signed:
         return "unsigned"
