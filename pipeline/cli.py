@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from api.release.redact import redact, redact_logging
 from api.settings import apply_mlflow_http_defaults
@@ -22,11 +22,15 @@ from pipeline.core.errors import PipelineError
 from pipeline.failures import classify
 from pipeline.runtime import interrupts
 
+if TYPE_CHECKING:  # loaded per command (dispatch), not at import
+    from pipeline.core.config import Params
+
 # The commands that load a logged model through skops (see dispatch).
 LOADS_MODELS = {"run", "train", "gate", "register", "smoke", "publish", "score", "promote", "rollback"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: every command, each with --params, --set and --debug."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument(
@@ -99,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command `argv` names (default: sys.argv); returns the exit code."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Each command: the stage module that runs it, and how it is called (module, params, args) -> what it prints.
-COMMANDS: dict[str, tuple[str, Callable[[ModuleType, Any, argparse.Namespace], str | None]]] = {
+COMMANDS: dict[str, tuple[str, Callable[[ModuleType, Params | None, argparse.Namespace], str | None]]] = {
     "keygen": ("admin", lambda m, _, a: m.keygen_stage(a.out)),
     "status": ("admin", lambda m, p, a: m.status_stage(p, a.json)),
     "tracking-server": ("admin", lambda m, p, a: m.tracking_server_stage(p, a.dir, a.stop, a.ephemeral)),
@@ -157,8 +162,8 @@ def dispatch(args: argparse.Namespace) -> str | None:
     return call(module, params, args)
 
 
-def _base_params(args: argparse.Namespace) -> Any:
-    """gate's --base-params, loaded like params.yaml (exit 2 naming the file when it is bad)."""
+def _base_params(args: argparse.Namespace) -> Params | None:
+    """The gate's --base-params, loaded like params.yaml (exit 2 naming the file when it is bad)."""
     from pipeline.core.config import load_params
     from pipeline.core.errors import ConfigError
 

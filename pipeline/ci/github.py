@@ -66,7 +66,7 @@ def upsert_pr_comment(markdown: str, marker: str, transport: httpx.BaseTransport
     with httpx.Client(base_url=api, headers=headers, timeout=30, transport=transport) as http:
         try:
             existing = None
-            url = f"/repos/{repo}/issues/{number}/comments"
+            url: str | None = f"/repos/{repo}/issues/{number}/comments"
             while url and existing is None:
                 page = http.get(url, params={"per_page": 100})
                 page.raise_for_status()

@@ -11,11 +11,13 @@ from api.release.redact import redact
 
 
 def say(message: str) -> None:
+    """Print one progress line on stderr, credentials redacted."""
     print(redact(message), file=sys.stderr, flush=True)
 
 
 @contextmanager
 def stage(name: str, what: str) -> Iterator[None]:
+    """Announce a stage, then say whether it finished or stopped, and after how long."""
     say(f"▶ {name}: {what}")
     started = time.perf_counter()
     try:

@@ -20,8 +20,10 @@ def git_sha() -> str:
 
 
 def actor() -> str:
+    """Who is making the change: GITHUB_ACTOR in Actions, else the local user."""
     return os.environ.get("GITHUB_ACTOR") or getpass.getuser()
 
 
 def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")

@@ -25,10 +25,14 @@ RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$", re.IGNORECASE)
 
 
 class Section(BaseModel):
+    """A params section: frozen, strictly typed, and an unknown key is an error."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataParams(Section):
+    """`data`: the CSV, its target and positive label, the id column and the split."""
+
     path: str = "data/churn.csv"
     target: str = "Churn"
     # Compared as text, so `1` in YAML matches a 0/1 target column.
@@ -45,12 +49,16 @@ class DataParams(Section):
 
 
 class LogisticRegressionParams(Section):
+    """`model.logistic_regression`: its hyperparameters."""
+
     C: Annotated[float, Field(gt=0)] = 1.0
     max_iter: Annotated[int, Field(gt=0)] = 1000
     class_weight: Literal["balanced"] | None = "balanced"
 
 
 class RandomForestParams(Section):
+    """`model.random_forest`: its hyperparameters."""
+
     n_estimators: Annotated[int, Field(gt=0)] = 200
     max_depth: Annotated[int, Field(gt=0)] | None = 10
     min_samples_leaf: Annotated[int, Field(gt=0)] = 5
@@ -58,6 +66,8 @@ class RandomForestParams(Section):
 
 
 class HistGradientBoostingParams(Section):
+    """`model.hist_gradient_boosting`: its hyperparameters."""
+
     learning_rate: Annotated[float, Field(gt=0)] = 0.05
     max_iter: Annotated[int, Field(gt=0)] = 200
     max_depth: Annotated[int, Field(gt=0)] | None = None
@@ -68,6 +78,8 @@ ModelType = Literal["logistic_regression", "random_forest", "hist_gradient_boost
 
 
 class ModelParams(Section):
+    """`model`: the estimator type and the hyperparameters of each."""
+
     type: ModelType = "logistic_regression"
     logistic_regression: LogisticRegressionParams = LogisticRegressionParams()
     random_forest: RandomForestParams = RandomForestParams()
@@ -75,7 +87,8 @@ class ModelParams(Section):
 
     def hyperparameters(self) -> dict[str, Any]:
         """The hyperparameters of the selected model type."""
-        return getattr(self, self.type).model_dump()
+        section: Section = getattr(self, self.type)
+        return section.model_dump()
 
 
 class MetricGate(Section):
@@ -86,6 +99,8 @@ class MetricGate(Section):
 
 
 class SliceGates(Section):
+    """`gates.slices`: per column, no slice of `min_rows` or more may lose over `max_f1_drop` F1 vs production."""
+
     columns: list[str] = []
     min_rows: Annotated[int, Field(gt=0)] = 100  # smaller slices are shown, not gated
     max_f1_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
@@ -103,6 +118,8 @@ LEGACY_GATE_KEYS = {"f1_min": "min", "max_f1_drop": "max_drop"}
 
 
 class GateParams(Section):
+    """`gates`: the metric gates, the bootstrap, slices, drift and whether a schema break is allowed."""
+
     confidence: Annotated[float, Field(gt=0.5, lt=1)] | None = 0.95  # null: compare point estimates
     bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
     metrics: dict[str, MetricGate] = {"f1": MetricGate(min=0.55, max_drop=0.02)}
@@ -148,6 +165,8 @@ class CardParams(Section):
 
 
 class RegistryParams(Section):
+    """`registry`: the tracking store, the experiment, the registered model and its two aliases."""
+
     tracking_uri: str = "sqlite:///mlflow.db"
     # Where artifacts go when the experiment is created on a local database
     # store; a tracking server decides for itself.
@@ -177,6 +196,8 @@ class RegistryParams(Section):
 
 
 class SmokeParams(Section):
+    """`smoke`: how many stored examples to ask, the latency budget and how long to wait for /ready."""
+
     examples: Annotated[int, Field(gt=0, le=1000)] = 25
     latency_budget_ms: Annotated[float, Field(gt=0)] = 250.0
     ready_timeout_s: Annotated[float, Field(gt=0)] = 120.0
@@ -190,6 +211,8 @@ class ServingParams(Section):
 
 
 class Params(Section):
+    """The whole params file, one section per key."""
+
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     gates: GateParams = GateParams()
@@ -199,7 +222,7 @@ class Params(Section):
     card: CardParams = CardParams()
 
 
-class ParamsLoader(yaml.SafeLoader):
+class ParamsLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type stubs here: SafeLoader is Any
     """SafeLoader with YAML 1.2 booleans (only true/false) that refuses duplicate keys."""
 
     yaml_implicit_resolvers: typing.ClassVar = {
@@ -207,7 +230,8 @@ class ParamsLoader(yaml.SafeLoader):
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping of `node`; ConstructorError naming both lines when a key appears twice."""
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
@@ -216,7 +240,8 @@ class ParamsLoader(yaml.SafeLoader):
                     None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
                 )
             seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
 
 
 ParamsLoader.add_implicit_resolver(
@@ -225,6 +250,7 @@ ParamsLoader.add_implicit_resolver(
 
 
 def read_yaml(text: str) -> Any:
+    """The YAML document in `text`, read with ParamsLoader."""
     return yaml.load(text, Loader=ParamsLoader)
 
 

@@ -27,11 +27,14 @@ class Feature:
 
     @property
     def numeric(self) -> bool:
+        """Whether the column is numeric."""
         return self.kind == "numeric"
 
 
 @dataclass(frozen=True)
 class Dataset:
+    """A loaded data set: typed features, the text target, the schema and where the data came from."""
+
     features: pd.DataFrame
     target: pd.Series  # text labels
     positive_label: str
@@ -42,10 +45,12 @@ class Dataset:
 
     @property
     def numeric(self) -> list[str]:
+        """The names of the numeric features."""
         return [f.name for f in self.schema if f.kind == "numeric"]
 
     @property
     def categorical(self) -> list[str]:
+        """The names of the categorical features."""
         return [f.name for f in self.schema if f.kind == "categorical"]
 
 

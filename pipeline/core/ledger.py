@@ -16,8 +16,10 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from api.release.contract import HISTORY_PREFIX
 
@@ -27,8 +29,10 @@ OPTIONAL_TEXT = ("by", "git_sha", "image", "kind", "prev", "signature")
 
 @dataclass(frozen=True)
 class Ledger:
-    entries: list[dict]  # the accepted moves, oldest first
-    anomalies: list[dict] = field(default_factory=list)
+    """A model's ledger as read: the accepted moves, the anomalies, and the newest tag to chain to."""
+
+    entries: list[dict[str, Any]]  # the accepted moves, oldest first
+    anomalies: list[dict[str, str | None]] = field(default_factory=list)
     last_key: str | None = None  # the newest tag, accepted or not: the next entry chains to it
     last_text: str | None = None
 
@@ -40,15 +44,19 @@ def entry_key(last_key: str | None, now_ns: int, suffix: str) -> str:
 
 
 def text_hash(text: str) -> str:
+    """The sha256 of a stored entry's text (the next entry's `prev`)."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def signed_payload(model: str, key: str, entry: dict) -> bytes:
+def signed_payload(model: str, key: str, entry: dict[str, Any]) -> bytes:
+    """The canonical bytes an entry's signature covers: the model, the tag key and the entry without its signature."""
     body = {k: v for k, v in entry.items() if k != "signature"}
     return json.dumps({"ledger": model, "key": key, "entry": body}, sort_keys=True, separators=(",", ":")).encode()
 
 
-def make_entry(model: str, key: str, move: dict, previous_text: str | None, signing_key=None) -> str:
+def make_entry(
+    model: str, key: str, move: dict[str, Any], previous_text: str | None, signing_key: Ed25519PrivateKey | None = None
+) -> str:
     """The tag value of a move: its fields, the hash of the previous entry, and a signature when a key is given."""
     entry = {**move, "prev": text_hash(previous_text) if previous_text is not None else ""}
     if signing_key is not None:
@@ -56,9 +64,10 @@ def make_entry(model: str, key: str, move: dict, previous_text: str | None, sign
     return json.dumps(entry, sort_keys=True)
 
 
-def read_ledger(model: str, tags: dict[str, str], verify_key=None) -> Ledger:
+def read_ledger(model: str, tags: dict[str, str], verify_key: Ed25519PublicKey | None = None) -> Ledger:
     """The accepted entries and the anomalies of a registered model's ledger tags; never raises."""
-    entries, anomalies = [], []
+    entries: list[dict[str, Any]] = []
+    anomalies: list[dict[str, str | None]] = []
     previous: str | None = None
     chained = False
     keys = sorted(k for k in tags if k.startswith(HISTORY_PREFIX))
@@ -89,12 +98,12 @@ def read_ledger(model: str, tags: dict[str, str], verify_key=None) -> Ledger:
     return Ledger(entries, anomalies, keys[-1] if keys else None, previous)
 
 
-def is_rollback(move: dict) -> bool:
+def is_rollback(move: dict[str, Any]) -> bool:
     """A move made by rollback (entries from before `kind` existed say so in their reason)."""
     return move.get("kind") == "rollback" or (not move.get("kind") and move.get("reason", "").startswith("rollback:"))
 
 
-def _parse(text: str) -> tuple[dict, str | None]:
+def _parse(text: str) -> tuple[dict[str, Any], str | None]:
     try:
         entry = json.loads(text)
     except ValueError:
@@ -112,7 +121,9 @@ def _parse(text: str) -> tuple[dict, str | None]:
     return entry, None
 
 
-def _signature_problem(model: str, key: str, entry: dict, verify_key) -> tuple[str, str] | None:
+def _signature_problem(
+    model: str, key: str, entry: dict[str, Any], verify_key: Ed25519PublicKey
+) -> tuple[str, str] | None:
     signature = entry.get("signature")
     if not signature:
         return "unsigned_entry", "is not signed, and a release key is set"
@@ -123,7 +134,7 @@ def _signature_problem(model: str, key: str, entry: dict, verify_key) -> tuple[s
     return None
 
 
-def _anomaly(kind: str, key: str, entry: dict, detail: str) -> dict:
+def _anomaly(kind: str, key: str, entry: dict[str, Any], detail: str) -> dict[str, str | None]:
     alias = entry.get("alias") if isinstance(entry.get("alias"), str) else None
     version = entry.get("to") if isinstance(entry.get("to"), str) else None
     return {"alias": alias, "version": version, "kind": kind, "key": key, "detail": detail}

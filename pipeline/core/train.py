@@ -28,6 +28,8 @@ ESTIMATORS = {
 
 @dataclass(frozen=True)
 class Split:
+    """The train and test rows of a data set, features and target."""
+
     X_train: pd.DataFrame
     X_test: pd.DataFrame
     y_train: pd.Series
@@ -36,6 +38,8 @@ class Split:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """A fitted pipeline, the split it was fitted and scored on, and its test metrics."""
+
     model: Pipeline
     split: Split
     metrics: dict[str, float]

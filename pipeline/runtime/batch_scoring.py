@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,8 @@ REJECT_REASON = "reject_reason"
 
 @dataclass(frozen=True)
 class ScoreSummary:
+    """What a scoring run did: the version, rows scored and rejected, the time, and the rejects file if any."""
+
     version: str
     scored: int
     rejected: int
@@ -48,6 +51,7 @@ class ScoreSummary:
 
 
 def rejects_path_for(output: Path) -> Path:
+    """The rejects file beside `output`: OUTPUT.rejects.csv (its own suffix when it has one)."""
     return output.with_name(f"{output.stem}.rejects{output.suffix or '.csv'}")
 
 
@@ -80,6 +84,7 @@ def score_csv(
             missing = [f.name for f in model.features if f.required and f.name not in chunk.columns]
             if missing:
                 raise DataError(f"{input_path}: required column(s) {', '.join(map(repr, missing))} missing")
+            reasons: dict[int, str]
             columns = _clean_columns(model, chunk)
             if columns is not None:  # every row well formed: no record-by-record validation
                 rows, reasons = chunk, {}
@@ -134,9 +139,9 @@ def _count_rows(path: Path) -> int:
         return max(sum(1 for _ in f) - 1, 0)
 
 
-def _records(model: LoadedModel, chunk: pd.DataFrame) -> list[dict]:
+def _records(model: LoadedModel, chunk: pd.DataFrame) -> list[dict[str, Any]]:
     """The chunk's rows as the JSON records a client would send: numbers parsed, blanks left out."""
-    columns = {}
+    columns: dict[str, list[Any]] = {}
     for spec in model.features:
         if spec.name not in chunk.columns:
             continue
@@ -153,14 +158,15 @@ def _records(model: LoadedModel, chunk: pd.DataFrame) -> list[dict]:
     return [{k: values[i] for k, values in columns.items() if values[i] is not None} for i in range(len(chunk))]
 
 
-def _clean_columns(model: LoadedModel, chunk: pd.DataFrame) -> dict[str, object] | None:
+def _clean_columns(model: LoadedModel, chunk: pd.DataFrame) -> dict[str, Any] | None:
     """Column-wise values when every row is valid (what the validator would accept), else None.
 
     Whole columns at once: a number column parses completely, required fields are
     never blank, no value is infinite. Anything else (or a boolean feature) goes
-    record by record, so each bad row gets the validator's own message.
+    record by record, so each bad row gets the validator's own message. A column
+    is a list of values, or a float array for a number.
     """
-    columns = {}
+    columns: dict[str, Any] = {}
     for spec in model.features:
         if spec.name not in chunk.columns:
             if spec.required:
@@ -183,7 +189,7 @@ def _clean_columns(model: LoadedModel, chunk: pd.DataFrame) -> dict[str, object]
     return columns
 
 
-def _validate(model: LoadedModel, chunk: pd.DataFrame) -> tuple[list[tuple[int, dict]], dict[int, str]]:
+def _validate(model: LoadedModel, chunk: pd.DataFrame) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, str]]:
     """(position, validated record) of good rows and {position: reason} of bad ones."""
     records = _records(model, chunk)
     validator = model.validator
@@ -191,7 +197,8 @@ def _validate(model: LoadedModel, chunk: pd.DataFrame) -> tuple[list[tuple[int, 
         return list(enumerate(validator.validate({"records": records}))), {}
     except RequestError:
         pass
-    good, bad = [], {}
+    good: list[tuple[int, dict[str, Any]]] = []
+    bad: dict[int, str] = {}
     for i, record in enumerate(records):
         try:
             good.append((i, validator.validate({"records": [record]})[0]))

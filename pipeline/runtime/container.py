@@ -48,6 +48,8 @@ MLFLOW_AUTH_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
 
 @dataclass(frozen=True)
 class Engine:
+    """A container engine's command and the environment it needs (podman: its config files)."""
+
     name: str  # docker | podman
     env: dict[str, str] = field(default_factory=dict)
 
@@ -57,9 +59,9 @@ class Engine:
         timeout: float = 900,
         check: bool = True,
         quiet: bool = False,
-        env: dict | None = None,
+        env: dict[str, str] | None = None,
         stdin: str | None = None,
-    ):
+    ) -> subprocess.CompletedProcess[str]:
         """Run an engine command; `env` and `stdin` carry what must never be on its command line."""
         try:
             result = subprocess.run(
@@ -80,11 +82,12 @@ class Engine:
         return result
 
     def has_image(self, ref: str) -> bool:
+        """Whether the engine has the image `ref` locally."""
         return self.run("image", "inspect", ref, check=False, quiet=True, timeout=60).returncode == 0
 
 
 def find_engine() -> Engine:
-    """docker when a Docker engine answers, else podman, else a loud error."""
+    """Docker when a Docker engine answers, else podman, else a loud error."""
     if shutil.which("docker"):
         probe = subprocess.run(["docker", "info"], capture_output=True, timeout=30)
         if probe.returncode == 0:
@@ -228,6 +231,7 @@ def image_digest(tag: str) -> str:
 
 
 def require_http_tracking(uri: str) -> None:
+    """ConfigError unless `uri` is an HTTP(S) tracking server, the only kind a container can reach."""
     if not uri.startswith(("http://", "https://")):
         raise ConfigError(
             f"smoke --image needs a tracking server the container can reach over HTTP; "

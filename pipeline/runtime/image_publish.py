@@ -44,6 +44,7 @@ def image_repository(explicit: str | None, env: dict[str, str]) -> str:
 
 
 def registry_host(repository: str) -> str:
+    """The registry host (and port) of HOST/PATH."""
     return repository.split("/", 1)[0]
 
 
@@ -55,7 +56,7 @@ def is_local_registry(host: str) -> bool:
 
 def digest_from_push_output(text: str) -> str:
     """The manifest digest `docker push` prints (`…: digest: sha256:… size: N`)."""
-    found = re.findall(rf"digest: ({_DIGEST.pattern})", text)
+    found: list[str] = re.findall(rf"digest: ({_DIGEST.pattern})", text)
     if not found:
         raise InfrastructureError("image registry: the push printed no manifest digest")
     return found[-1]

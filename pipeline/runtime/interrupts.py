@@ -13,11 +13,22 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
+from typing import TypedDict
 
 from pipeline.core.errors import InfrastructureError
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
-_state = {"depth": 0, "pending": None}
+
+
+class _State(TypedDict):
+    """The main thread's critical sections: how deep it is in them, and the signal waiting for the last to end."""
+
+    depth: int
+    pending: int | None
+
+
+_state: _State = {"depth": 0, "pending": None}
 
 
 class Interrupted(InfrastructureError):
@@ -31,7 +42,7 @@ def _raise(signum: int) -> None:
     )
 
 
-def _handler(signum: int, _frame) -> None:
+def _handler(signum: int, _frame: FrameType | None) -> None:
     if _state["depth"]:
         _state["pending"] = signum
         return

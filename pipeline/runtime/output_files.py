@@ -57,8 +57,11 @@ def inside(path: Path, folder: Path) -> bool:
 
 
 def check_targets(targets: Mapping[str, Path], protected: Iterable[Protected]) -> None:
-    """Raise ConfigError (exit 2) if a target is a protected file, lies in a protected tree, is a
-    folder, or is the same file as another target. `targets` maps a label ("output") to a path."""
+    """Raise ConfigError (exit 2) if a target is unsafe to write.
+
+    Unsafe: a protected file, inside a protected tree, a folder, or the same
+    file as another target. `targets` maps a label ("output") to a path.
+    """
     named, protected = list(targets.items()), list(protected)
     for label, path in named:
         if path.is_dir():
@@ -78,8 +81,11 @@ def check_targets(targets: Mapping[str, Path], protected: Iterable[Protected]) -
 
 
 def store_paths(tracking_uri: str, artifact_locations: Iterable[str] = ()) -> list[Protected]:
-    """The local files and folders of an MLflow store: the SQLite file (and its journal), a file
-    store's folder, and the local artifact folders given, unless the tracking store is remote."""
+    """The local files and folders of an MLflow store; none when the tracking store is remote.
+
+    The SQLite file (and its journal), a file store's folder, and the local
+    artifact folders given.
+    """
     if not is_local_store(tracking_uri):
         return []
     parsed = urlparse(tracking_uri)
@@ -126,7 +132,7 @@ def local_path(location: str) -> Path | None:
 class Staged:
     """The temp file of each target of an `atomic_outputs` block."""
 
-    def __init__(self, temps: dict[Path, Path]):
+    def __init__(self, temps: dict[Path, Path]) -> None:
         self._temps = temps
         self._omitted: set[Path] = set()
 

@@ -13,12 +13,14 @@ from pipeline.core.errors import CheckFailed
 
 
 def free_port() -> int:
+    """A loopback TCP port free at the time of asking."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
     """SIGTERM, then SIGKILL if it has not exited in time."""
     process.terminate()
     try:
@@ -27,7 +29,7 @@ def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
         process.kill()
 
 
-def wait_for(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+def wait_for(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
     """Poll `url` until it answers 200; CheckFailed if `process` dies first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, cast
 
 import httpx
 
@@ -17,11 +18,15 @@ from gates.smoke_checks import (
 )
 from pipeline.core.config import SmokeParams
 
+if TYPE_CHECKING:
+    from api.release.contract import SmokeExamples
+    from gates.smoke_checks import ExpectedAnswers
+
 LATENCY_REQUESTS = 40
 
 
 def smoke_http(
-    base_url: str, version: str, examples: dict, params: SmokeParams, target: str, digest: str | None = None
+    base_url: str, version: str, examples: SmokeExamples, params: SmokeParams, target: str, digest: str | None = None
 ) -> SmokeReport:
     """Run every smoke check against a running API that should serve `version` (with artifact `digest`)."""
     checks: list[Check] = []
@@ -33,7 +38,12 @@ def smoke_http(
 
 
 def _run_checks(
-    base_url: str, version: str, examples: dict, params: SmokeParams, checks: list[Check], digest: str | None
+    base_url: str,
+    version: str,
+    examples: SmokeExamples,
+    params: SmokeParams,
+    checks: list[Check],
+    digest: str | None,
 ) -> None:
     with httpx.Client(base_url=base_url, timeout=30) as http:
         ready = _wait_ready(http, params.ready_timeout_s)
@@ -49,7 +59,9 @@ def _run_checks(
             checks.append(Check("predictions", False, f"/predict answered {answer.status_code}: {answer.text[:300]}"))
         else:
             body = answer.json()
-            checks.append(predictions_match(examples, body["predictions"], body["probabilities"]))
+            # The run's examples carry its answers at training (SmokeExamples makes every key optional).
+            expected = cast("ExpectedAnswers", examples)
+            checks.append(predictions_match(expected, body["predictions"], body["probabilities"]))
         missing_field = dict(list(examples["records"][0].items())[1:])
         checks.append(
             rejects_bad_input(http.post("/predict", json={"records": [missing_field]}).status_code, "a missing field")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from pipeline.core.errors import CheckFailed
 from pipeline.runtime.processes import free_port, stop, wait_for
@@ -41,7 +42,7 @@ def start_tracking_server(
     artifacts_destination: str | None = None,
     app_name: str | None = None,
     env: dict[str, str] | None = None,
-):
+) -> tuple[str, subprocess.Popen[bytes]]:
     """Start a detached `mlflow server` (it outlives this process); returns (url, process).
 
     `env` adds variables the server reads (S3 keys, MLFLOW_AUTH_CONFIG_PATH).
@@ -68,8 +69,19 @@ def start_tracking_server(
     return url, process
 
 
+class ServerOptions(TypedDict, total=False):
+    """The other options of start_tracking_server."""
+
+    port: int | None
+    artifacts_destination: str | None
+    app_name: str | None
+    env: dict[str, str] | None
+
+
 @contextlib.contextmanager
-def tracking_server(directory: Path, backend_store_uri: str | None = None, **options) -> Iterator[str]:
+def tracking_server(
+    directory: Path, backend_store_uri: str | None = None, **options: Unpack[ServerOptions]
+) -> Iterator[str]:
     """A real `mlflow server` for the duration of a block (tests, benchmarks); options as start_tracking_server."""
     url, process = start_tracking_server(directory, backend_store_uri=backend_store_uri, **options)
     try:

@@ -36,14 +36,17 @@ class Context:
 
     @property
     def client(self) -> MlflowClient:
+        """The tracking store's client."""
         return self.tracking.client
 
     @property
     def registry(self) -> RegistryParams:
+        """The registry section of the params."""
         return self.params.registry
 
     @property
     def model(self) -> str:
+        """The registered model's name."""
         return self.params.registry.model_name
 
     def run(self, run_id: str) -> Run:

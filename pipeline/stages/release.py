@@ -116,7 +116,7 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
         if candidates[0].version == move.before:
             say(f"  @{ctx.registry.production_alias} already points at {move.before}; nothing to do")
             return str(move.before)
-        skipped = []
+        skipped: list[str] = []
         for candidate in candidates:
             _, refusal = ctx.release_refusal(by_version[candidate.version])
             if refusal is None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import subprocess
+from typing import TYPE_CHECKING
 
 from gates.smoke_checks import Check, SmokeReport
 from pipeline.ci import github
 from pipeline.ci.progress import say, stage
 from pipeline.core.config import Params
-from pipeline.core.errors import CheckFailed, InfrastructureError
+from pipeline.core.errors import CheckFailed, ConfigError, InfrastructureError
 from pipeline.runtime import container
 from pipeline.runtime.api_process import uvicorn_process
 from pipeline.runtime.processes import free_port, wait_for
 from pipeline.runtime.smoke import smoke_http
 from pipeline.stages.context import Context
 from pipeline.store import registry, tracking
+
+if TYPE_CHECKING:
+    from api.release.contract import SmokeExamples
 
 
 def smoke_stage(
@@ -28,6 +32,8 @@ def smoke_stage(
     ctx = Context.open(params)
     version = version or ctx.candidate()
     mv = ctx.version(version)
+    if mv.run_id is None:
+        raise ConfigError(f"version {version} has no run: no stored smoke examples to ask it about")
     examples = tracking.load_smoke_examples(ctx.client, mv.run_id)
     where = base_url or (f"a container of {image}" if image else "a local uvicorn process")
     with stage("smoke", f"version {version} served by {where}"):
@@ -58,7 +64,7 @@ def smoke_stage(
 
 
 def _smoke_started_here(
-    ctx: Context, version: str, examples: dict, image: str | None, digest: str | None
+    ctx: Context, version: str, examples: SmokeExamples, image: str | None, digest: str | None
 ) -> tuple[SmokeReport, str | None]:
     """Start the API serving exactly `version` (a container or uvicorn), smoke it, stop it.
 

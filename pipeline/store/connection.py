@@ -31,6 +31,7 @@ class Tracking:
 
     @property
     def is_server(self) -> bool:
+        """Whether the store is a tracking server (HTTP, HTTPS or Databricks), not a local database or folder."""
         return urlparse(self.uri).scheme in ("http", "https", "databricks")
 
 

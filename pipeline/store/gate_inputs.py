@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
@@ -29,15 +32,20 @@ from gates.evaluate import Production
 from pipeline.core.data import Feature, coerce_to_schema
 from pipeline.store.tracking import load_json_artifact
 
+if TYPE_CHECKING:
+    from gates.profile import Profile
+
 
 @dataclass(frozen=True)
 class ModelUnderGate:
+    """A model the gate scores (the candidate or production): the fitted estimator and what was recorded with it."""
+
     label: str  # "run X" or "production vN"
-    estimator: object
+    estimator: Any  # the fitted sklearn Pipeline
     features: tuple[Feature, ...]  # the training columns and their kinds (feature_schema.json)
     inputs: list[FeatureSpec]  # the serving contract: the MLmodel signature's input fields
     positive_label: str
-    profile: dict | None  # the training data's profile; None for runs logged before profiles
+    profile: Profile | None  # the training data's profile; None for runs logged before profiles
     digest: str
     logged: dict[str, float]  # the metrics recorded for it (run metrics, or the version's metric tags)
 
@@ -47,23 +55,23 @@ class CannotScore(Exception):
 
 
 def _under_gate(
-    client: MlflowClient, label: str, files: ModelFiles, run_id: str, logged: dict[str, float], estimator: object
+    client: MlflowClient, label: str, files: ModelFiles, run_id: str, logged: dict[str, float], estimator: Any
 ) -> ModelUnderGate:
     trained = json.loads(files.artifact.files[contract.FEATURE_SCHEMA])
-    signature = Model.load(str(files.model_dir)).get_input_schema()
+    signature = Model.load(str(files.model_dir)).get_input_schema()  # type: ignore[no-untyped-call]  # MLflow leaves it unannotated
     return ModelUnderGate(
         label=label,
         estimator=estimator,
         features=tuple(Feature(**f) for f in trained["features"]),
         inputs=[FeatureSpec(c.name, c.type.name, c.required) for c in signature.inputs] if signature else [],
         positive_label=trained["positive_label"],
-        profile=load_json_artifact(client, run_id, DATA_PROFILE),
+        profile=cast("Profile | None", load_json_artifact(client, run_id, DATA_PROFILE)),
         digest=files.digest,
         logged=logged,
     )
 
 
-def candidate(client: MlflowClient, run, dst: Path) -> ModelUnderGate:
+def candidate(client: MlflowClient, run: Run, dst: Path) -> ModelUnderGate:
     """The run's logged model (not yet registered), loaded only after a child process loaded and probed it.
 
     RefusedModel unless it is a plain skops model that loads and answers its stored examples as recorded.
@@ -79,7 +87,7 @@ class ProductionRefused(Exception):
 
 
 def production(
-    client: MlflowClient, name: str, version: str, dst: Path, verify_key
+    client: MlflowClient, name: str, version: str, dst: Path, verify_key: Ed25519PublicKey | None
 ) -> tuple[ModelUnderGate | None, str | None]:
     """The production version, or None and why it cannot be loaded (artifact missing, unreadable).
 
@@ -93,7 +101,8 @@ def production(
             k.removeprefix(METRIC_TAG_PREFIX): float(v) for k, v in mv.tags.items() if k.startswith(METRIC_TAG_PREFIX)
         }
         label = f"production v{version}"
-        return _under_gate(client, label, verified.files, mv.run_id, logged, verified.pipeline), None
+        run_id = cast(str, mv.run_id)  # typed `str | None` by MLflow; the release check just fetched by it
+        return _under_gate(client, label, verified.files, run_id, logged, verified.pipeline), None
     except RefusedVersion as exc:
         raise ProductionRefused(f"production v{version} refused: {exc.reason}") from None
     except MlflowException as exc:

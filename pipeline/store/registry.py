@@ -12,7 +12,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -35,6 +39,8 @@ GATE_REPORT = contract.GATE_REPORT
 
 @dataclass(frozen=True)
 class AliasMove:
+    """One move of an alias, as the ledger records it."""
+
     alias: str
     from_version: str | None
     to_version: str
@@ -45,13 +51,14 @@ class AliasMove:
     kind: str  # promote | rollback | register: what moved it
     image: str = ""  # REF@DIGEST the version was published as, when it was
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
+        """The move as a ledger entry's fields (`from` and `to` named as in the entry)."""
         out = asdict(self)
         out["from"], out["to"] = out.pop("from_version"), out.pop("to_version")
         return out
 
 
-def registered_model(client: MlflowClient, name: str):
+def registered_model(client: MlflowClient, name: str) -> RegisteredModel | None:
     """The registered model, or None when it does not exist (one registry call)."""
     try:
         return client.get_registered_model(name)
@@ -62,6 +69,7 @@ def registered_model(client: MlflowClient, name: str):
 
 
 def model_exists(client: MlflowClient, name: str) -> bool:
+    """Whether the model is registered."""
     return registered_model(client, name) is not None
 
 
@@ -76,7 +84,7 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     return aliases(client, name).get(alias)
 
 
-def versions(client: MlflowClient, name: str) -> list:
+def versions(client: MlflowClient, name: str) -> list[ModelVersion]:
     """All versions of a model, oldest first."""
     if not model_exists(client, name):
         return []
@@ -84,7 +92,8 @@ def versions(client: MlflowClient, name: str) -> list:
     return sorted(found, key=lambda v: int(v.version))
 
 
-def get_version(client: MlflowClient, name: str, version: str):
+def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    """The model version, or CheckFailed (exit 1) naming it."""
     try:
         return client.get_model_version(name, version)
     except MlflowException as exc:
@@ -93,7 +102,8 @@ def get_version(client: MlflowClient, name: str, version: str):
         raise
 
 
-def version_state(mv) -> VersionState:
+def version_state(mv: ModelVersion) -> VersionState:
+    """The version's gate and smoke verdicts and gate baseline, as the release policy reads them."""
     tags = mv.tags
     return VersionState(
         version=str(mv.version),
@@ -103,7 +113,7 @@ def version_state(mv) -> VersionState:
     )
 
 
-def run_gate_verdict(client: MlflowClient, name: str, run, verify_key) -> str:
+def run_gate_verdict(client: MlflowClient, name: str, run: Run, verify_key: Ed25519PublicKey | None) -> str:
     """The artifact digest of a run whose gate passed; CheckFailed when the gate verdict does not hold.
 
     A hand-set `gate=passed` tag is not enough: the stored gate report must say
@@ -135,7 +145,13 @@ def run_gate_verdict(client: MlflowClient, name: str, run, verify_key) -> str:
     return digest
 
 
-def register(client: MlflowClient, name: str, run_id: str, signing_key, verify_key) -> tuple[str, bool]:
+def register(
+    client: MlflowClient,
+    name: str,
+    run_id: str,
+    signing_key: Ed25519PrivateKey | None,
+    verify_key: Ed25519PublicKey | None,
+) -> tuple[str, bool]:
     """Register the run's model once, bound to its artifact digest; returns (version, created)."""
     run = client.get_run(run_id)
     digest = run_gate_verdict(client, name, run, verify_key)
@@ -175,21 +191,22 @@ def register(client: MlflowClient, name: str, run_id: str, signing_key, verify_k
 def record_smoke(
     client: MlflowClient,
     name: str,
-    mv,
+    mv: ModelVersion,
     passed: bool,
     target: str,
     detail: str,
     digest: str | None,
     image_digest: str | None,
-    signing_key,
+    signing_key: Ed25519PrivateKey | None,
 ) -> None:
     """Store a smoke verdict on the version, bound to the digest it tested; the verdict tag is written last."""
     verdict = "passed" if passed else "failed"
     signature = ""
     if signing_key is not None and digest:
         tags = {**mv.tags, contract.SMOKE_IMAGE_DIGEST: image_digest or ""}
+        run_id = cast(str, mv.run_id)  # typed `str | None` by MLflow; versions here come from runs (as in check)
         statement = release_verdict(
-            "smoke", tags, model=name, version=str(mv.version), run_id=mv.run_id, digest=digest, verdict=verdict
+            "smoke", tags, model=name, version=str(mv.version), run_id=run_id, digest=digest, verdict=verdict
         )
         signature = sign(signing_key, statement)
     for key, value in {
@@ -204,18 +221,21 @@ def record_smoke(
         client.set_model_version_tag(name, str(mv.version), key, value)
 
 
-def record_image(client: MlflowClient, name: str, mv, ref: str, digest: str, signing_key) -> None:
+def record_image(
+    client: MlflowClient, name: str, mv: ModelVersion, ref: str, digest: str, signing_key: Ed25519PrivateKey | None
+) -> None:
     """Store where the version's smoke-tested image was published; signed like the verdicts."""
     tags = {contract.IMAGE_REF: ref, contract.IMAGE_DIGEST: digest}
     signature = ""
     if signing_key is not None:
-        verdict = image_verdict({**mv.tags, **tags}, model=name, version=str(mv.version), run_id=mv.run_id)
+        run_id = cast(str, mv.run_id)  # typed `str | None` by MLflow; versions here come from runs (as in check)
+        verdict = image_verdict({**mv.tags, **tags}, model=name, version=str(mv.version), run_id=run_id)
         signature = sign(signing_key, verdict)
     for key, value in {**tags, contract.IMAGE_SIGNATURE: signature}.items():
         client.set_model_version_tag(name, str(mv.version), key, value)
 
 
-def published_image(mv) -> str:
+def published_image(mv: ModelVersion) -> str:
     """REF@DIGEST of the version's published image, or "" when it was not published."""
     ref, digest = mv.tags.get(contract.IMAGE_REF), mv.tags.get(contract.IMAGE_DIGEST)
     return f"{ref}@{digest}" if ref and digest else ""
@@ -230,7 +250,7 @@ def move_alias(
     expected: str | None,
     kind: str,
     image: str = "",
-    signing_key=None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> AliasMove | None:
     """Compare-and-set: point `alias` at `version` only if it still points at `expected`; record the move.
 
@@ -257,17 +277,18 @@ def move_alias(
     return move
 
 
-def read_history(client: MlflowClient, name: str, verify_key=None) -> ledger.Ledger:
+def read_history(client: MlflowClient, name: str, verify_key: Ed25519PublicKey | None = None) -> ledger.Ledger:
     """The model's ledger: accepted moves, oldest first, and its anomalies."""
     model = registered_model(client, name)
     return ledger.read_ledger(name, {} if model is None else model.tags, verify_key)
 
 
-def history(client: MlflowClient, name: str, verify_key=None) -> list[dict]:
+def history(client: MlflowClient, name: str, verify_key: Ed25519PublicKey | None = None) -> list[dict[str, Any]]:
     """Every accepted alias move, oldest first."""
     return read_history(client, name, verify_key).entries
 
 
 def require_model(client: MlflowClient, name: str) -> None:
+    """ConfigError (exit 2) unless the model is registered in this tracking store."""
     if not model_exists(client, name):
         raise ConfigError(f"model {name!r} is not registered in this tracking store")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -35,6 +36,7 @@ TICKET_SOURCE = "release-ticket:/lock"  # a ticket has no artifact; the store wa
 
 
 def lock_name(model: str) -> str:
+    """The registered model holding `model`'s release tickets."""
     return f"{model}.release-lock"
 
 
@@ -89,7 +91,7 @@ def _wait_for_turn(client: MlflowClient, name: str, model: str, ticket: int, dea
 class _Renewal(threading.Thread):
     """Pushes the ticket's expiry forward every third of its lifetime until stopped."""
 
-    def __init__(self, client: MlflowClient, name: str, ticket: str, ttl_s: float):
+    def __init__(self, client: MlflowClient, name: str, ticket: str, ttl_s: float) -> None:
         super().__init__(daemon=True, name="release-lock-renewal")
         self.client, self.name, self.ticket, self.ttl_s = client, name, ticket, ttl_s
         self._stop_event = threading.Event()
@@ -108,7 +110,7 @@ def _expiry(ttl_s: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=ttl_s)).isoformat(timespec="milliseconds")
 
 
-def _expires(mv) -> datetime:
+def _expires(mv: ModelVersion) -> datetime:
     """When a ticket expires; a ticket without a readable expiry lives as long as any from its creation."""
     try:
         return datetime.fromisoformat(mv.tags[EXPIRES])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mlflow.tracking import MlflowClient
 
 from api.release import contract
@@ -11,14 +14,16 @@ from pipeline.core.ledger import read_ledger
 from pipeline.store import registry
 
 
-def anomalies(aliases: dict[str, str], history: list[dict], versions: list[dict], production_alias: str) -> list[dict]:
+def anomalies(
+    aliases: dict[str, str], history: list[dict[str, Any]], versions: list[dict[str, Any]], production_alias: str
+) -> list[dict[str, str | None]]:
     """Every alias position the ledger does not explain, and a production alias on an unreleased version.
 
     Pure: the ledger (its accepted entries: see pipeline/ledger.py) explains an
     alias when its moves for that alias form a chain (each move starts where
     the previous one ended) ending where the alias points now.
     """
-    found = []
+    found: list[dict[str, str | None]] = []
     for alias in sorted(set(aliases) | {m["alias"] for m in history}):
         moves = [m for m in history if m["alias"] == alias]
         previous = None
@@ -60,7 +65,7 @@ def anomalies(aliases: dict[str, str], history: list[dict], versions: list[dict]
     return found
 
 
-def collect(client: MlflowClient, reg: RegistryParams, verify_key=None) -> dict:
+def collect(client: MlflowClient, reg: RegistryParams, verify_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
     """`{"model", "aliases", "versions", "history", "anomalies"}` as the CLI contract lists them."""
     name = reg.model_name
     model = registry.registered_model(client, name)
@@ -68,7 +73,7 @@ def collect(client: MlflowClient, reg: RegistryParams, verify_key=None) -> dict:
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
-    versions = []
+    versions: list[dict[str, Any]] = []
     for mv in registry.versions(client, name):
         tags = mv.tags
         versions.append(
@@ -91,7 +96,10 @@ def collect(client: MlflowClient, reg: RegistryParams, verify_key=None) -> dict:
                 "smoke_artifact_digest": tags.get(contract.SMOKE_ARTIFACT_DIGEST, ""),
                 "image_digest": tags.get(contract.SMOKE_IMAGE_DIGEST, ""),
                 "image": registry.published_image(mv),
-                "signed": signature_state(tags, verify_key, model=name, version=str(mv.version), run_id=mv.run_id),
+                # MLflow types run_id `str | None`: passed on as it is, as the release check does.
+                "signed": signature_state(
+                    tags, verify_key, model=name, version=str(mv.version), run_id=cast(str, mv.run_id)
+                ),
             }
         )
     ledger = read_ledger(name, {} if model is None else model.tags, verify_key)
@@ -104,7 +112,7 @@ def collect(client: MlflowClient, reg: RegistryParams, verify_key=None) -> dict:
     }
 
 
-def render_table(status: dict, history_rows: int = 10) -> str:
+def render_table(status: dict[str, Any], history_rows: int = 10) -> str:
     """A plain-text view of `collect`'s output."""
     if not status["versions"]:
         return f"model {status['model']}: no versions registered yet\n"
@@ -149,7 +157,7 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _table(header: tuple, rows: list[tuple]) -> list[str]:
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows]

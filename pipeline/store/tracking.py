@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag
@@ -25,6 +27,11 @@ from pipeline.core.errors import DataError
 from pipeline.core.train import TrainResult
 from pipeline.store.connection import Tracking
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes  # imported only when training draws (_log_plots)
+
+    from api.release.contract import SmokeExamples
+
 TEST_SET = "eval/test.csv"
 TARGET_COLUMN = "__target__"
 
@@ -39,7 +46,7 @@ def ensure_experiment(tracking: Tracking, params: Params) -> str:
     return tracking.client.create_experiment(name, artifact_location=location)
 
 
-def smoke_examples(result: TrainResult, data: Dataset, count: int) -> dict:
+def smoke_examples(result: TrainResult, data: Dataset, count: int) -> SmokeExamples:
     """Inputs from the test set with the outputs the model gave them at training time."""
     X = result.split.X_test.head(count)
     positive = list(result.model.classes_).index(data.positive_label)
@@ -56,7 +63,7 @@ def log_training_run(tracking: Tracking, params: Params, data: Dataset, result: 
     Through the client of `tracking` only: nothing here reads or sets MLflow's global tracking URI.
     """
     client = tracking.client
-    run_id = client.create_run(ensure_experiment(tracking, params)).info.run_id
+    run_id: str = client.create_run(ensure_experiment(tracking, params)).info.run_id
     try:
         _log_run(client, run_id, params, data, result)
     except BaseException:
@@ -96,9 +103,10 @@ def _log_run(client: MlflowClient, run_id: str, params: Params, data: Dataset, r
         "positive_label": data.positive_label,
     }
     client.log_dict(run_id, schema, FEATURE_SCHEMA)
-    client.log_dict(run_id, smoke_examples(result, data, params.smoke.examples), SMOKE_EXAMPLES)
+    # log_dict takes any JSON-serialisable mapping; MLflow annotates it dict[str, Any], which a TypedDict is not.
+    client.log_dict(run_id, smoke_examples(result, data, params.smoke.examples), SMOKE_EXAMPLES)  # type: ignore[arg-type]
     kinds = {f.name: f.kind for f in data.schema}
-    client.log_dict(run_id, profile(result.split.X_train, kinds), DATA_PROFILE)
+    client.log_dict(run_id, profile(result.split.X_train, kinds), DATA_PROFILE)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as tmp:
         test = result.split.X_test.assign(**{TARGET_COLUMN: result.split.y_test.values})
         test.to_csv(Path(tmp) / "test.csv", index=False)
@@ -139,7 +147,8 @@ def _trusted_types(model: object) -> list[str]:
     """
     import skops.io  # slow to import (it walks all of sklearn); only training needs it
 
-    return skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    untrusted: list[str] = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return untrusted
 
 
 def _log_plots(client: MlflowClient, run_id: str, result: TrainResult, positive_label: str) -> None:
@@ -154,7 +163,7 @@ def _log_plots(client: MlflowClient, run_id: str, result: TrainResult, positive_
     y_true = (y == positive_label).to_numpy()
     positive = list(result.model.classes_).index(positive_label)
     scores = result.model.predict_proba(X)[:, positive]
-    plots = {
+    plots: dict[str, Callable[[Axes], object]] = {
         "plots/confusion_matrix.png": lambda ax: ConfusionMatrixDisplay.from_predictions(
             y, result.model.predict(X), ax=ax, colorbar=False
         ),
@@ -191,10 +200,11 @@ def load_raw_test_set(client: MlflowClient, run_id: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
 
 
-def load_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | None:
+def load_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict[str, Any] | None:
     """A run's JSON artifact, or None when the run has none (runs logged before it existed)."""
     try:
-        return json.loads(Path(client.download_artifacts(run_id, path)).read_text())
+        loaded: dict[str, Any] = json.loads(Path(client.download_artifacts(run_id, path)).read_text())
+        return loaded
     except MlflowException as exc:
         if is_not_found(exc):
             return None
@@ -203,5 +213,6 @@ def load_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | N
         return None
 
 
-def load_smoke_examples(client: MlflowClient, run_id: str) -> dict:
-    return json.loads(Path(client.download_artifacts(run_id, SMOKE_EXAMPLES)).read_text())
+def load_smoke_examples(client: MlflowClient, run_id: str) -> SmokeExamples:
+    """The smoke examples a run stored: input records and the answers the model gave them at training."""
+    return cast("SmokeExamples", json.loads(Path(client.download_artifacts(run_id, SMOKE_EXAMPLES)).read_text()))
