@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from api.model.frames import typed_frame
 from api.model.loaded_model import LoadedModel
 from api.model.schema import FeatureSpec
 from api.release.check import check_release
 from api.release.contract import FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX
+from api.release.frames import typed_frame
 from api.release.verdicts import signature_state
 from api.settings import Settings
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from api.release.redact import redact, redact_logging
 from api.settings import apply_mlflow_http_defaults
+from pipeline.core import interrupts
 from pipeline.core.errors import PipelineError
 from pipeline.failures import classify
-from pipeline.runtime import interrupts
 
 if TYPE_CHECKING:  # loaded per command (dispatch), not at import
     from pipeline.core.config import Params

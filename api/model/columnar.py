@@ -16,8 +16,8 @@ from typing import Any, cast
 import msgspec
 import numpy as np
 
-from api.model.frames import Values
 from api.model.schema import FeatureSpec
+from api.release.frames import Values
 
 NoneType = type(None)
 

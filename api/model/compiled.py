@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from api.model.frames import Columns
+from api.release.frames import Columns
 
 
 class NotCompilable(Exception):

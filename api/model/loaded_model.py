@@ -11,8 +11,8 @@ import pandas as pd
 
 from api.model.columnar import ColumnTypes, RecordDecoder
 from api.model.compiled import CompiledPipeline, NotCompilable
-from api.model.frames import Columns, typed_frame
 from api.model.schema import FeatureSpec, Problem, RecordValidator, RequestError, parse_json, quote
+from api.release.frames import Columns, typed_frame
 from api.release.redact import plain_message
 
 PARITY_TOLERANCE = 1e-12

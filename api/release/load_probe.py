@@ -100,7 +100,7 @@ def check_answers(pipeline: Any, schema: FeatureSchema, examples: SmokeExamples 
 
     if not examples or not examples.get("records"):
         return
-    from api.model.frames import Column, typed_frame
+    from api.release.frames import Column, typed_frame
 
     records = examples["records"]
     features = [Column(f["name"], f["kind"] == "numeric") for f in schema["features"]]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from api.model.frames import typed_frame
+from api.release.frames import typed_frame
 from pipeline.core.config import DataParams
 from pipeline.core.errors import DataError
 
@@ -132,7 +132,7 @@ def infer_types(features: pd.DataFrame) -> tuple[pd.DataFrame, tuple[Feature, ..
 
 
 def coerce_to_schema(frame: pd.DataFrame, schema: tuple[Feature, ...]) -> pd.DataFrame:
-    """Cast a frame to a known schema (used when scoring stored test sets): api.model.frames' one cast."""
+    """Cast a frame to a known schema (used when scoring stored test sets): api.release.frames' one cast."""
     for feature in schema:
         if feature.name not in frame.columns:
             raise DataError(f"column {feature.name!r} is missing")

@@ -28,10 +28,9 @@ from api.release.verdicts import image_verdict, release_verdict, verifies
 from gates.bootstrap import METRICS  # the metric names, in MLflow and in `status --json`
 from gates.release_policy import VersionState
 from pipeline.ci.provenance import actor, git_sha, now
-from pipeline.core import ledger
+from pipeline.core import interrupts, ledger
 from pipeline.core.errors import CheckFailed, ConfigError
 from pipeline.core.release_keys import sign
-from pipeline.runtime import interrupts
 
 METRIC_PREFIX = contract.METRIC_TAG_PREFIX
 GATE_REPORT = contract.GATE_REPORT

@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from api.release.check import is_not_found
 from pipeline.ci.progress import say
 from pipeline.ci.provenance import actor
+from pipeline.core import interrupts
 from pipeline.core.errors import CheckFailed
-from pipeline.runtime import interrupts
 
 HOLDER, EXPIRES = "lock.holder", "lock.expires_at"
 TICKET_SOURCE = "release-ticket:/lock"  # a ticket has no artifact; the store wants a source

@@ -84,7 +84,7 @@ def test_the_attack_is_real_an_unchecked_predict_dies_and_the_probe_refuses_inst
     # then: loaded and used without the checks, it kills the process that predicts
     unchecked = (
         "import sys, json; sys.path.insert(0, sys.argv[1]); from api.release.safe_model import load_estimator; "
-        "from api.model.frames import Column, typed_frame; from pathlib import Path; "
+        "from api.release.frames import Column, typed_frame; from pathlib import Path; "
         "m = load_estimator(Path(sys.argv[2])); "
         "s = json.load(open(sys.argv[3])); e = json.load(open(sys.argv[4])); "
         "f = [Column(c['name'], c['kind'] == 'numeric') for c in s['features']]; "
