@@ -35,7 +35,7 @@ class ServiceMetrics:
         own = None if shared else self.registry
         if shared:
             # prometheus_client leaves this constructor unannotated.
-            multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+            multiprocess.MultiProcessCollector(self.registry)
         self.requests = Counter(
             "api_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=own
         )

@@ -59,7 +59,7 @@ class RegistrySource:
             )
             files, pipeline = verified.files, verified.pipeline
             metadata = Model.load(files.model_dir)
-            schema = metadata.get_input_schema()  # type: ignore[no-untyped-call]  # unannotated in MLflow
+            schema = metadata.get_input_schema()
             features = [FeatureSpec(c.name, c.type.name, c.required) for c in schema.inputs]
             trained = json.loads(files.artifact.files[FEATURE_SCHEMA])
             stored = verified.examples

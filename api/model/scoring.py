@@ -148,7 +148,7 @@ def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> tup
         else:
             request = data = read_json(body, model.features, model.max_batch_size)
         # scoring_server.invocations is unannotated in MLflow.
-        result = scoring_server.invocations(data, mime, view, view.metadata.get_input_schema())  # type: ignore[no-untyped-call]
+        result = scoring_server.invocations(data, mime, view, view.metadata.get_input_schema())
     except Refusal as exc:
         return _refused(exc)
     except MlflowException as exc:
@@ -185,7 +185,7 @@ def _from_mlflow(exc: MlflowException) -> Refusal:
 def _client_code(exc: MlflowException) -> str:
     """MLflow's error code, unless it means a server error (MLflow's default): a client's input is BAD_REQUEST."""
     # MlflowException.get_http_status_code is unannotated in MLflow.
-    return exc.error_code if exc.get_http_status_code() < 500 else BAD_REQUEST  # type: ignore[no-untyped-call]
+    return exc.error_code if exc.get_http_status_code() < 500 else BAD_REQUEST
 
 
 def _refused(exc: Refusal) -> tuple[int, bytes, int]:

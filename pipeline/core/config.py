@@ -222,7 +222,7 @@ class Params(Section):
     card: CardParams = CardParams()
 
 
-class ParamsLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type stubs here: SafeLoader is Any
+class ParamsLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans (only true/false) that refuses duplicate keys."""
 
     yaml_implicit_resolvers: typing.ClassVar = {

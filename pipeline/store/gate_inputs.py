@@ -58,7 +58,7 @@ def _under_gate(
     client: MlflowClient, label: str, files: ModelFiles, run_id: str, logged: dict[str, float], estimator: Any
 ) -> ModelUnderGate:
     trained = json.loads(files.artifact.files[contract.FEATURE_SCHEMA])
-    signature = Model.load(str(files.model_dir)).get_input_schema()  # type: ignore[no-untyped-call]  # MLflow leaves it unannotated
+    signature = Model.load(str(files.model_dir)).get_input_schema()
     return ModelUnderGate(
         label=label,
         estimator=estimator,
