@@ -33,17 +33,18 @@ status: $(STAMP) ## show versions, aliases and the alias history
 # to), wrk (benchmarks) and PostgreSQL (the team tracking server's store in the
 # tests). Installed with apt when missing.
 SYSTEM_PACKAGES := podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap wrk postgresql docker-registry
-system-deps: ## install podman, debootstrap, docker-registry, wrk and postgresql with apt when missing (root)
+system-deps: ## install podman, debootstrap, docker-registry, wrk and postgresql with apt when missing (root or sudo)
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then echo "missing system packages: $$missing (install them with apt as root)"; exit 2; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo=sudo; \
+	else echo "missing system packages: $$missing (install them with apt as root)"; exit 2; fi; \
 	echo "installing $$missing"; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
+	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
 
 test: $(STAMP) system-deps ## run the whole test suite (unit, integration, API, and act end-to-end with a real image)
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) ## the tests that need no container engine or act
+test-fast: $(STAMP) system-deps ## the tests that need no container engine or act
 	$(BIN)/python -m pytest -m "not e2e"
 
 image: $(STAMP) system-deps ## build the API image (docker, else podman)
@@ -63,9 +64,10 @@ act-rollback: $(STAMP) ## the rollback workflow through act: make act-rollback R
 	PATH=$(CURDIR)/$(BIN):$$PATH act workflow_dispatch -W .github/workflows/rollback.yml \
 		--input reason="$(REASON)" --input version="$(VERSION)" -s MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff (lint, docstrings, annotations, format) and mypy (strict on gates/ and api/release/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## ruff format and autofix
 	$(BIN)/ruff format .

@@ -12,15 +12,15 @@ naming the variable.
 import os
 import sys
 import tempfile
+from collections.abc import MutableMapping
 
 import uvicorn
 
+from api.metrics import MULTIPROC_DIR  # read by prometheus_client in each worker
 from api.settings import SettingsError
 
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in each worker
 
-
-def prepare_multiprocess_dir(env=os.environ) -> str:
+def prepare_multiprocess_dir(env: MutableMapping[str, str] = os.environ) -> str:
     """Create (or empty) the directory the workers share their metrics through; return its path."""
     path = env.get(MULTIPROC_DIR) or tempfile.mkdtemp(prefix="api-metrics-")
     os.makedirs(path, exist_ok=True)
@@ -32,6 +32,7 @@ def prepare_multiprocess_dir(env=os.environ) -> str:
 
 
 def main() -> None:
+    """Run the app under uvicorn with the HTTP limits, in WEB_CONCURRENCY workers."""
     try:  # the limits are read when the module is imported, here and again in each worker
         from api.http_limits import LIMITS, PROTOCOL
     except SettingsError as exc:
@@ -46,7 +47,8 @@ def main() -> None:
         workers=workers,
         access_log=False,
         http=PROTOCOL,  # by path: each worker process imports it (and reads the limits) itself
-        timeout_keep_alive=LIMITS.keep_alive_timeout_s,
+        # uvicorn annotates int, but only hands it to loop.call_later as seconds: a float works.
+        timeout_keep_alive=LIMITS.keep_alive_timeout_s,  # type: ignore[arg-type]
     )
 
 

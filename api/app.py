@@ -9,6 +9,7 @@ RELOAD_INTERVAL_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, RELEASE_VERIFY_KEY).
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -16,13 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.holder import ModelHolder
 from api.limits import BodyLimitMiddleware
-from api.loaded_model import LoadedModel
 from api.metrics import MetricsMiddleware, ServiceMetrics
+from api.model.loaded_model import LoadedModel
+from api.model.schema import RequestError
+from api.model.scoring import score, score_well_formed, score_with_mlflow
 from api.openapi import document
 from api.predict_route import VERSION_HEADER, PredictRoute
-from api.redact import redact, redact_logging
-from api.schema import RequestError
-from api.scoring import score, score_well_formed, score_with_mlflow
+from api.release.redact import redact, redact_logging
 from api.settings import Settings, apply_mlflow_http_defaults
 
 # /invocations bodies up to this size are answered on the event loop, as /predict's
@@ -31,10 +32,11 @@ INLINE_BODY_BYTES = 256 * 1024
 
 
 class NotReady(Exception):
-    pass
+    """No model is serving yet: answered 503 with the reason."""
 
 
 def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI:
+    """The app serving `holder`'s model: its middlewares, routes and metrics (`settings` from the defaults if None)."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
     holder.metrics = metrics
@@ -68,13 +70,14 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
             raise NotReady(holder.not_ready_reason)
         return model
 
-    def openapi() -> dict:
+    def openapi() -> dict[str, Any]:
         """Built per call: the record schema is the serving version's, and it changes with a swap."""
         model = holder.current
         if model is None:
             return document(app, None, settings.max_batch_size, None)
         return document(app, model.features, model.max_batch_size, model.version)
 
+    # FastAPI's documented way to replace the schema, a method assigned on the instance, which mypy refuses.
     app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(NotReady)
@@ -91,13 +94,15 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
         """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances (JSON), or CSV."""
         model = holder.current  # read once, as serving_model() does
         if model is None:
-            answer = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": holder.not_ready_reason}
-            return JSONResponse(answer, status_code=503)
+            unavailable = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": holder.not_ready_reason}
+            return JSONResponse(unavailable, status_code=503)
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")
+        answer: tuple[int, bytes | str, int] | None  # (status, response text, rows predicted)
         if len(body) <= INLINE_BODY_BYTES:  # small and well formed: answered without a thread hop
             answer = score_well_formed(model, body, content_type)
-            answer = answer or await asyncio.to_thread(score_with_mlflow, model, body, content_type)
+            if answer is None:  # not `answer or ...`: mypy would type the thread's result as the left side, None too
+                answer = await asyncio.to_thread(score_with_mlflow, model, body, content_type)
         else:
             answer = await asyncio.to_thread(score, model, body, content_type)
         status, text, rows = answer
@@ -109,12 +114,12 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
         )
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
 
     @app.get("/ready")
-    async def ready() -> dict:
+    async def ready() -> dict[str, str]:
         """200 only with a model loaded."""
         model = serving_model()
         return {"status": "ready", "version": model.version}
@@ -149,7 +154,7 @@ def _app_from_env() -> FastAPI:
     return create_app(ModelHolder(source=source), settings)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> FastAPI:
     # `uvicorn api.app:app` builds the app on first access, not at import time.
     if name == "app":
         return _app_from_env()

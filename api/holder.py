@@ -15,9 +15,9 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
-from api.loaded_model import LoadedModel
 from api.metrics import ServiceMetrics
-from api.redact import plain_message, redact
+from api.model.loaded_model import LoadedModel
+from api.release.redact import plain_message, redact
 
 log = logging.getLogger("api")
 MAX_BACKOFF_S = 300.0
@@ -26,22 +26,32 @@ MAX_BACKOFF_NOT_READY_S = 30.0
 
 
 class ModelSource(Protocol):
-    def target_version(self) -> str: ...
-    def load(self, version: str) -> LoadedModel: ...
+    """Where the holder's models come from (RegistrySource, or a test's stand-in)."""
+
+    def target_version(self) -> str:
+        """The version that should be serving now."""
+        ...
+
+    def load(self, version: str) -> LoadedModel:
+        """That version, checked and ready to answer; an exception (RefusedVersion with its reason) otherwise."""
+        ...
 
 
 class ModelHolder:
-    def __init__(self, source: ModelSource | None = None, model: LoadedModel | None = None):
+    """The serving model, swapped whole when the target version loads; what went wrong when it did not."""
+
+    def __init__(self, source: ModelSource | None = None, model: LoadedModel | None = None) -> None:
         self.source = source
         self.current: LoadedModel | None = model
         self.last_error: str | None = None
         self.last_error_at: str | None = None
-        self.refused: dict | None = None  # the last version refused, and why
+        self.refused: dict[str, str] | None = None  # the last version refused, and why
         self.metrics: ServiceMetrics | None = None
         self._retry: dict[str, tuple[float, float]] = {}  # version -> (not before, next delay)
 
     @property
     def not_ready_reason(self) -> str:
+        """Why no model answers: the last failure, or that none loaded yet, or that there is no source."""
         if self.last_error:
             return f"no model loaded: {self.last_error}"
         return "no model loaded yet" if self.source else "no model source configured"
@@ -86,6 +96,7 @@ class ModelHolder:
         return True
 
     async def poll_forever(self, interval_s: float) -> None:
+        """Refresh every `interval_s` seconds, for as long as the app runs (its background task)."""
         while True:
             await self.refresh(base_delay_s=interval_s)
             await asyncio.sleep(interval_s)

@@ -29,9 +29,12 @@ on a new connection), the body deadline only when a read ends inside a body.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 import orjson
@@ -51,13 +54,16 @@ IDLE, HEAD, BODY = 0, 1, 2
 
 @dataclass(frozen=True)
 class HttpLimits:
+    """The limits every connection of this process is held to (MAX_HEADER_BYTES and the three deadlines)."""
+
     max_header_bytes: int = 32 * 1024
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     keep_alive_timeout_s: float = 5.0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> HttpLimits:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HttpLimits:
+        """The limits in the environment (or `env`), defaults where unset; SettingsError names a bad value."""
         env = os.environ if env is None else env
         return cls(
             max_header_bytes=_number(env, "MAX_HEADER_BYTES", cls.max_header_bytes, int),
@@ -67,7 +73,7 @@ class HttpLimits:
         )
 
 
-def _seconds(env, name: str, default: float) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     value = _number(env, name, default, float)
     if not math.isfinite(value):
         raise SettingsError(f"{name}={env.get(name)!r} must be a finite number")
@@ -95,7 +101,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     limit is ever held.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # uvicorn's arguments, passed on untouched
         super().__init__(*args, **kwargs)
         self.max_header_bytes = LIMITS.max_header_bytes
         self.header_timeout_s = LIMITS.header_timeout_s
@@ -104,19 +110,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._transitions = 0  # heads and messages completed: tells data_received what a read contained
         self._head_bytes = 0  # bytes of the current head counted so far
         self._head_exact = True  # the current head began at the start of a read: _head_bytes is all of it
-        self._head_timer = None
-        self._body_timer = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._stopped = False  # answered (or handed over): nothing more is read or parsed
         self._pending: bytes | None = None  # an error answer waiting for the responses owed before it
-        self._linger = None
+        self._linger: asyncio.TimerHandle | None = None
 
     # Connection
 
-    def connection_made(self, transport) -> None:
+    # uvicorn's own signature, narrower than asyncio.Protocol's (a BaseTransport): ignored as uvicorn ignores it.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Uvicorn's, then the header deadline: a connection that sends nothing is closed too."""
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Uvicorn's, once the deadlines and a lingering close are cancelled."""
         self._cancel_timers()
         if self._linger is not None:
             self._linger.cancel()
@@ -124,6 +133,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """Feed a read to the parser, counting head bytes against the limit and arming the deadline it ends in."""
         if self._stopped:
             return
         self._unset_keepalive_if_required()
@@ -187,10 +197,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
+        """A request begins: its head is being read."""
         self._phase = HEAD
         HttpToolsProtocol.on_message_begin(self)  # not super(): every request's path
 
     def on_headers_complete(self) -> None:
+        """The head is complete: refused if it was over the limit, else its deadline ends and its body's begins."""
         if not self._head_exact and self._parsed_head_bytes() > self.max_header_bytes:
             self._too_large()
             raise _Stop
@@ -203,6 +215,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_headers_complete(self)  # not super(): every request's path
 
     def on_message_complete(self) -> None:
+        """The body is complete: its deadline ends."""
         self._phase = IDLE
         self._transitions += 1
         if self._body_timer is not None:
@@ -213,6 +226,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Responses
 
     def on_response_complete(self) -> None:
+        """Uvicorn's, or after a refusal the responses owed before it and then the refusal itself."""
         if self._pending is None:
             HttpToolsProtocol.on_response_complete(self)  # not super(): every request's path
             # A pipelined head or body the server was not reading while earlier requests were answered.
@@ -230,6 +244,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._finish(pending)
 
     def shutdown(self) -> None:
+        """Close at once after a refusal already answered; else uvicorn's graceful shutdown."""
         if self._stopped and self._pending is None:
             self.transport.close()
         else:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import orjson
-
-DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyTooLarge(Exception):
-    pass
+    """Raised from the app's receive() once the body is past the limit: it unwinds the app."""
 
 
 class BodyLimitMiddleware:
     """Pure ASGI: 413 when Content-Length says too much, or when a chunked body grows past the limit."""
 
-    def __init__(self, app, max_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer 413 once its declared or received body is over the limit."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
@@ -27,7 +27,7 @@ class BodyLimitMiddleware:
         seen = 0
         started = False
 
-        async def counting_receive():
+        async def counting_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -36,7 +36,7 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message):
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -47,7 +47,7 @@ class BodyLimitMiddleware:
             if not started:
                 await self._refuse(send, seen)
 
-    async def _refuse(self, send, size: int) -> None:
+    async def _refuse(self, send: Send, size: int) -> None:
         body = orjson.dumps(
             {"detail": f"request body of {size} bytes or more exceeds the limit of {self.max_bytes} bytes"}
         )

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.metrics import MetricWrapperBase
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 KNOWN_PATHS = {"/health", "/ready", "/model", "/predict", "/invocations", "/metrics"}
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+M = TypeVar("M", bound=MetricWrapperBase)
 
 
 def multiprocess_mode() -> bool:
@@ -22,12 +26,15 @@ def multiprocess_mode() -> bool:
 
 
 class ServiceMetrics:
-    def __init__(self):
+    """The service's metrics, and the registry /metrics reads them from."""
+
+    def __init__(self) -> None:
         shared = multiprocess_mode()
         # In multiprocess mode the metrics are registered nowhere: the collector reads every worker's files.
-        own = None if shared else CollectorRegistry()
-        self.registry = CollectorRegistry() if shared else own
+        self.registry = CollectorRegistry()
+        own = None if shared else self.registry
         if shared:
+            # prometheus_client leaves this constructor unannotated.
             multiprocess.MultiProcessCollector(self.registry)
         self.requests = Counter(
             "api_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=own
@@ -50,32 +57,33 @@ class ServiceMetrics:
             multiprocess_mode="liveall",
         )
         self.reloads = Counter("api_model_reloads_total", "Model loads by result", ["result"], registry=own)
-        self._children: dict[tuple, object] = {}
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
 
-    def child(self, metric, *labels: str):
+    def child(self, metric: M, *labels: str) -> M:
         """metric.labels(*labels), looked up once: `labels()` costs microseconds on every request."""
         key = (metric, labels)
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
-        return found
+        return cast(M, found)  # the child of `metric`, which labels() makes of its own type
 
 
 class MetricsMiddleware:
     """Pure ASGI middleware: counts and times every HTTP request."""
 
-    def __init__(self, app, metrics: ServiceMetrics):
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, timing it and counting it by endpoint and status."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         endpoint = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
         status = {"code": 500}
         started = time.perf_counter()
 
-        async def send_and_capture(message):
+        async def send_and_capture(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api.schema import FeatureSpec
+from api.model.schema import FeatureSpec
 
 
-def record_schema(features: list[FeatureSpec]) -> dict:
+def record_schema(features: list[FeatureSpec]) -> dict[str, Any]:
     """JSON Schema of one record as RecordValidator accepts it."""
-    properties = {}
+    properties: dict[str, dict[str, Any]] = {}
     for f in features:
         kind = {"type": {float: "number", bool: "boolean", str: "string"}[f.value_type]}
         properties[f.name] = kind if f.required else {"anyOf": [kind, {"type": "null"}]}
@@ -22,7 +24,9 @@ def record_schema(features: list[FeatureSpec]) -> dict:
     }
 
 
-def document(app: FastAPI, features: list[FeatureSpec] | None, max_batch_size: int, version: str | None) -> dict:
+def document(
+    app: FastAPI, features: list[FeatureSpec] | None, max_batch_size: int, version: str | None
+) -> dict[str, Any]:
     """The app's OpenAPI document, with /predict (served by api/predict_route.py) for the serving version."""
     doc = get_openapi(title=app.title, version=version or "no model loaded", routes=app.routes)
     record = record_schema(features) if features else {"type": "object"}
@@ -31,7 +35,7 @@ def document(app: FastAPI, features: list[FeatureSpec] | None, max_batch_size: i
     return doc
 
 
-def _predict_operation(max_batch_size: int) -> dict:
+def _predict_operation(max_batch_size: int) -> dict[str, Any]:
     body = {
         "type": "object",
         "properties": {

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.holder import ModelHolder
 from api.metrics import ServiceMetrics
-from api.redact import redact
-from api.schema import RequestError
+from api.model.schema import RequestError
+from api.release.redact import redact
 
 PATH = "/predict"
 VERSION_HEADER = "X-Model-Version"
@@ -35,10 +36,11 @@ UNSCORABLE = (ValueError, TypeError, OverflowError, FloatingPointError)
 class PredictRoute:
     """ASGI middleware answering POST /predict from the holder's current model."""
 
-    def __init__(self, app, holder: ModelHolder, metrics: ServiceMetrics):
+    def __init__(self, app: ASGIApp, holder: ModelHolder, metrics: ServiceMetrics) -> None:
         self.app, self.holder, self.metrics = app, holder, metrics
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer POST /predict (405 for another method on it); pass everything else on."""
         if scope["type"] != "http" or scope["path"] != PATH:
             return await self.app(scope, receive, send)
         if scope["method"] != "POST":
@@ -73,8 +75,8 @@ class PredictRoute:
         return 200, orjson.dumps(answer), model.version
 
 
-async def _read_body(receive) -> bytes | None:
-    chunks = []
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -84,7 +86,7 @@ async def _read_body(receive) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _send(send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def _send(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": payload})

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+# A number read from the environment: an int or a float, as its default is.
+N = TypeVar("N", int, float)
 
 # MLflow retries a dead server for minutes by default; a reload attempt (or a CI step) should give up in seconds.
 MLFLOW_HTTP_DEFAULTS = {
@@ -13,7 +21,7 @@ MLFLOW_HTTP_DEFAULTS = {
 }
 
 
-def apply_mlflow_http_defaults(env=None) -> None:
+def apply_mlflow_http_defaults(env: MutableMapping[str, str] | None = None) -> None:
     """Set MLflow's HTTP retry and timeout defaults, leaving any value already in the environment."""
     env = os.environ if env is None else env
     for name, value in MLFLOW_HTTP_DEFAULTS.items():
@@ -26,6 +34,8 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    """What the service serves (model, alias or pinned version) and the limits it serves under."""
+
     model_name: str = "churn-classifier"
     model_alias: str = "production"
     model_version: str | None = None  # pins one version; no alias polling
@@ -37,7 +47,8 @@ class Settings:
     verify_key_pem: str | None = None  # RELEASE_VERIFY_KEY: only versions with verified verdicts serve
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings in the environment (or `env`), defaults where unset; SettingsError names a bad value."""
         env = os.environ if env is None else env
         return cls(
             model_name=env.get("MODEL_NAME", cls.model_name),
@@ -50,11 +61,11 @@ class Settings:
             verify_key_pem=env.get("RELEASE_VERIFY_KEY") or None,
         )
 
-    def verify_key(self):
+    def verify_key(self) -> Ed25519PublicKey | None:
         """The public key verdicts must verify against, or None (unsigned mode)."""
         if not self.verify_key_pem:
             return None
-        from api.release import BadKey, load_verify_key
+        from api.release.verdicts import BadKey, load_verify_key
 
         try:
             return load_verify_key(self.verify_key_pem)
@@ -68,12 +79,13 @@ class Settings:
 
     @property
     def target(self) -> str:
+        """What this replica serves: `name/version` when pinned, else `name@alias`."""
         return (
             f"{self.model_name}/{self.model_version}" if self.model_version else f"{self.model_name}@{self.model_alias}"
         )
 
 
-def _number(env, name: str, default, kind):
+def _number(env: Mapping[str, str], name: str, default: N, kind: type[N]) -> N:
     raw = env.get(name)
     if raw is None or raw == "":
         return default

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from gates.bootstrap import METRICS, Scored, paired_bootstrap
-from pipeline.churn_data import generate_churn
-from pipeline.config import load_params
-from pipeline.data import load_dataset
-from pipeline.train import train
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import load_params
+from pipeline.core.data import load_dataset
+from pipeline.core.train import train
 
 CANDIDATES = {
     "retrain of itself": {},

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.tracking import load_raw_test_set  # noqa: E402
+from pipeline.store.tracking import load_raw_test_set  # noqa: E402
 
 GOAL = 5.0  # the least ratio
 
@@ -44,7 +44,7 @@ def in_process(model: str, version: str, csv: Path, tmp: Path) -> tuple[float, f
 
     from api.settings import Settings
     from api.source import RegistrySource
-    from pipeline.batch_scoring import score_csv
+    from pipeline.runtime.batch_scoring import score_csv
 
     loaded = RegistrySource(Settings(model_name=model, model_version=version)).load(version)
     started = time.perf_counter()

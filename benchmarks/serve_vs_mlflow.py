@@ -32,9 +32,9 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.api_process import uvicorn_process  # noqa: E402
-from pipeline.processes import free_port, stop, wait_for  # noqa: E402
-from pipeline.tracking import load_test_set  # noqa: E402
+from pipeline.runtime.api_process import uvicorn_process  # noqa: E402
+from pipeline.runtime.processes import free_port, stop, wait_for  # noqa: E402
+from pipeline.store.tracking import load_test_set  # noqa: E402
 
 # (case, what is compared, the least ratio): the goals on a 2-core machine, one worker.
 GOALS = {

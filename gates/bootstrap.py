@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 # Resamples are generated in chunks of at most this many cells of W.
 CHUNK_CELLS = 4_000_000
@@ -23,8 +24,8 @@ CHUNK_CELLS = 4_000_000
 class Scored:
     """One model's answers on the test rows."""
 
-    predicted: np.ndarray  # bool: predicted the positive class
-    score: np.ndarray  # probability of the positive class
+    predicted: NDArray[np.bool_]  # predicted the positive class
+    score: NDArray[np.float64]  # probability of the positive class
 
 
 @dataclass(frozen=True)
@@ -39,38 +40,41 @@ class Comparison:
     delta_ci: tuple[float, float] | None = None
 
 
-def _counts(W: np.ndarray, y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, ...]:
+def _counts(
+    W: NDArray[np.float64], y: NDArray[np.bool_], p: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Weighted true positives, false positives, false negatives and true negatives, one per row of `W`."""
     return W @ (y & p), W @ (~y & p), W @ (y & ~p), W @ (~y & ~p)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den with 0 where den is 0 (scikit-learn's zero_division=0)."""
+def _ratio(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.float64]:
+    """`num` / `den` with 0 where `den` is 0 (scikit-learn's zero_division=0)."""
     out = np.zeros_like(num, dtype=float)
     np.divide(num, den, out=out, where=den > 0)
     return out
 
 
-def _f1(W, y, s: Scored):
+def _f1(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
     tp, fp, fn, _ = _counts(W, y, s.predicted)
     return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def _precision(W, y, s: Scored):
+def _precision(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
     tp, fp, _, _ = _counts(W, y, s.predicted)
     return _ratio(tp, tp + fp)
 
 
-def _recall(W, y, s: Scored):
+def _recall(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
     tp, _, fn, _ = _counts(W, y, s.predicted)
     return _ratio(tp, tp + fn)
 
 
-def _accuracy(W, y, s: Scored):
+def _accuracy(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
     tp, fp, fn, tn = _counts(W, y, s.predicted)
     return _ratio(tp + tn, tp + fp + fn + tn)
 
 
-def _roc_auc(W, y, s: Scored):
+def _roc_auc(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
     """Weighted Mann-Whitney AUC (ties count half), equal to scikit-learn's roc_auc_score."""
     order = np.argsort(s.score, kind="stable")
     sorted_scores = s.score[order]
@@ -85,7 +89,10 @@ def _roc_auc(W, y, s: Scored):
         return np.where(pairs > 0, wins / np.where(pairs > 0, pairs, 1), np.nan)
 
 
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray, Scored], np.ndarray]] = {
+# A metric: weights (resamples x rows), labels (True: positive class), a model's answers -> one value per resample.
+Metric = Callable[[NDArray[np.float64], NDArray[np.bool_], Scored], NDArray[np.float64]]
+
+METRICS: dict[str, Metric] = {
     "f1": _f1,
     "precision": _precision,
     "recall": _recall,
@@ -94,7 +101,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray, Scored], np.ndarray]] = {
 }
 
 
-def resample_weights(rows: int, samples: int, seed: int) -> Iterator[np.ndarray]:
+def resample_weights(rows: int, samples: int, seed: int) -> Iterator[NDArray[np.float64]]:
     """Chunks of the (samples x rows) matrix of draw counts; the same seed gives the same matrix."""
     rng = np.random.default_rng(seed)
     chunk = max(1, CHUNK_CELLS // max(rows, 1))
@@ -107,14 +114,14 @@ def resample_weights(rows: int, samples: int, seed: int) -> Iterator[np.ndarray]
 
 
 def paired_bootstrap(
-    y_true: np.ndarray,
+    y_true: NDArray[np.bool_],
     candidate: Scored,
     production: Scored | None,
     metrics: list[str],
     samples: int,
     confidence: float | None,
     seed: int,
-    rows: np.ndarray | None = None,
+    rows: NDArray[np.bool_] | None = None,
 ) -> dict[str, Comparison]:
     """Point estimates and percentile intervals for each metric, on all rows or the `rows` mask.
 
@@ -130,7 +137,7 @@ def paired_bootstrap(
     ones = np.ones((1, int(keep.sum())))
     point = {name: [float(METRICS[name](ones, y_kept, m)[0]) for m in sliced] for name in metrics}
 
-    draws: dict[str, list[list[np.ndarray]]] = {name: [[] for _ in models] for name in metrics}
+    draws: dict[str, list[list[NDArray[np.float64]]]] = {name: [[] for _ in models] for name in metrics}
     if confidence is not None:
         for W in resample_weights(len(y), samples, seed):
             Wk = W[:, keep]
@@ -138,7 +145,7 @@ def paired_bootstrap(
                 for i, m in enumerate(sliced):
                     draws[name][i].append(METRICS[name](Wk, y_kept, m))
 
-    out = {}
+    out: dict[str, Comparison] = {}
     for name in metrics:
         cand = point[name][0]
         cand_ci = delta = delta_ci = prod = None
@@ -153,7 +160,7 @@ def paired_bootstrap(
     return out
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float] | None:
+def _interval(values: NDArray[np.float64], confidence: float) -> tuple[float, float] | None:
     """Percentile interval, ignoring resamples where the metric is undefined (AUC with one class)."""
     values = values[~np.isnan(values)]
     if values.size == 0:

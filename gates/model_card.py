@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gates.profile import Profile
 from gates.report import GateReport
 
 
@@ -21,7 +22,7 @@ class CardFacts:
     artifact_digest: str
     intended_use: str
     limitations: str
-    profile: dict | None
+    profile: Profile | None
 
 
 def model_card(report: GateReport, facts: CardFacts) -> str:
@@ -81,7 +82,7 @@ def model_card(report: GateReport, facts: CardFacts) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _profile_lines(profile: dict | None) -> list[str]:
+def _profile_lines(profile: Profile | None) -> list[str]:
     if not profile:
         return ["- profile: not recorded"]
     out = [f"- {len(profile['columns'])} feature columns, {profile['rows']} training rows:"]

@@ -6,6 +6,7 @@ A loosened gate is shown, not blocked: reviewers decide.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,13 +15,16 @@ LOOSENED, TIGHTENED, CHANGED = "loosened", "tightened", "changed"
 
 @dataclass(frozen=True)
 class PolicyChange:
+    """One gate setting that differs from the base params, and what that does, in words."""
+
     key: str
     before: Any
     after: Any
     direction: str  # loosened | tightened | changed
     message: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The change as plain data for the report."""
         return asdict(self)
 
 
@@ -49,7 +53,7 @@ def _threshold(key: str, what: str, before: Any, after: Any, floor: bool) -> Pol
     )
 
 
-def policy_changes(base: dict, current: dict) -> list[PolicyChange]:
+def policy_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list[PolicyChange]:
     """Every gate threshold that differs between the base params' gates and these, loosened first."""
     changes: list[PolicyChange | None] = []
 
@@ -71,7 +75,7 @@ def policy_changes(base: dict, current: dict) -> list[PolicyChange]:
     elif old_conf is None and new_conf is not None:
         message = f"compares {new_conf:.0%} confidence intervals instead of point estimates"
         add("confidence", None, new_conf, TIGHTENED, message)
-    elif old_conf != new_conf:
+    elif old_conf is not None and new_conf is not None and old_conf != new_conf:  # a None is handled above
         direction = TIGHTENED if new_conf > old_conf else LOOSENED
         add("confidence", old_conf, new_conf, direction, f"changes the confidence level from {old_conf} to {new_conf}")
     old_samples, new_samples = base.get("bootstrap_samples"), current.get("bootstrap_samples")

@@ -8,20 +8,50 @@ and each side's share per bin is read off its own percentiles (1 % resolution).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 MAX_CATEGORIES = 100  # the most frequent categories are kept; the rest count as "other"
 PSI_FLOOR = 1e-4  # share used for an empty bin, so the logarithm stays finite
 
 
-def profile(frame: pd.DataFrame, kinds: dict[str, str]) -> dict:
+class ColumnProfile(TypedDict):
+    """One column of a profile: numeric columns have `percentiles`, the others `categories` and `other_share`."""
+
+    kind: str  # "numeric" or "categorical"
+    missing_share: float
+    percentiles: NotRequired[list[float]]  # percentiles 0..100; empty when every value is missing
+    categories: NotRequired[dict[str, float]]  # value -> share of rows, the most frequent first
+    other_share: NotRequired[float]  # rows with a value beyond the MAX_CATEGORIES kept
+
+
+class Profile(TypedDict):
+    """A data profile, as profile() builds it and runs log it (JSON)."""
+
+    rows: int
+    columns: dict[str, ColumnProfile]
+
+
+# A column whose kind changed from production's training data to the candidate's.
+KindChange = TypedDict("KindChange", {"column": str, "from": str, "to": str})
+
+
+class MissingShares(TypedDict):
+    """A column's share of missing values on each side, when it moved by `missing_change` or more."""
+
+    production: float
+    candidate: float
+
+
+def profile(frame: pd.DataFrame, kinds: dict[str, str]) -> Profile:
     """Type, missing share, categories with shares or numeric percentiles, per column."""
-    columns = {}
+    columns: dict[str, ColumnProfile] = {}
     for name, kind in kinds.items():
         values = frame[name]
-        entry: dict = {"kind": kind, "missing_share": _share(values.isna().sum(), len(values))}
+        entry: ColumnProfile = {"kind": kind, "missing_share": _share(values.isna().sum(), len(values))}
         present = values.dropna()
         if kind == "numeric":
             entry["percentiles"] = (
@@ -42,14 +72,17 @@ def _share(count: int, total: int) -> float:
 
 @dataclass(frozen=True)
 class Drift:
+    """What changed from production's training data to the candidate's."""
+
     new_columns: list[str] = field(default_factory=list)
     missing_columns: list[str] = field(default_factory=list)
-    kind_changes: list[dict] = field(default_factory=list)  # {column, from, to}
+    kind_changes: list[KindChange] = field(default_factory=list)
     unseen_categories: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> {value: share}
     psi: dict[str, float] = field(default_factory=dict)  # numeric column -> PSI
-    missing_share: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> {production, candidate}
+    missing_share: dict[str, MissingShares] = field(default_factory=dict)  # column -> {production, candidate}
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The changes as plain data for the report."""
         return asdict(self)
 
     def warnings(self, psi_warn: float = 0.1) -> list[str]:
@@ -68,7 +101,7 @@ class Drift:
         return out
 
 
-def compare_profiles(production: dict, candidate: dict, missing_change: float = 0.05) -> Drift:
+def compare_profiles(production: Profile, candidate: Profile, missing_change: float = 0.05) -> Drift:
     """What changed from production's training data to the candidate's."""
     before, after = production["columns"], candidate["columns"]
     drift = Drift(
@@ -101,8 +134,8 @@ def psi(expected_percentiles: list[float], actual_percentiles: list[float]) -> f
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def _bin_shares(percentiles: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def _bin_shares(percentiles: NDArray[np.float64], edges: NDArray[np.float64]) -> NDArray[np.float64]:
     """Share of the distribution in (-inf, e1], (e1, e2], ..., (ek, inf), read off its percentiles."""
     cdf = np.searchsorted(percentiles, edges, side="right") / len(percentiles)
-    shares = np.diff(np.r_[0.0, cdf, 1.0])
+    shares: NDArray[np.float64] = np.diff(np.r_[0.0, cdf, 1.0])  # numpy's stubs type np.r_[...] as Any
     return np.maximum(shares, PSI_FLOOR)

@@ -16,6 +16,8 @@ class ReleaseRefused(Exception):
 
 @dataclass(frozen=True)
 class VersionState:
+    """A registered version as the release rules see it: its verdicts and the production its gate compared with."""
+
     version: str
     gate: str  # passed | failed | pending
     smoke: str  # passed | failed | pending
@@ -23,6 +25,7 @@ class VersionState:
 
     @property
     def releasable(self) -> bool:
+        """True when both its gate and its smoke test passed."""
         return self.gate == "passed" and self.smoke == "passed"
 
 

@@ -7,7 +7,9 @@ timings, floats rounded, keys sorted).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from gates.evaluate import GateResult
 from gates.policy_diff import LOOSENED, PolicyChange
@@ -18,6 +20,8 @@ DIGITS = 6
 
 @dataclass(frozen=True)
 class GateReport:
+    """The gate's verdict on a run, with everything behind it, ready to be written out."""
+
     model_name: str
     run_id: str
     git_sha: str
@@ -29,16 +33,19 @@ class GateReport:
 
     @property
     def passed(self) -> bool:
+        """True when every rule passed."""
         return self.result.passed
 
     @property
     def verdict(self) -> str:
+        """The verdict as recorded on the run: passed or failed."""
         return "passed" if self.passed else "failed"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data, floats rounded to DIGITS."""
         r = self.result
         baseline = r.baseline
-        return _rounded(
+        rounded = _rounded(
             {
                 "model_name": self.model_name,
                 "run_id": self.run_id,
@@ -85,11 +92,14 @@ class GateReport:
                 "notes": self.notes,
             }
         )
+        return cast("dict[str, Any]", rounded)  # a dict, rounded, is a dict
 
     def to_json(self) -> str:
+        """The report as JSON: keys sorted, one trailing newline."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def to_markdown(self) -> str:
+        """The report as Markdown for a PR comment or job summary, marked with COMMENT_MARKER."""
         r = self.result
         icon = "✅" if self.passed else "❌"
         against = f"against production v{r.baseline.version}" if r.baseline else "no production version yet"
@@ -139,7 +149,8 @@ class GateReport:
         return out
 
 
-def _rounded(value):
+def _rounded(value: object) -> object:
+    """`value` with every float in it rounded to DIGITS, tuples as lists."""
     if isinstance(value, float):
         return round(value, DIGITS)
     if isinstance(value, dict):
@@ -152,15 +163,17 @@ def _rounded(value):
 def _charts(r: GateResult, confidence: float | None) -> list[str]:
     """Mermaid charts GitHub renders: metrics and per-slice F1, candidate as bars, production as a line."""
     names = [n for n, c in r.comparisons.items() if 0 <= c.candidate <= 1]
-    production = r.baseline is not None and r.baseline.metrics is not None
-    title = "Candidate (bars) vs production v" + r.baseline.version + " (line)" if production else "Candidate"
+    scored = r.baseline if r.baseline is not None and r.baseline.metrics is not None else None
+    title = "Candidate (bars) vs production v" + scored.version + " (line)" if scored else "Candidate"
+    # Production scored has a value for every recomputed metric (not for a logged metric it lacks: None).
     out = [*_chart(title, names, [r.comparisons[n].candidate for n in names],
-                   [r.comparisons[n].production for n in names] if production else None)]  # fmt: skip
-    deltas = [n for n in names if r.comparisons[n].delta_ci is not None]
+                   cast("list[float]", [r.comparisons[n].production for n in names]) if scored else None)]  # fmt: skip
+    intervals = {n: ci for n in names if (ci := r.comparisons[n].delta_ci) is not None}
+    deltas = list(intervals)
     if deltas:
-        low = [r.comparisons[n].delta_ci[0] for n in deltas]
-        high = [r.comparisons[n].delta_ci[1] for n in deltas]
-        mid = [r.comparisons[n].delta for n in deltas]
+        low = [intervals[n][0] for n in deltas]
+        high = [intervals[n][1] for n in deltas]
+        mid = [cast(float, r.comparisons[n].delta) for n in deltas]  # an interval comes with its delta
         bottom, top = min([*low, 0.0]), max([*high, 0.0])
         pad = max(top - bottom, 0.01) * 0.1
         out += [
@@ -181,12 +194,12 @@ def _charts(r: GateResult, confidence: float | None) -> list[str]:
             "F1 per slice: candidate (bars)" + (" vs production (line)" if compared else ""),
             [s.label for s in r.slices],
             [s.candidate for s in r.slices],
-            [s.production for s in r.slices] if compared else None,
+            cast("list[float]", [s.production for s in r.slices]) if compared else None,
         )
     return out
 
 
-def _chart(title: str, labels: list[str], bars: list[float], line: list[float] | None) -> list[str]:
+def _chart(title: str, labels: Sequence[str], bars: Sequence[float], line: Sequence[float] | None) -> list[str]:
     out = [
         "```mermaid",
         "xychart-beta",
@@ -204,7 +217,7 @@ def _label(text: str) -> str:
     return '"' + text.replace('"', "'") + '"'
 
 
-def _values(values: list[float]) -> str:
+def _values(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.4f}" for v in values)
 
 

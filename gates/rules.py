@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from gates.bootstrap import Comparison
 from gates.profile import Drift
@@ -13,6 +14,8 @@ TOLERANCE = 1e-12  # float noise never decides a verdict
 
 @dataclass(frozen=True)
 class RuleResult:
+    """One rule's verdict: the value it held against the threshold, and why, in words."""
+
     rule: str
     metric: str
     threshold: float | None  # the bound the value is held to
@@ -20,7 +23,8 @@ class RuleResult:
     passed: bool
     detail: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as plain data for the report."""
         return asdict(self)
 
 
@@ -35,6 +39,8 @@ class Baseline:
 
 @dataclass(frozen=True)
 class SliceResult:
+    """The candidate's F1 on one slice, against production's on the same rows."""
+
     column: str
     label: str
     rows: int
@@ -101,20 +107,20 @@ def non_inferiority(
 
 def slice_rule(column: str, results: list[SliceResult], max_drop: float, min_rows: int) -> RuleResult:
     """No gated slice of `column` may lose more than `max_drop` F1 (CI lower bound) against production."""
-    gated = [r for r in results if r.gated and r.bound is not None]
+    gated = [(r, bound) for r in results if r.gated and (bound := r.bound) is not None]
     rule = f"slice_f1_drop[{column}]"
     if not gated:
         why = "no production to compare with" if all(r.production is None for r in results) else ""
         why = why or f"no slice has {min_rows} rows"
         return RuleResult(rule, "f1", -max_drop, None, True, f"{len(results)} slice(s), none gated: {why}")
-    worst = min(gated, key=lambda r: r.bound)
-    failing = [r for r in gated if r.bound < -max_drop - TOLERANCE]
+    worst, lowest = min(gated, key=lambda pair: pair[1])
+    failing = [r for r, bound in gated if bound < -max_drop - TOLERANCE]
     if failing:
         named = "; ".join(f"{r.label}: {r.candidate:.4f} vs {r.production:.4f}{_ci(r.delta_ci)}" for r in failing)
         detail = f"{len(failing)} slice(s) lose more than {max_drop} F1: {named}"
     else:
-        detail = f"{len(gated)} slice(s) gated, worst {worst.label} at {worst.bound:+.4f}"
-    return RuleResult(rule, "f1", -max_drop, round(worst.bound, 6), not failing, detail)
+        detail = f"{len(gated)} slice(s) gated, worst {worst.label} at {lowest:+.4f}"
+    return RuleResult(rule, "f1", -max_drop, round(lowest, 6), not failing, detail)
 
 
 def schema_rule(diff: SchemaDiff | None, production_version: str | None, allowed: bool) -> RuleResult:
@@ -142,7 +148,7 @@ def schema_rule(diff: SchemaDiff | None, production_version: str | None, allowed
 
 def drift_rules(drift: Drift | None, max_psi: float | None, max_unseen_share: float | None) -> list[RuleResult]:
     """Profile changes that params turned into rules."""
-    out = []
+    out: list[RuleResult] = []
     if max_psi is not None:
         if drift is None or not drift.psi:
             out.append(RuleResult("max_psi", "psi", max_psi, None, True, "no production profile to compare with"))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 # A numeric column with at most this many distinct values is sliced per value, else into quartile bins.
 MAX_NUMERIC_VALUES = 10
@@ -15,9 +16,11 @@ MISSING = "(missing)"
 
 @dataclass(frozen=True)
 class Slice:
+    """A subset of the test rows: a value or a bin of one column."""
+
     column: str
     label: str  # e.g. "Contract = Month-to-month" or "9 ≤ tenure < 29"
-    rows: np.ndarray  # bool mask over the test rows
+    rows: NDArray[np.bool_]  # mask over the test rows
 
 
 def slices_of(frame: pd.DataFrame, column: str) -> list[Slice]:
@@ -37,7 +40,7 @@ def slices_of(frame: pd.DataFrame, column: str) -> list[Slice]:
     return out
 
 
-def _bins(column: str, x: np.ndarray, present: np.ndarray) -> list[Slice]:
+def _bins(column: str, x: NDArray[np.float64], present: NDArray[np.bool_]) -> list[Slice]:
     edges = np.unique(np.quantile(x[present], [0.25, 0.5, 0.75]))
     bounds = [-np.inf, *edges, np.inf]
     out = []

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 PROBABILITY_TOLERANCE = 1e-9
 
 
+class ExpectedAnswers(TypedDict):
+    """What the model answered at training time (the run's smoke examples): labels, positive-class probabilities."""
+
+    predictions: list[str]
+    probabilities: list[float]
+
+
 @dataclass(frozen=True)
 class Check:
+    """One smoke check's verdict, with what was seen."""
+
     name: str
     passed: bool
     detail: str
@@ -17,21 +28,26 @@ class Check:
 
 @dataclass(frozen=True)
 class SmokeReport:
+    """Every smoke check run against one served version."""
+
     version: str
     target: str
     checks: list[Check] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
+        """True when there was at least one check and every check passed."""
         return bool(self.checks) and all(c.passed for c in self.checks)
 
     def summary(self) -> str:
+        """The failed checks in one line, or how many passed."""
         failed = [c for c in self.checks if not c.passed]
         if not failed:
             return f"{len(self.checks)} checks passed"
         return "; ".join(f"{c.name}: {c.detail}" for c in failed)
 
     def to_markdown(self) -> str:
+        """The report as Markdown for a job summary: the verdict, then one table row per check."""
         icon = "✅" if self.passed else "❌"
         lines = [
             f"## {icon} Smoke {'passed' if self.passed else 'failed'}: version {self.version}",
@@ -45,7 +61,9 @@ class SmokeReport:
         return "\n".join(lines) + "\n"
 
 
-def predictions_match(expected: dict, predictions: list, probabilities: list | None) -> Check:
+def predictions_match(
+    expected: ExpectedAnswers, predictions: Sequence[object], probabilities: Sequence[float] | None
+) -> Check:
     """Labels must be identical and probabilities equal within float noise."""
     want = [str(p) for p in expected["predictions"]]
     got = [str(p) for p in predictions]
@@ -77,6 +95,7 @@ def predictions_match(expected: dict, predictions: list, probabilities: list | N
 
 
 def version_matches(expected: str, reported: object) -> Check:
+    """The API must report the version it was asked to serve."""
     passed = str(reported) == str(expected)
     return Check("model version", passed, f"/model reports version {reported}, expected {expected}")
 
@@ -88,6 +107,7 @@ def digest_matches(expected: str, reported: object) -> Check:
 
 
 def rejects_bad_input(status: int, what: str) -> Check:
+    """A bad request (`what`) must get a 4xx status."""
     passed = 400 <= status < 500
     return Check(f"rejects {what}", passed, f"answered {status}, expected a 4xx")
 

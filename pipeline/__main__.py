@@ -1,3 +1,5 @@
+"""`python -m pipeline`: the CLI."""
+
 import sys
 
 from pipeline.cli import main

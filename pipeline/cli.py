@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import importlib
 import sys
 import traceback
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from api.redact import redact, redact_logging
+from api.release.redact import redact, redact_logging
 from api.settings import apply_mlflow_http_defaults
-from pipeline import interrupts
-from pipeline.errors import PipelineError
+from pipeline.core import interrupts
+from pipeline.core.errors import PipelineError
 from pipeline.failures import classify
+
+if TYPE_CHECKING:  # loaded per command (dispatch), not at import
+    from pipeline.core.config import Params
 
 # The commands that load a logged model through skops (see dispatch).
 LOADS_MODELS = {"run", "train", "gate", "register", "smoke", "publish", "score", "promote", "rollback"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: every command, each with --params, --set and --debug."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument(
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command `argv` names (default: sys.argv); returns the exit code."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -118,62 +126,55 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# Each command: the stage module that runs it, and how it is called (module, params, args) -> what it prints.
+COMMANDS: dict[str, tuple[str, Callable[[ModuleType, Params | None, argparse.Namespace], str | None]]] = {
+    "keygen": ("admin", lambda m, _, a: m.keygen_stage(a.out)),
+    "status": ("admin", lambda m, p, a: m.status_stage(p, a.json)),
+    "tracking-server": ("admin", lambda m, p, a: m.tracking_server_stage(p, a.dir, a.stop, a.ephemeral)),
+    "make-data": ("training", lambda m, p, a: str(m.make_data(p, a.force))),
+    "train": ("training", lambda m, p, _: m.train_stage(p)),
+    "gate": ("gate", lambda m, p, a: _none(m.gate_stage(p, a.run_id, base_params=_base_params(a)))),
+    "pr-comment": ("gate", lambda m, _, a: m.pr_comment_stage(a.file)),
+    "register": ("release", lambda m, p, a: m.register_stage(p, a.run_id)),
+    "promote": ("release", lambda m, p, a: m.promote_stage(p, a.version)),
+    "rollback": ("release", lambda m, p, a: m.rollback_stage(p, a.reason, a.to or None)),
+    "smoke": ("smoke", lambda m, p, a: _none(m.smoke_stage(p, a.version, base_url=a.base_url, image=a.image))),
+    "image": ("images", lambda m, _, a: m.image_stage(a.tag, a.base_image)),
+    "publish": ("images", lambda m, p, a: m.publish_stage(p, a.version, a.image, a.repository)),
+    "score": ("scoring", lambda m, p, a: m.score_stage(p, a.input, a.output, a.version, a.alias)),
+    "run": ("flow", lambda m, p, _: m.run_all(p)),
+}
+
+
 def dispatch(args: argparse.Namespace) -> str | None:
     """Run one command; returns what it prints on stdout."""
-    # Imported per command: `--help` loads no MLflow, `status` no scikit-learn, nothing loads matplotlib but training.
-    from pipeline.config import load_params
-    from pipeline.errors import ConfigError
+    from pipeline.core.config import load_params
 
-    if args.command == "status":
-        from pipeline import release_keys, status
-        from pipeline.connection import connect
-
-        redact_logging("mlflow")
-        params = load_params(args.params, args.overrides)
-        state = status.collect(connect(params), params.registry, release_keys.verify_key())
-        return json.dumps(state, indent=2) if args.json else status.render_table(state).rstrip("\n")
+    module_name, call = COMMANDS[args.command]
     if args.command in LOADS_MODELS:
         # skops finds each scipy ufunc's module by scanning sys.modules when it is imported:
         # before MLflow's thousands of modules are loaded, a command starts ~0.2-0.3 s sooner (measured on gate).
         import skops.io  # noqa: F401
-    from pipeline import stages
-
+    # Imported per command: `--help` loads no MLflow, `status` no scikit-learn, nothing loads matplotlib but training.
+    module = importlib.import_module(f"pipeline.stages.{module_name}")
     redact_logging("mlflow")  # MLflow's handlers exist once it is imported
+    params = None if args.command == "keygen" else load_params(args.params, args.overrides)
+    return call(module, params, args)
 
-    command = args.command
-    if command == "keygen":
-        return stages.keygen_stage(args.out)
-    params = load_params(args.params, args.overrides)
-    if command == "make-data":
-        return str(stages.make_data(params, args.force))
-    if command == "image":
-        return stages.image_stage(args.tag, args.base_image)
-    if command == "tracking-server":
-        return stages.tracking_server_stage(params, args.dir, args.stop, args.ephemeral)
-    if command == "pr-comment":
-        return stages.pr_comment_stage(args.file)
-    if command == "run":
-        return stages.run_all(params)
-    if command == "train":
-        return stages.train_stage(params)
-    if command == "gate":
-        base = None
-        if args.base_params:
-            try:
-                base = load_params(args.base_params)
-            except ConfigError as exc:
-                raise ConfigError(f"--base-params {args.base_params}: {exc}") from None
-        stages.gate_stage(params, args.run_id, base_params=base)
-    elif command == "register":
-        return stages.register_stage(params, args.run_id)
-    elif command == "smoke":
-        stages.smoke_stage(params, args.version, base_url=args.base_url, image=args.image)
-    elif command == "publish":
-        return stages.publish_stage(params, args.version, args.image, args.repository)
-    elif command == "score":
-        return stages.score_stage(params, args.input, args.output, args.version, args.alias)
-    elif command == "promote":
-        stages.promote_stage(params, args.version)
-    elif command == "rollback":
-        return stages.rollback_stage(params, args.reason, args.to or None)
+
+def _base_params(args: argparse.Namespace) -> Params | None:
+    """The gate's --base-params, loaded like params.yaml (exit 2 naming the file when it is bad)."""
+    from pipeline.core.config import load_params
+    from pipeline.core.errors import ConfigError
+
+    if not args.base_params:
+        return None
+    try:
+        return load_params(args.base_params)
+    except ConfigError as exc:
+        raise ConfigError(f"--base-params {args.base_params}: {exc}") from None
+
+
+def _none(_: object) -> None:
+    """For stages whose result the CLI does not print (their report goes to the summary and stderr)."""
     return None

@@ -37,7 +37,7 @@ def classify(exc: BaseException) -> tuple[int, str]:
     if _is_network_error(exc):  # before OSError: requests' errors are OSErrors too
         return 3, f"network request failed: {type(exc).__name__}: {_first_line(str(exc))}"
     if isinstance(exc, OSError):
-        what = STORAGE_ERRNOS.get(exc.errno)
+        what = STORAGE_ERRNOS.get(exc.errno) if exc.errno is not None else None
         where = exc.filename or "a local path"
         if what:
             return 3, f"storage {what}: cannot write {where}"

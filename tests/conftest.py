@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.churn_data import generate_churn
 from pipeline.cli import main
+from pipeline.core.churn_data import generate_churn
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from mlflow.models import Model, infer_signature
 
-from api.loaded_model import LoadedModel
-from api.schema import FeatureSpec
-from pipeline.churn_data import generate_churn
-from pipeline.config import DataParams, ModelParams
-from pipeline.data import prepare
-from pipeline.train import train
+from api.model.loaded_model import LoadedModel
+from api.model.schema import FeatureSpec
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.data import prepare
+from pipeline.core.train import train
 
 
 @pytest.fixture(scope="session")

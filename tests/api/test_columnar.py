@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from api.columnar import ColumnTypes, RecordDecoder
-from api.schema import FeatureSpec, RecordValidator, RequestError
+from api.model.columnar import ColumnTypes, RecordDecoder
+from api.model.schema import FeatureSpec, RecordValidator, RequestError
 
 FEATURES = [
     FeatureSpec("tenure", "double"),

@@ -6,11 +6,11 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures
 
-from api.compiled import CompiledPipeline, NotCompilable
-from pipeline.churn_data import generate_churn
-from pipeline.config import DataParams, ModelParams
-from pipeline.data import prepare
-from pipeline.train import train
+from api.model.compiled import CompiledPipeline, NotCompilable
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.data import prepare
+from pipeline.core.train import train
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.holder import ModelHolder
 from api.settings import Settings
-from pipeline.churn_data import generate_churn
-from pipeline.config import DataParams, ModelParams
-from pipeline.data import prepare
-from pipeline.train import train
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.data import prepare
+from pipeline.core.train import train
 
 from .conftest import make_model
 

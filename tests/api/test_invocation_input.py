@@ -2,8 +2,8 @@
 
 import pytest
 
-from api.invocation_input import FALLBACK, Refusal, media_type, read_json, safe_message
-from api.schema import FeatureSpec
+from api.model.invocation_input import FALLBACK, Refusal, media_type, read_json, safe_message
+from api.model.schema import FeatureSpec
 
 FEATURES = [
     FeatureSpec("tenure", "double"),

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.container import LOCAL_BASE
-from pipeline.processes import free_port, stop, wait_for
-from pipeline.registry import history
-from pipeline.tracking_server import tracking_server
+from pipeline.runtime.container import LOCAL_BASE
+from pipeline.runtime.processes import free_port, stop, wait_for
+from pipeline.runtime.tracking_server import tracking_server
+from pipeline.store.registry import history
 
 from ..conftest import ROOT
 

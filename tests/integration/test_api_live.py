@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.api_process import uvicorn_process
+from pipeline.runtime.api_process import uvicorn_process
 
 from ..conftest import ROOT
 from .test_flow import deploy
@@ -97,7 +97,7 @@ def production_registry(tmp_path_factory, churn_csv, empty_mlflow_db):
     import shutil
 
     from pipeline.cli import main
-    from pipeline.tracking import load_test_set
+    from pipeline.store.tracking import load_test_set
 
     root = tmp_path_factory.mktemp("served")
     shutil.copy(empty_mlflow_db, root / "mlflow.db")

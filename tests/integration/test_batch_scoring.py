@@ -12,11 +12,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipeline import batch_scoring
 from pipeline.cli import main
-from pipeline.data import coerce_to_schema
-from pipeline.formula_cells import neutralise
-from pipeline.tracking import load_feature_schema
+from pipeline.core.data import coerce_to_schema
+from pipeline.core.formula_cells import neutralise
+from pipeline.runtime import batch_scoring
+from pipeline.store.tracking import load_feature_schema
 
 from ..conftest import ROOT
 from .test_flow import deploy
@@ -229,7 +229,7 @@ def test_a_bad_row_in_a_later_chunk_leaves_nothing_new_and_an_earlier_output_as_
 def test_the_scoring_function_takes_a_chunk_size_and_fails_cleanly_in_a_later_chunk(project, deployed):
     from api.settings import Settings
     from api.source import RegistrySource
-    from pipeline.errors import DataError
+    from pipeline.core.errors import DataError
 
     version, _ = deployed
     settings = Settings(model_name="churn-classifier", model_alias="production", max_batch_size=10)

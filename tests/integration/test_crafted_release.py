@@ -11,9 +11,9 @@ import pytest
 import skops.io
 from mlflow.tracking import MlflowClient
 
-from api import contract
-from api.safe_model import ALLOWED_TYPES, artifact_digest
-from pipeline.api_process import uvicorn_process
+from api.release import contract
+from api.release.safe_model import ALLOWED_TYPES, artifact_digest
+from pipeline.runtime.api_process import uvicorn_process
 
 from ..crafted import child_out_of_range
 from .test_api_live import wait_ready

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.processes import free_port, stop, wait_for
+from pipeline.runtime.processes import free_port, stop, wait_for
 
 from ..conftest import ROOT
 
@@ -64,7 +64,7 @@ def api_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    """One `python -m api` (as pipeline.api_process.uvicorn_process starts it, keeping the pid) for the module."""
+    """One `python -m api` (as uvicorn_process starts it, keeping the pid) for the module."""
     tmp = tmp_path_factory.mktemp("http-limits")
     port = free_port()
     env = api_env(

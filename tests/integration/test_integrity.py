@@ -12,12 +12,13 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from api import contract
 from api.holder import ModelHolder
+from api.release import contract
+from api.release.check import RefusedVersion
 from api.settings import Settings
-from api.source import RefusedVersion, RegistrySource
-from pipeline.errors import CheckFailed
-from pipeline.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
+from api.source import RegistrySource
+from pipeline.core.errors import CheckFailed
+from pipeline.store.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
 
 from .test_flow import deploy, register_candidate
 

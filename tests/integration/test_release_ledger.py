@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mlflow.tracking import MlflowClient
 
-from api import contract
-from pipeline.ledger import entry_key, make_entry
+from api.release import contract
+from pipeline.core.ledger import entry_key, make_entry
 
 from .test_flow import deploy, register_candidate
 

@@ -12,8 +12,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
-from pipeline.tracking_server import tracking_server
+from pipeline.runtime.tracking_server import tracking_server
+from pipeline.store.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
 
 from ..conftest import ROOT
 from .test_flow import deploy

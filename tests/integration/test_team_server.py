@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.api_process import uvicorn_process
-from pipeline.config import load_params
-from pipeline.processes import free_port, stop, wait_for
-from pipeline.stages import rollback_stage
-from pipeline.tracking_server import start_tracking_server
+from pipeline.core.config import load_params
+from pipeline.runtime.api_process import uvicorn_process
+from pipeline.runtime.processes import free_port, stop, wait_for
+from pipeline.runtime.tracking_server import start_tracking_server
+from pipeline.stages.release import rollback_stage
 
 from .test_api_live import wait_ready
 

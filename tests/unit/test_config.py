@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import Params, apply_overrides, build_params, load_params
-from pipeline.errors import ConfigError
+from pipeline.core.config import Params, apply_overrides, build_params, load_params
+from pipeline.core.errors import ConfigError
 
 from ..conftest import ROOT
 

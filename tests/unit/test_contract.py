@@ -2,7 +2,7 @@
 
 import ast
 
-from api import contract
+from api.release import contract
 
 from ..conftest import ROOT
 
@@ -36,7 +36,7 @@ def test_no_module_spells_a_tag_name_itself():
         if path.name != "contract.py"
         for line, text in bare_tag_strings(path.read_text())
     }
-    assert not found, "use api.contract instead of: " + ", ".join(sorted(found))
+    assert not found, "use api.release.contract instead of: " + ", ".join(sorted(found))
 
 
 def test_the_check_finds_a_bare_tag():

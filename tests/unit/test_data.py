@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.churn_data import generate_churn
-from pipeline.config import DataParams
-from pipeline.data import load_dataset, prepare
-from pipeline.errors import DataError
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams
+from pipeline.core.data import load_dataset, prepare
+from pipeline.core.errors import DataError
 
 TELCO_COLUMNS = [
     "customerID", "gender", "SeniorCitizen", "Partner", "Dependents", "tenure", "PhoneService", "MultipleLines",

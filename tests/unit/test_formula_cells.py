@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from pipeline.formula_cells import neutralise, neutralise_frame
+from pipeline.core.formula_cells import neutralise, neutralise_frame
 
 
 @pytest.mark.parametrize(

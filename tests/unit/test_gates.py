@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
+from api.model.schema import FeatureSpec as Field
 from gates.bootstrap import METRICS, Comparison, Scored, paired_bootstrap, resample_weights
 from gates.evaluate import GateResult, Production, evaluate
 from gates.report import COMMENT_MARKER, GateReport
 from gates.rules import Baseline, metric_floor, non_inferiority
-from gates.schema_diff import Field, compare_schemas
+from gates.schema_diff import compare_schemas
 from gates.slices import slices_of
-from pipeline.config import GateParams, build_params
+from pipeline.core.config import GateParams, build_params
 
 SKLEARN = {"f1": f1_score, "precision": precision_score, "recall": recall_score, "accuracy": accuracy_score}
 

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from pipeline import github
+from pipeline.ci import github
 
 MARKER = "<!-- gate-report -->"
 

@@ -2,10 +2,11 @@
 
 import pytest
 
-from api import contract
-from api.release import image_refusal, image_verdict, load_signing_key, load_verify_key, new_key_pair, sign
-from pipeline.errors import ConfigError, InfrastructureError
-from pipeline.image_publish import digest_from_push_output, image_repository, is_local_registry
+from api.release import contract
+from api.release.verdicts import image_refusal, image_verdict, load_verify_key
+from pipeline.core.errors import ConfigError, InfrastructureError
+from pipeline.core.release_keys import load_signing_key, new_key_pair, sign
+from pipeline.runtime.image_publish import digest_from_push_output, image_repository, is_local_registry
 
 DIGEST = "sha256:" + "ab" * 32
 

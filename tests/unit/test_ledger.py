@@ -5,7 +5,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pipeline.ledger import entry_key, is_rollback, make_entry, read_ledger
+from pipeline.core.ledger import entry_key, is_rollback, make_entry, read_ledger
 
 MODEL = "churn"
 

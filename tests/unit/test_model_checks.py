@@ -9,15 +9,15 @@ import mlflow
 import pytest
 import skops.io
 
-from api import load_probe
-from api.load_probe import ProbeLimits, probe
-from api.model_checks import check_structure
-from api.safe_model import RefusedModel, load_estimator
-from pipeline.churn_data import generate_churn
-from pipeline.config import DataParams, ModelParams
-from pipeline.data import prepare
-from pipeline.tracking import smoke_examples
-from pipeline.train import train
+from api.release import load_probe
+from api.release.load_probe import ProbeLimits, probe
+from api.release.model_checks import check_structure
+from api.release.safe_model import RefusedModel, load_estimator
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.data import prepare
+from pipeline.core.train import train
+from pipeline.store.tracking import smoke_examples
 
 from ..conftest import ROOT
 from ..crafted import BOOSTING_ATTACKS, FOREST_ATTACKS, child_out_of_range, cycle
@@ -83,10 +83,12 @@ def test_the_attack_is_real_an_unchecked_predict_dies_and_the_probe_refuses_inst
     model_dir, schema, examples = saved(tmp_path, data, fitted(data, "random_forest"), attack=child_out_of_range)
     # then: loaded and used without the checks, it kills the process that predicts
     unchecked = (
-        "import sys, json; sys.path.insert(0, sys.argv[1]); from api.safe_model import load_estimator; "
-        "from api.load_probe import typed_frame; m = load_estimator(__import__('pathlib').Path(sys.argv[2])); "
+        "import sys, json; sys.path.insert(0, sys.argv[1]); from api.release.safe_model import load_estimator; "
+        "from api.release.frames import Column, typed_frame; from pathlib import Path; "
+        "m = load_estimator(Path(sys.argv[2])); "
         "s = json.load(open(sys.argv[3])); e = json.load(open(sys.argv[4])); "
-        "m.predict(typed_frame(e['records'], s['features']))"
+        "f = [Column(c['name'], c['kind'] == 'numeric') for c in s['features']]; "
+        "m.predict(typed_frame({c.name: [r.get(c.name) for r in e['records']] for c in f}, f))"
     )
     (tmp_path / "examples.json").write_text(json.dumps(examples))
     died = subprocess.run(

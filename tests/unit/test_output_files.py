@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.output_files import (
+from pipeline.core.errors import ConfigError
+from pipeline.runtime.output_files import (
     Protected,
     atomic_outputs,
     check_targets,

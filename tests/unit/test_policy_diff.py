@@ -1,5 +1,5 @@
 from gates.policy_diff import CHANGED, LOOSENED, TIGHTENED, policy_changes
-from pipeline.config import build_params
+from pipeline.core.config import build_params
 
 
 def gates(**section) -> dict:

@@ -6,14 +6,15 @@ import shutil
 import pytest
 import skops.io
 
-from api import contract
-from api.redact import redact
-from api.release import Verdict, load_signing_key, load_verify_key, new_key_pair, refusal, sign, verifies
-from api.safe_model import ALLOWED_TYPES, RefusedModel, artifact_digest, load_estimator, types_in
-from pipeline.churn_data import generate_churn
-from pipeline.config import DataParams, ModelParams
-from pipeline.data import prepare
-from pipeline.train import train
+from api.release import contract
+from api.release.redact import redact
+from api.release.safe_model import ALLOWED_TYPES, RefusedModel, artifact_digest, load_estimator, types_in
+from api.release.verdicts import Verdict, load_verify_key, refusal, verifies
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.data import prepare
+from pipeline.core.release_keys import load_signing_key, new_key_pair, sign
+from pipeline.core.train import train
 
 MLMODEL = """flavors:
   python_function: {loader_module: mlflow.sklearn, model_path: %(file)s}

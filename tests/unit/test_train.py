@@ -1,9 +1,9 @@
 import pytest
 
-from pipeline.churn_data import generate_churn
-from pipeline.config import DataParams, ModelParams
-from pipeline.data import prepare
-from pipeline.train import evaluate, train
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.data import prepare
+from pipeline.core.train import evaluate, train
 
 
 @pytest.fixture(scope="module")

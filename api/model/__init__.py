@@ -1,0 +1,1 @@
+"""The request path: validation, the fast paths, the compiled pipeline and /invocations scoring."""

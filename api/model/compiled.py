@@ -1,0 +1,176 @@
+"""The fitted sklearn pipeline compiled into plain numpy for the request path.
+
+scikit-learn's ColumnTransformer costs milliseconds per call, almost all of it
+input validation and frame handling. The fitted statistics are few numbers:
+imputation values, means and scales, one-hot vocabularies, coefficients. This
+module reads them once at load time and applies them with numpy, in the same
+order of operations, so the outputs match the sklearn pipeline. A pipeline
+whose shape is not recognised raises NotCompilable and is served by sklearn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain, repeat
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from api.release.frames import Columns
+
+
+class NotCompilable(Exception):
+    """The pipeline has a shape this module does not translate."""
+
+
+@dataclass(frozen=True)
+class NumericBlock:
+    """Numeric columns: imputed, then centred and scaled as the block's StandardScaler does, if it has one."""
+
+    columns: list[str]
+    fill: np.ndarray  # imputation value per column
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class CategoricalBlock:
+    """Categorical columns: imputed, then one-hot encoded into `width` output columns."""
+
+    columns: list[str]
+    fill: list[object]  # imputation value per column
+    lookups: list[dict[object, int]]  # category -> output column, per input column
+    width: int
+
+
+class CompiledPipeline:
+    """predict(columns) -> (labels, class probabilities) without sklearn on the hot path."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
+            raise NotCompilable("expected Pipeline(preprocess, classifier)")
+        preprocess, self.estimator = pipeline.steps[0][1], pipeline.steps[1][1]
+        if not isinstance(preprocess, ColumnTransformer):
+            raise NotCompilable("first step is not a ColumnTransformer")
+        if getattr(preprocess, "sparse_output_", False):
+            raise NotCompilable("ColumnTransformer produces sparse output")
+        self.blocks: list[NumericBlock | CategoricalBlock] = []
+        for name, transformer, columns in preprocess.transformers_:
+            if name == "remainder":
+                if transformer != "drop" and len(columns):
+                    raise NotCompilable("remainder columns are passed through")
+                continue
+            self.blocks.append(_compile_block(transformer, list(columns)))
+        self.width = sum(len(b.columns) if isinstance(b, NumericBlock) else b.width for b in self.blocks)
+        # Output positions: (offset, block) per numeric block; (column, fill, category -> output column) per
+        # categorical column, offsets included, so transform looks each value up once.
+        self.numeric: list[tuple[int, NumericBlock]] = []
+        self.categorical: list[tuple[str, object, dict[object, int]]] = []
+        offset = 0
+        for block in self.blocks:
+            if isinstance(block, NumericBlock):
+                self.numeric.append((offset, block))
+                offset += len(block.columns)
+                continue
+            for column, fill, lookup in zip(block.columns, block.fill, block.lookups, strict=True):
+                self.categorical.append((column, fill, {value: offset + i for value, i in lookup.items()}))
+            offset += block.width
+        self.classes = self.estimator.classes_
+        self.linear = isinstance(self.estimator, LogisticRegression) and len(self.classes) == 2
+        if self.linear:
+            self.coef_T = self.estimator.coef_.T
+            self.intercept = self.estimator.intercept_
+
+    def transform(self, columns: Columns) -> np.ndarray:
+        """The dense matrix the ColumnTransformer would produce."""
+        rows = len(next(iter(columns.values())))
+        out = np.zeros((rows, self.width))
+        for offset, block in self.numeric:
+            # One conversion for the block: None becomes NaN, then takes the imputed value.
+            values = np.array([columns[c] for c in block.columns], dtype=np.float64).T
+            missing = np.isnan(values)
+            if missing.any():
+                values = np.where(missing, block.fill, values)
+            if block.mean is not None:
+                values -= block.mean
+            if block.scale is not None:
+                values /= block.scale
+            out[:, offset : offset + len(block.columns)] = values
+        if self.categorical:
+            # Every categorical column's output position in one pass, then all the ones in one write.
+            index = np.fromiter(
+                chain.from_iterable(map(lookup.get, columns[name], repeat(-1)) for name, _, lookup in self.categorical),
+                np.intp,
+                rows * len(self.categorical),
+            ).reshape(len(self.categorical), rows)
+            if (index < 0).any():
+                self._resolve_missing(columns, index)
+            flat = index + np.arange(rows) * self.width
+            out.put(flat[index >= 0], 1.0)  # unknown categories encode as all zeros
+        return out
+
+    def _resolve_missing(self, columns: Columns, index: np.ndarray) -> None:
+        """NaN is no dict key: a missing value (None or NaN) takes the imputed category."""
+        for i, row in zip(*np.nonzero(index < 0), strict=True):
+            name, fill, lookup = self.categorical[i]
+            if _missing(columns[name][row]):
+                index[i, row] = lookup.get(fill, -1)
+
+    def predict(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, class probabilities) for the records in `columns`, as the sklearn pipeline gives them."""
+        X = self.transform(columns)
+        if self.linear:
+            scores = (X @ self.coef_T + self.intercept).reshape(-1)
+            proba = np.empty((len(scores), 2))
+            proba[:, 1] = expit(scores)
+            proba[:, 0] = 1 - proba[:, 1]
+            return self.classes[(scores > 0).astype(np.intp)], proba
+        # predict() of RandomForest and HistGradientBoosting is argmax of predict_proba;
+        # the load-time parity check confirms it for the model at hand.
+        proba = self.estimator.predict_proba(X)
+        return self.classes[np.argmax(proba, axis=1)], proba
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _compile_block(transformer: Any, columns: list[str]) -> NumericBlock | CategoricalBlock:
+    steps = transformer.steps if isinstance(transformer, Pipeline) else [("only", transformer)]
+    kinds = [type(step) for _, step in steps]
+    imputer = steps[0][1] if kinds[0] is SimpleImputer else None
+    rest = [step for _, step in steps[1 if imputer else 0 :]]
+    if imputer is not None and imputer.add_indicator:
+        raise NotCompilable("SimpleImputer with add_indicator")
+    if all(isinstance(s, StandardScaler) for s in rest) and len(rest) <= 1:
+        if imputer is None or imputer.strategy not in ("mean", "median", "most_frequent", "constant"):
+            raise NotCompilable("numeric block needs a SimpleImputer first")
+        scaler = rest[0] if rest else None
+        return NumericBlock(
+            columns,
+            np.asarray(imputer.statistics_, dtype=np.float64),
+            None if scaler is None or scaler.mean_ is None else scaler.mean_,
+            None if scaler is None or scaler.scale_ is None else scaler.scale_,
+        )
+    if len(rest) == 1 and isinstance(rest[0], OneHotEncoder):
+        encoder = rest[0]
+        if encoder.handle_unknown != "ignore" or encoder.drop_idx_ is not None:
+            raise NotCompilable("OneHotEncoder must ignore unknowns and drop nothing")
+        if getattr(encoder, "_infrequent_enabled", False):
+            raise NotCompilable("OneHotEncoder with infrequent categories")
+        lookups, width = [], 0
+        fill = list(imputer.statistics_) if imputer is not None else [None] * len(columns)
+        for categories, fill_value in zip(encoder.categories_, fill, strict=True):
+            lookup = {value: width + i for i, value in enumerate(categories.tolist())}
+            if fill_value in lookup:
+                lookup[None] = lookup[fill_value]  # JSON null is imputed like NaN
+            lookups.append(lookup)
+            width += len(categories)
+        return CategoricalBlock(columns, fill, lookups, width)
+    raise NotCompilable(f"unrecognised block {[k.__name__ for k in kinds]}")

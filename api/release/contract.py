@@ -1,0 +1,67 @@
+"""Names shared by the pipeline (which writes them) and the service (which reads them).
+
+The tag contract of docs/DESIGN.md: change a name here and both sides follow.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+# Run artifacts
+FEATURE_SCHEMA = "feature_schema.json"
+SMOKE_EXAMPLES = "smoke/examples.json"
+DATA_PROFILE = "data/profile.json"  # the training data's profile, compared by the next gate
+GATE_REPORT = "gate/gate.json"
+MODEL_CARD = "model_card.md"
+
+
+class SchemaFeature(TypedDict):
+    """One feature in FEATURE_SCHEMA: its column name and kind ("numeric" or "categorical")."""
+
+    name: str
+    kind: str
+
+
+class FeatureSchema(TypedDict):
+    """What FEATURE_SCHEMA holds: the features in training order, the target column and the positive label."""
+
+    features: list[SchemaFeature]
+    target: str
+    positive_label: str
+
+
+class SmokeExamples(TypedDict, total=False):
+    """What SMOKE_EXAMPLES holds: input records, and the labels and positive-class probabilities given at training."""
+
+    records: list[dict[str, object]]
+    predictions: list[str]
+    probabilities: list[float]
+
+
+# Model version tags
+METRIC_TAG_PREFIX = "metric."
+GATE = "gate"  # passed | failed | pending (also a run tag)
+GATE_SIGNATURE = "gate.signature"
+GATE_BASELINE = "gate.baseline_version"
+SMOKE = "smoke"  # passed | failed | pending
+SMOKE_SIGNATURE = "smoke.signature"
+SMOKE_AT = "smoke.at"
+SMOKE_TARGET = "smoke.target"
+SMOKE_DETAIL = "smoke.detail"
+SMOKE_ARTIFACT_DIGEST = "smoke.artifact_digest"  # what the smoke-tested API loaded
+SMOKE_IMAGE_DIGEST = "smoke.image_digest"
+IMAGE_REF = "image.ref"  # REPOSITORY:GIT_SHA the smoke-tested image was published as
+IMAGE_DIGEST = "image.digest"  # its manifest digest in that registry: what deployments pull
+IMAGE_SIGNATURE = "image.signature"
+ARTIFACT_DIGEST = "artifact.digest"  # recorded at registration; gate and smoke are bound to it
+GIT_SHA = "git_sha"
+DATA_FINGERPRINT = "data.fingerprint"  # sha256 of the training data set
+DATA_ROWS = "data.rows"
+DATA_PATH = "data.path"  # run only
+MODEL_TYPE = "model.type"  # run only (a tag, and the param of the same name)
+MODEL_ID = "model_id"  # run only: the logged model's id
+POSITIVE_LABEL = "positive_label"  # run only
+SCHEMA_BREAK_ALLOWED = "gate.schema_break_allowed"  # what a gated break removed or changed, when allowed
+
+# Registered-model tags
+HISTORY_PREFIX = "alias_history."

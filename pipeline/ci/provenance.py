@@ -1,0 +1,29 @@
+"""Who and what made a change: the git sha and the actor."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from datetime import UTC, datetime
+
+
+def git_sha() -> str:
+    """The commit being built: GITHUB_SHA in Actions, else the work tree's HEAD."""
+    if os.environ.get("GITHUB_SHA"):
+        return os.environ["GITHUB_SHA"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def actor() -> str:
+    """Who is making the change: GITHUB_ACTOR in Actions, else the local user."""
+    return os.environ.get("GITHUB_ACTOR") or getpass.getuser()
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,1 @@
+"""The MLflow adapters: the tracking connection, runs, the model registry, the release lock and status."""
