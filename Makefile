@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps data demo test test-fast lint format status image bench bench-gate act-push act-rollback clean
+.PHONY: help install system-deps data demo test test-fast test-deploy lint format status image bench bench-gate act-push act-rollback clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -30,9 +30,11 @@ status: $(STAMP) ## show versions, aliases and the alias history
 
 # podman (the container engine where no Docker engine runs), debootstrap (an
 # offline base image), docker-registry (the OCI registry the act test publishes
-# to), wrk (benchmarks) and PostgreSQL (the team tracking server's store in the
-# tests). Installed with apt when missing.
-SYSTEM_PACKAGES := podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap wrk postgresql docker-registry
+# to), wrk (benchmarks), PostgreSQL (the team tracking server's store in the
+# tests), Prometheus with promtool and Alertmanager with amtool (deploy/'s rules,
+# alerts and dashboard queries, checked for real). Installed with apt when missing.
+SYSTEM_PACKAGES := podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap wrk postgresql docker-registry \
+	prometheus prometheus-alertmanager
 system-deps: ## install podman, debootstrap, docker-registry, wrk and postgresql with apt when missing (root or sudo)
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -41,11 +43,20 @@ system-deps: ## install podman, debootstrap, docker-registry, wrk and postgresql
 	echo "installing $$missing"; \
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
 
-test: $(STAMP) system-deps ## run the whole test suite (unit, integration, API, and act end-to-end with a real image)
+# checkov pins a boto3 that clashes with the project's: it gets a virtualenv of its own.
+CHECKOV := build/checkov-venv/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv build/checkov-venv
+	build/checkov-venv/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30
+
+test: $(STAMP) system-deps $(CHECKOV) ## run the whole test suite (unit, integration, API, and act end-to-end with a real image)
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) system-deps ## the tests that need no container engine or act
+test-fast: $(STAMP) system-deps $(CHECKOV) ## the tests that need no container engine or act
 	$(BIN)/python -m pytest -m "not e2e"
+
+test-deploy: $(STAMP) system-deps $(CHECKOV) ## offline checks of deploy/: k8s, compose, rules, alerts, dashboard
+	$(BIN)/python -m pytest tests/deploy
 
 image: $(STAMP) system-deps ## build the API image (docker, else podman)
 	$(BIN)/python -m pipeline image
