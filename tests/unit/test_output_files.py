@@ -1,9 +1,8 @@
-import contextlib
 import errno
 import os
-import resource
-import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,27 +142,34 @@ def test_an_exception_leaves_everything_as_it_was(here):
         assert Path("p.csv").read_text() == "earlier run"
 
 
-@pytest.fixture
-def file_size_limit():
-    """Writes past 4 KiB fail with EFBIG, as a full disk would fail them (root ignores permissions, not this)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    signal.signal(signal.SIGXFSZ, handler)
-
-
-def test_a_real_write_error_part_way_leaves_nothing_and_the_earlier_file_intact(here, file_size_limit):
-    Path("p.csv").write_text("earlier run")
-    with pytest.raises(OSError) as raised, atomic_outputs(Path("p.csv"), Path("r.csv")) as staged:
+# The write fails in a child: RLIMIT_FSIZE binds every file a process writes, pytest's
+# own output too when it goes to a file already past the limit (as it does in CI).
+FULL_DISK_CHILD = """
+import contextlib, errno, resource, signal, sys
+from pathlib import Path
+from pipeline.runtime.output_files import atomic_outputs
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    with atomic_outputs(Path("p.csv"), Path("r.csv")) as staged:
         f = staged[Path("p.csv")].open("w")
         for _ in range(100):
-            f.write("x" * 1000 + "\n")
+            f.write("x" * 1000 + "\\n")
             f.flush()
+except OSError as error:
     with contextlib.suppress(OSError):
         f.close()  # its unflushed tail fails again
-    assert raised.value.errno == errno.EFBIG
+    sys.exit(0 if error.errno == errno.EFBIG else 1)
+sys.exit(2)
+"""
+
+
+def test_a_real_write_error_part_way_leaves_nothing_and_the_earlier_file_intact(here):
+    """Writes past 4 KiB fail with EFBIG, as a full disk would fail them (root ignores permissions, not this)."""
+    Path("p.csv").write_text("earlier run")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD], env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr  # 0: the write failed with EFBIG
     assert listing(here) == {"p.csv"} and Path("p.csv").read_text() == "earlier run"
 
 
