@@ -49,6 +49,23 @@ class ModelHolder:
         self.metrics: ServiceMetrics | None = None
         self._retry: dict[str, tuple[float, float]] = {}  # version -> (not before, next delay)
 
+    def watch(self, metrics: ServiceMetrics) -> None:
+        """Report into `metrics` from now on (the app's metrics), starting with what serves now."""
+        self.metrics = metrics
+        metrics.registry_up.set(1)
+        self._serving(self.current, None)
+
+    def _serving(self, model: LoadedModel | None, previous: LoadedModel | None) -> None:
+        """The gauges of what serves: ready, the production version, which versions are loaded."""
+        if self.metrics is None:
+            return
+        self.metrics.ready.set(1 if model is not None else 0)
+        self.metrics.serving_version.set(float(model.version) if model and model.version.isdigit() else 0)
+        if previous is not None:
+            self.metrics.loaded.labels(previous.version, "production").set(0)
+        if model is not None:
+            self.metrics.loaded.labels(model.version, "production").set(1)
+
     @property
     def not_ready_reason(self) -> str:
         """Why no model answers: the last failure, or that none loaded yet, or that there is no source."""
@@ -64,7 +81,11 @@ class ModelHolder:
             target = await asyncio.to_thread(self.source.target_version)
         except Exception as exc:  # registry down or alias missing: keep serving what we have
             self._failed(f"cannot resolve the model to serve: {_describe(exc)}", "unreachable")
+            if self.metrics:
+                self.metrics.registry_up.set(0)
             return False
+        if self.metrics:
+            self.metrics.registry_up.set(1)
         if self.current is not None and self.current.version == target:
             self.last_error = self.last_error_at = self.refused = None  # recovered, or the alias came back
             return False
@@ -84,15 +105,15 @@ class ModelHolder:
                 self._failed(f"loading version {target} failed: {_describe(exc)}", "failure")
             return False
         self._retry.pop(target, None)
-        previous = self.current.version if self.current else None
-        self.current = model
+        previous, self.current = self.current, model
         self.last_error = self.last_error_at = None
         if self.refused and self.refused["version"] == target:
             self.refused = None
         if self.metrics:
             self.metrics.reloads.labels("success").inc()
-            self.metrics.serving_version.set(float(model.version) if model.version.isdigit() else 0)
-        log.info("now serving version %s (was %s): %s", model.version, previous, model.compile_note)
+        self._serving(model, previous)
+        was = previous.version if previous else None
+        log.info("now serving version %s (was %s): %s", model.version, was, model.compile_note)
         return True
 
     async def poll_forever(self, interval_s: float) -> None:

@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+from api.model.drift import drift_bins
 from api.model.loaded_model import LoadedModel
 from api.model.schema import FeatureSpec
-from api.release.check import check_release
-from api.release.contract import FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX
+from api.release.check import check_release, stored_json
+from api.release.contract import DATA_PROFILE, FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX
 from api.release.frames import typed_frame
 from api.release.verdicts import signature_state
 from api.settings import Settings
@@ -65,6 +66,7 @@ class RegistrySource:
             stored = verified.examples
             smoke = typed_frame(pd.DataFrame(stored["records"]), features) if stored else None
             examples = (_input_example(metadata, files.model_dir, features), smoke)
+            profile = stored_json(self.client, cast(str, mv.run_id), DATA_PROFILE)
         return LoadedModel(
             pipeline=pipeline,
             features=features,
@@ -92,6 +94,7 @@ class RegistrySource:
             },
             mlflow_model=metadata,
             parity_frames=[frame for frame in examples if frame is not None],
+            drift_bins=drift_bins(profile, [f.name for f in features]),
         )
 
 

@@ -89,8 +89,13 @@ def fetch_version_files(client: MlflowClient, name: str, version: str, run_id: s
 
 def stored_examples(client: MlflowClient, run_id: str) -> SmokeExamples | None:
     """The smoke examples a run stored (inputs and the answers given at training), or None for older runs."""
+    return cast(SmokeExamples | None, stored_json(client, run_id, SMOKE_EXAMPLES))
+
+
+def stored_json(client: MlflowClient, run_id: str, path: str) -> Any:
+    """A JSON artifact of a run, or None when the run has none (runs logged before it existed) or it is unreadable."""
     try:
-        return cast(SmokeExamples, json.loads(Path(client.download_artifacts(run_id, SMOKE_EXAMPLES)).read_text()))
+        return json.loads(Path(client.download_artifacts(run_id, path)).read_text())
     except MlflowException as exc:
         if is_not_found(exc):
             return None
