@@ -26,6 +26,7 @@ from api.openapi import document
 from api.predict_route import PredictRoute
 from api.release.redact import redact, redact_logging
 from api.settings import Settings, apply_mlflow_http_defaults
+from api.shadow import Shadow
 
 # /invocations bodies up to this size are answered on the event loop, as /predict's
 # batches up to INLINE_RECORDS are (api/predict_route.py says why).
@@ -41,6 +42,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     settings = settings or Settings()
     metrics = ServiceMetrics()
     stats = LiveStats(metrics)
+    shadow = Shadow(metrics, stats, settings.shadow_queue)
     holder.watch(metrics)
 
     @contextlib.asynccontextmanager
@@ -58,7 +60,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     app = FastAPI(title="churn prediction API", lifespan=lifespan)
     # Innermost first: POST /predict is answered inside the body limit and the metrics.
-    app.add_middleware(PredictRoute, holder=holder, stats=stats)
+    app.add_middleware(PredictRoute, holder=holder, stats=stats, shadow=shadow)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -93,6 +95,9 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     async def invocations(request: Request) -> Response:
         """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances (JSON), or CSV."""
         model = holder.current  # read once, as serving_model() does
+        canary, traffic = holder.canary, holder.traffic
+        if model is not None and canary is not None and traffic.to_canary(request.headers.get("x-request-id")):
+            model = canary
         if model is None:
             unavailable = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": holder.not_ready_reason}
             return JSONResponse(unavailable, status_code=503)
@@ -126,14 +131,20 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     @app.get("/model")
     async def model_info() -> JSONResponse:
-        """What is serving, and the last reload failure if any."""
+        """What is serving (production, and a canary with its traffic during a rollout), and the last reload failure."""
         model = serving_model()
+        canary, traffic = holder.canary, holder.traffic
         reload = {
             "last_reload_error": holder.last_error,
             "last_reload_error_at": holder.last_error_at,
             "refused": holder.refused,
         }
-        body = {**model.info, "target": redact(settings.target), **reload}
+        rollout = {
+            "canary": None if canary is None else {**canary.info, "refused": None},
+            "traffic": {"mode": traffic.mode, "weight": traffic.weight, "shadow_share": traffic.shadow_share},
+            "refused_canary": holder.refused_canary,
+        }
+        body = {**model.info, "target": redact(settings.target), **reload, **rollout}
         return JSONResponse(body, headers={VERSION_HEADER: model.version})
 
     @app.get("/metrics")

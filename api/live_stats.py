@@ -84,7 +84,7 @@ class LiveStats:
         m.child(m.positives, version).inc(sum(1 for label in labels if label == positive))
         if batch.probabilities:
             scores = np.concatenate([np.asarray(p, dtype=np.float64) for p in batch.probabilities])
-            _observe_histogram(m.child(m.scores, version), scores, SCORE_BUCKETS)
+            observe_histogram(m.child(m.scores, version), scores, SCORE_BUCKETS)
         for bins in batch.model.drift_bins:
             values: list[Any] = []
             for columns in batch.columns:
@@ -109,7 +109,7 @@ class LiveStats:
                 m.child(m.feature_values, model.version, bins.name, label)
 
 
-def _observe_histogram(histogram: Any, values: np.ndarray, bounds: Sequence[float]) -> None:
+def observe_histogram(histogram: Any, values: np.ndarray, bounds: Sequence[float]) -> None:
     """Add many observations to a prometheus_client histogram child at once.
 
     Its `observe` takes one value; this adds each bucket's count and the sum in

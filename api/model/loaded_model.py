@@ -41,10 +41,11 @@ class LoadedModel:
     mlflow_model: Any = None  # the pyfunc metadata, for /invocations
     parity_frames: list[pd.DataFrame] = field(default_factory=list)
     drift_bins: list[FeatureBins] = field(default_factory=list)  # live drift: the training profile's bins
+    entity_field: str | None = None  # a record field naming the customer, accepted and never predicted on
 
     def __post_init__(self) -> None:
-        self.validator = RecordValidator(self.features, self.max_batch_size)
-        self.decoder = RecordDecoder(self.features)
+        self.validator = RecordValidator(self.features, self.max_batch_size, self.entity_field)
+        self.decoder = RecordDecoder(self.features, self.entity_field)
         self.invocation_types = ColumnTypes(self.features)
         self.positive_index = list(self.pipeline.classes_).index(self.positive_label)
         self.compiled, self.compile_note = self._compile()
