@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from api.release.contract import FEATURE_SCHEMA, SMOKE_EXAMPLES, SmokeExamples
-from api.release.load_probe import ProbeLimits, probe
+from api.release.load_probe import ProbeCache, ProbeLimits, probe
 from api.release.safe_model import ArtifactBytes, RefusedModel, load_estimator_bytes, model_file, read_artifact
 from api.release.verdicts import image_refusal, refusal
 
@@ -126,14 +126,23 @@ def probed(
     limits: ProbeLimits | None = None,
     accepted: set[str] | None = None,
 ) -> None:
-    """Have a child process load and probe `files` (unless `accepted` already holds their digest)."""
+    """Have a child process load and probe `files`, unless one already accepted them.
+
+    `accepted` holds the digests this process saw accepted; the ProbeCache,
+    what children on this machine accepted with the same examples and limits.
+    """
     if accepted is not None and files.digest in accepted:
         return
-    digest = probe(files.model_dir, files.feature_schema, examples, limits or ProbeLimits.from_env())
-    if digest != files.digest:
-        raise RefusedModel(f"the probe accepted other bytes ({digest[:19]}…) than were verified")
+    limits = limits or ProbeLimits.from_env()
+    cache = ProbeCache.from_env()
+    key = cache.key(files.digest, examples, limits)
+    if not cache.holds(key):
+        digest = probe(files.model_dir, files.feature_schema, examples, limits)
+        if digest != files.digest:
+            raise RefusedModel(f"the probe accepted other bytes ({digest[:19]}…) than were verified")
+        cache.add(key)
     if accepted is not None:
-        accepted.add(digest)
+        accepted.add(files.digest)
 
 
 def check_release(
