@@ -164,6 +164,26 @@ class CardParams(Section):
     limitations: str = "Trained on one snapshot of customer data; not for decisions about individuals without review."
 
 
+class MonitoringParams(Section):
+    """`monitoring`: the PSI levels at which live drift warns and asks for a rollback (deploy/prometheus/rules.yml).
+
+    Prometheus cannot read this file: tests/deploy/test_prometheus_rules.py fails while the rules' thresholds
+    (and the dashboard's) differ from these.
+    """
+
+    # PSI clamps empty bins to 1e-4 (gates/profile.py), so a total shift scores about 18: past 10, nothing alerts.
+    drift_warn_psi: Annotated[float, Field(gt=0, le=10)] = 0.1
+    drift_alert_psi: Annotated[float, Field(gt=0, le=10)] = 0.25
+
+    @model_validator(mode="after")
+    def _warn_before_alert(self) -> MonitoringParams:
+        if self.drift_warn_psi >= self.drift_alert_psi:
+            raise ValueError(
+                f"drift_warn_psi ({self.drift_warn_psi}) must be below drift_alert_psi ({self.drift_alert_psi})"
+            )
+        return self
+
+
 class RegistryParams(Section):
     """`registry`: the tracking store, the experiment, the registered model and its two aliases."""
 
@@ -294,6 +314,7 @@ class Params(Section):
     gates: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
     smoke: SmokeParams = SmokeParams()
+    monitoring: MonitoringParams = MonitoringParams()
     serving: ServingParams = ServingParams()
     card: CardParams = CardParams()
     rollout: RolloutParams = RolloutParams()
