@@ -43,6 +43,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     metrics = ServiceMetrics()
     stats = LiveStats(metrics)
     shadow = Shadow(metrics, stats, settings.shadow_queue)
+    holder.on_serve = stats.counts  # a version's series exist from its first moment, at zero
     holder.watch(metrics)
 
     @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -53,6 +54,7 @@ class ModelHolder:
         self.refused: dict[str, str] | None = None  # the last version refused, and why
         self.refused_canary: dict[str, str] | None = None
         self.metrics: ServiceMetrics | None = None
+        self.on_serve: Callable[[LoadedModel], object] | None = None  # told of each model as it starts serving
         self._retry: dict[str, tuple[float, float]] = {}  # version -> (not before, next delay)
 
     def watch(self, metrics: ServiceMetrics) -> None:
@@ -170,6 +172,8 @@ class ModelHolder:
             self.metrics.loaded.labels(previous.version, role).set(0)
         if model is not None:
             self.metrics.loaded.labels(model.version, role).set(1)
+            if self.on_serve is not None:
+                self.on_serve(model)
 
     async def poll_forever(self, interval_s: float) -> None:
         """Refresh every `interval_s` seconds, for as long as the app runs (its background task)."""

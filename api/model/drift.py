@@ -4,10 +4,10 @@ The profile (data/profile.json, gates/profile.py) gives numeric columns their
 percentiles and categorical ones their categories with shares. Numeric values
 fall into the bins between the training deciles (`q0`..`qN`), categorical ones
 into their category or `__unseen__`, missing ones into `__missing__`. Counts
-accumulate in numpy arrays on the request path (a few microseconds a request)
-and are handed to Prometheus counters off it (`flush`); the training share of
-every bin is a gauge, so recording rules compute each feature's PSI over any
-window (deploy/prometheus/rules.yml).
+accumulate in plain lists on the request path (api/live_stats.py) and are
+handed to Prometheus counters off it; the training share of every bin is a
+gauge, so recording rules compute each feature's PSI over any window
+(deploy/prometheus/rules.yml).
 """
 
 from __future__ import annotations
@@ -68,9 +68,10 @@ class FeatureBins:
             self.counts[i] += n
 
     def take(self) -> list[int]:
-        """The counts since the last take, and start again from zero."""
-        counts, self.counts = self.counts, [0] * len(self.labels)
-        return counts
+        """The counts since the last take, and start again from zero (the same list: callers may hold it)."""
+        taken = list(self.counts)
+        self.counts[:] = [0] * len(self.counts)
+        return taken
 
 
 def numeric_bins(name: str, column: Mapping[str, Any]) -> FeatureBins | None:
