@@ -55,6 +55,10 @@ def rollout_stage(params: Params, version: str, api_urls: Sequence[str]) -> str:
     _, refusal = ctx.release_refusal(mv)
     if refusal:
         raise CheckFailed(f"version {version} refused: {refusal}; nothing rolled out")
+    if production is None:  # nothing serves yet: nothing to shadow or split traffic with
+        say("  production points at nothing: no live traffic to judge the version on; promoting it")
+        promote_stage(params, version)
+        return version
     report = RolloutReport("rollout", ctx.model, version, production, source.describe())
     plan = ", ".join(["shadow", *(f"{s.weight} %" for s in params.rollout.steps)])
     with stage("rollout", f"version {version} against production {production}: {plan}"):

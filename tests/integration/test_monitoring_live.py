@@ -289,19 +289,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return found
 
 
-# A query known to show nothing in a healthy system; strict: once the rule is fixed, this xfail must go.
-NO_DATA_WITHOUT_ERRORS = pytest.mark.xfail(
-    strict=True,
-    reason="api:request_5xx_ratio:5m has no series until a version has answered a 5xx (its numerator selects "
-    "status=~'5..' only), so the panel shows 'No data', not 0, in a healthy system: rules.yml to fix",
-)
-
-
 def dashboard_params() -> list:
-    return [
-        pytest.param(where, expr, id=where, marks=[NO_DATA_WITHOUT_ERRORS] if "5xx_ratio" in expr else [])
-        for where, expr in dashboard_queries()
-    ]
+    return [pytest.param(where, expr, id=where) for where, expr in dashboard_queries()]
 
 
 @pytest.mark.parametrize(("where", "expr"), dashboard_params())
