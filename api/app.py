@@ -17,14 +17,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.holder import ModelHolder
 from api.limits import BodyLimitMiddleware
-from api.metrics import MetricsMiddleware, ServiceMetrics
+from api.live_stats import LiveStats
+from api.metrics import VERSION_HEADER, MetricsMiddleware, ServiceMetrics
 from api.model.loaded_model import LoadedModel
 from api.model.schema import RequestError
 from api.model.scoring import score, score_well_formed, score_with_mlflow
 from api.openapi import document
-from api.predict_route import VERSION_HEADER, PredictRoute
+from api.predict_route import PredictRoute
 from api.release.redact import redact, redact_logging
 from api.settings import Settings, apply_mlflow_http_defaults
+from api.shadow import Shadow
 
 # /invocations bodies up to this size are answered on the event loop, as /predict's
 # batches up to INLINE_RECORDS are (api/predict_route.py says why).
@@ -39,26 +41,27 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     """The app serving `holder`'s model: its middlewares, routes and metrics (`settings` from the defaults if None)."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    holder.metrics = metrics
-    if holder.current is not None:
-        metrics.serving_version.set(float(holder.current.version) if holder.current.version.isdigit() else 0)
+    stats = LiveStats(metrics)
+    shadow = Shadow(metrics, stats, settings.shadow_queue)
+    holder.on_serve = stats.counts  # a version's series exist from its first moment, at zero
+    holder.watch(metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = None
+        tasks = [asyncio.create_task(_flush_forever(stats))]
         if holder.source is not None:
             # Load in the background: /health answers at once, /ready once a model is in.
             # A pinned version is polled too, so a first load that failed is retried.
-            task = asyncio.create_task(holder.poll_forever(settings.reload_interval_s))
+            tasks.append(asyncio.create_task(holder.poll_forever(settings.reload_interval_s)))
         yield
-        if task:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     app = FastAPI(title="churn prediction API", lifespan=lifespan)
     # Innermost first: POST /predict is answered inside the body limit and the metrics.
-    app.add_middleware(PredictRoute, holder=holder, metrics=metrics)
+    app.add_middleware(PredictRoute, holder=holder, stats=stats, shadow=shadow)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -93,6 +96,9 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     async def invocations(request: Request) -> Response:
         """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances (JSON), or CSV."""
         model = holder.current  # read once, as serving_model() does
+        canary, traffic = holder.canary, holder.traffic
+        if model is not None and canary is not None and traffic.to_canary(request.headers.get("x-request-id")):
+            model = canary
         if model is None:
             unavailable = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": holder.not_ready_reason}
             return JSONResponse(unavailable, status_code=503)
@@ -126,22 +132,36 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     @app.get("/model")
     async def model_info() -> JSONResponse:
-        """What is serving, and the last reload failure if any."""
+        """What is serving (production, and a canary with its traffic during a rollout), and the last reload failure."""
         model = serving_model()
+        canary, traffic = holder.canary, holder.traffic
         reload = {
             "last_reload_error": holder.last_error,
             "last_reload_error_at": holder.last_error_at,
             "refused": holder.refused,
         }
-        body = {**model.info, "target": redact(settings.target), **reload}
+        rollout = {
+            "canary": None if canary is None else {**canary.info, "refused": None},
+            "traffic": {"mode": traffic.mode, "weight": traffic.weight, "shadow_share": traffic.shadow_share},
+            "refused_canary": holder.refused_canary,
+        }
+        body = {**model.info, "target": redact(settings.target), **reload, **rollout}
         return JSONResponse(body, headers={VERSION_HEADER: model.version})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         """Prometheus text format."""
+        stats.flush()  # what was answered until now, binned
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _flush_forever(stats: LiveStats, interval_s: float = 1.0) -> None:
+    """Bin what was answered every second, off the request path (every worker does it for its own answers)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        stats.flush()
 
 
 def _app_from_env() -> FastAPI:

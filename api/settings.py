@@ -46,6 +46,12 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024  # MAX_BODY_BYTES: larger bodies get 413 before they are parsed
     verify_key_pem: str | None = None  # RELEASE_VERIFY_KEY: only versions with verified verdicts serve
 
+    canary_alias: str = "canary"  # CANARY_ALIAS: followed beside the production alias during a rollout
+    # ENTITY_ID_FIELD: a record field naming the customer (not a feature): a canary split keeps one customer on one
+    # version. Records may carry it; it is never predicted on. Unset: the split is by X-Request-Id, else random.
+    entity_id_field: str | None = None
+    shadow_queue: int = 1000  # SHADOW_QUEUE: records waiting for the shadow version; past it copies are dropped
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The settings in the environment (or `env`), defaults where unset; SettingsError names a bad value."""
@@ -59,6 +65,9 @@ class Settings:
             max_batch_size=_number(env, "MAX_BATCH_SIZE", cls.max_batch_size, int),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", cls.max_body_bytes, int),
             verify_key_pem=env.get("RELEASE_VERIFY_KEY") or None,
+            canary_alias=env.get("CANARY_ALIAS", cls.canary_alias),
+            entity_id_field=env.get("ENTITY_ID_FIELD") or None,
+            shadow_queue=_number(env, "SHADOW_QUEUE", cls.shadow_queue, int),
         )
 
     def verify_key(self) -> Ed25519PublicKey | None:

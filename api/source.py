@@ -16,11 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+from api.model.drift import drift_bins
 from api.model.loaded_model import LoadedModel
 from api.model.schema import FeatureSpec
-from api.release.check import check_release
-from api.release.contract import FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX
+from api.release.check import check_release, stored_json
+from api.release.contract import DATA_PROFILE, FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX
 from api.release.frames import typed_frame
+from api.release.traffic import Target, read_traffic
 from api.release.verdicts import signature_state
 from api.settings import Settings
 
@@ -38,10 +40,20 @@ class RegistrySource:
 
     def target_version(self) -> str:
         """The version that should be serving now; a cheap registry call."""
+        return self.target().production
+
+    def target(self) -> Target:
+        """Production's version, the canary's when a rollout runs, and how to route between them: one registry call."""
         s = self.settings
         if s.model_version:
-            return s.model_version
-        return str(self.client.get_model_version_by_alias(s.model_name, s.model_alias).version)
+            return Target(s.model_version)
+        model = self.client.get_registered_model(s.model_name)
+        aliases = {alias: str(version) for alias, version in model.aliases.items()}
+        if s.model_alias not in aliases:
+            raise LookupError(f"model {s.model_name!r} has no alias @{s.model_alias}")
+        canary = aliases.get(s.canary_alias)
+        traffic = read_traffic(model.tags, canary, s.model_name, self.verify_key)
+        return Target(aliases[s.model_alias], canary if traffic.mode != "off" else None, traffic)
 
     def load(self, version: str) -> LoadedModel:
         """`version` through the release check, built into the LoadedModel requests use; RefusedVersion says why not."""
@@ -65,6 +77,7 @@ class RegistrySource:
             stored = verified.examples
             smoke = typed_frame(pd.DataFrame(stored["records"]), features) if stored else None
             examples = (_input_example(metadata, files.model_dir, features), smoke)
+            profile = stored_json(self.client, cast(str, mv.run_id), DATA_PROFILE)
         return LoadedModel(
             pipeline=pipeline,
             features=features,
@@ -92,6 +105,8 @@ class RegistrySource:
             },
             mlflow_model=metadata,
             parity_frames=[frame for frame in examples if frame is not None],
+            drift_bins=drift_bins(profile, [f.name for f in features]),
+            entity_field=s.entity_id_field,
         )
 
 

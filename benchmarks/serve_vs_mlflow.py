@@ -1,7 +1,8 @@
 """Benchmark: this API against the stack's ceiling and `mlflow models serve`, same version, one run.
 
 Usage (after `make demo`, from the project root):
-    .venv/bin/python benchmarks/serve_vs_mlflow.py [--duration 10] [--connections 8]
+    .venv/bin/python benchmarks/serve_vs_mlflow.py [--duration 10] [--connections 8] [--rounds 3]
+    .venv/bin/python benchmarks/serve_vs_mlflow.py --live-cost-only   # only the live counting side-by-side
 
 Three servers, one worker each, on loopback: this API (`python -m api`, the
 image's entry point), a no-op FastAPI app on the same uvicorn settings that
@@ -10,6 +11,20 @@ parses the body and answers a constant (`benchmarks/noop_app.py`), and
 Each figure is printed side by side with the others and checked against the
 goals below; it also checks that this API and MLflow answer identically on the
 version's whole test set.
+
+Then what live counting costs one-record /predict (api/live_stats.py: each
+answer's predictions, score and every feature value in its version's drift
+bins). The API has no switch for it, so the same API is started a second time
+through benchmarks/api_without_live_stats.py, which only makes
+`LiveStats.record` a no-op. Both run side by side, measured in alternating
+rounds (on, off, off, on, ...) so that a machine busier during one round
+weighs on both sides; the medians are compared against the goal (at most 10 %
+fewer requests per second). It also times, in this process, what counting adds
+to one-record answers (parse, predict, encode, as /predict does): with
+counting off, on, and on without drift bins, the time in `LiveStats.record`
+on the request path, its share of the flush that runs every second, and the
+garbage collector's passes (answers kept until the flush outlive the young
+generations, and full passes walk every object the process holds).
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +60,7 @@ GOALS = {
     "1000 records /invocations": ("mlflow", 5.0),
 }
 P99_GOAL_MS = 5.0  # one-record /predict
+LIVE_COUNTING_MAX_DROP = 0.10  # one-record /predict throughput with live counting on, against off
 
 
 def wrk(url: str, body: str, duration: int, connections: int) -> dict:
@@ -103,6 +120,8 @@ def main() -> int:
     parser.add_argument("--alias", default="production")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="live counting side-by-side: rounds per side")
+    parser.add_argument("--live-cost-only", action="store_true", help="only the live counting side-by-side")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("needs wrk: apt-get install -y wrk", file=sys.stderr)
@@ -123,6 +142,9 @@ def main() -> int:
         "1 record /invocations": (one_split, one_split, 1),
         f"{rows} records /invocations": (batch_split, batch_split, rows),
     }
+
+    if args.live_cost_only:
+        return 0 if live_counting_cost(args, str(version.version), records) else 1
 
     env = {"MODEL_NAME": args.model, "MODEL_VERSION": str(version.version)}
     results = []
@@ -172,8 +194,145 @@ def main() -> int:
         if api["errors"] or ref["errors"] or noop["errors"]:
             print(f"{'':<28} non-2xx: API {api['errors']}, no-op {noop['errors']}, mlflow {ref['errors']}")
     print(f"\nidentical predictions on the whole test set ({len(X)} rows): {identical}")
+    met = live_counting_cost(args, str(version.version), records) and met
     print(f"goals: {'all met' if met else 'not all met'}")
     return 0 if identical else 1
+
+
+def live_counting_cost(args: argparse.Namespace, version: str, records: list[dict]) -> bool:
+    """One-record /predict with live counting on and off, side by side; True when the drop is within the goal."""
+    body = json.dumps({"records": records[:1]})
+    env = {**os.environ, "MODEL_NAME": args.model, "MODEL_VERSION": version, "HOST": "127.0.0.1",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    commands = {
+        "on": [sys.executable, "-m", "api"],
+        "off": [sys.executable, str(ROOT / "benchmarks" / "api_without_live_stats.py")],
+    }
+    ports = {side: free_port() for side in commands}
+    figures: dict[str, list[dict]] = {"on": [], "off": []}
+    with contextlib.ExitStack() as stack:
+        urls = {
+            side: stack.enter_context(serving(command, "/ready", ports[side], env={**env, "PORT": str(ports[side])}))
+            for side, command in commands.items()
+        }
+        for url in urls.values():  # warm up: first requests, first flush
+            wrk(url + "/predict", body, 2, args.connections)
+        for i in range(args.rounds):
+            for side in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                figures[side].append(wrk(urls[side] + "/predict", body, args.duration, args.connections))
+                time.sleep(1)
+        counted = {side: _feature_values_counted(url) for side, url in urls.items()}
+    median = {side: {k: statistics.median(f[k] for f in runs) for k in ("rps", "p50_ms", "p99_ms")}
+              for side, runs in figures.items()}  # fmt: skip
+    drop = 1 - median["on"]["rps"] / median["off"]["rps"]
+    ok = drop <= LIVE_COUNTING_MAX_DROP and counted["on"] > 0 and counted["off"] == 0
+    print(f"\nlive counting, 1 record /predict: the same API with LiveStats.record as shipped (on) and a no-op (off); "
+          f"version {version}, wrk 2 threads, {args.connections} connections, {args.rounds} rounds of "
+          f"{args.duration}s per side, alternating; medians")  # fmt: skip
+    print(f"{'':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  rounds (req/s)")
+    for side in ("on", "off"):
+        m = median[side]
+        rounds = ", ".join(f"{f['rps']:,.0f}" for f in figures[side])
+        print(f"{side:<10} {m['rps']:>9,.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f}  {rounds}")
+    print(
+        f"throughput drop with counting on: {drop:.1%} ({'met' if ok else 'MISSED'}: <= "
+        f"{LIVE_COUNTING_MAX_DROP:.0%}); feature values counted: on {counted['on']:,.0f}, off {counted['off']:,.0f}"
+    )
+    per_request_us = 1e6 / median["off"]["rps"]
+    per_flush = round(median["on"]["rps"])
+    cost = in_process_cost(args.model, version, records, per_flush)
+    print(f"\nin process, {per_flush:,} one-record answers a flush (parse, predict, encode, as /predict; µs/answer;"
+          " GC: the collector's passes, inside whichever column's step set them off):")  # fmt: skip
+    columns = ("answer", "record", "flush", "GC", "full GCs", "longest", "worst answer")
+    print(f"{'':<18} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, (7, 7, 7, 7, 9, 8, 13), strict=True)))
+    for side, c in cost.items():
+        print(f"{side:<18} {c['request_us']:>7.1f} {c['record_us']:>7.2f} {c['flush_us']:>7.2f} {c['gc_us']:>7.1f} "
+              f"{c['full_gc']:>9} {c['full_gc_ms']:>6.0f}ms {c['worst_ms']:>11.1f}ms")  # fmt: skip
+    added = cost["on"]["request_us"] - cost["off"]["request_us"]
+    print(f"counting adds {added:.0f} µs an answer in process: {added / per_request_us:.1%} of a request's "
+          f"{per_request_us:.0f} µs under wrk with counting off")  # fmt: skip
+    return ok
+
+
+def _feature_values_counted(url: str) -> float:
+    """How many feature values a replica's /metrics has counted, all versions and bins."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    samples = [line for line in text.splitlines() if line.startswith("api_feature_values_total{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
+
+
+def in_process_cost(model: str, version: str, records: list[dict], per_flush: int, requests: int = 10_000) -> dict:
+    """What counting adds to one-record answers in this process, GC included: {side: figures}.
+
+    Each side answers the same `requests` one-record bodies as /predict does (parse, predict, encode):
+    counting off, on as shipped, on with no drift bins, and on after gc.freeze(); on flushes every
+    `per_flush` answers (a second's worth under wrk). Sides alternate, twice; the second round counts.
+    Garbage-collector passes are timed with gc.callbacks: answers kept until the flush outlive the young
+    generations and set off full passes, which walk every object the process holds.
+    """
+    import gc
+
+    import orjson
+
+    from api.live_stats import LiveStats
+    from api.metrics import ServiceMetrics
+    from api.settings import Settings
+    from api.source import RegistrySource
+
+    loaded = RegistrySource(Settings(model_name=model, model_version=version)).load(version)
+    bodies = [json.dumps({"records": [record]}).encode() for record in records]
+    bins = loaded.drift_bins
+    passes: list[tuple[int, float]] = []  # (generation, seconds)
+    began = [0.0]
+
+    def timed(phase: str, info: dict) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            passes.append((info["generation"], time.perf_counter() - began[0]))
+
+    def answer_all(side: str) -> dict:
+        loaded.drift_bins = [] if side == "on, no drift bins" else bins
+        if side == "on, gc.freeze()":  # what the process holds now is never walked again (a possible cure)
+            gc.collect()
+            gc.freeze()
+        stats = LiveStats(ServiceMetrics())
+        counting = side != "off"
+        record_s = flush_s = worst = 0.0
+        passes.clear()
+        started = time.perf_counter()
+        for i in range(requests):
+            begun = time.perf_counter()
+            columns = loaded.request_columns(bodies[i % len(bodies)])
+            result = loaded.predict_columns(columns)
+            if counting:
+                t = time.perf_counter()
+                stats.record(loaded, columns, result.labels, result.probabilities)
+                record_s += time.perf_counter() - t
+            orjson.dumps(
+                {"model_version": version, "predictions": result.labels, "probabilities": result.probabilities}
+            )
+            worst = max(worst, time.perf_counter() - begun)
+            if counting and (i + 1) % per_flush == 0:
+                t = time.perf_counter()
+                stats.flush()
+                flush_s += time.perf_counter() - t
+        total = time.perf_counter() - started
+        gc.unfreeze()
+        full = [s for generation, s in passes if generation == 2]
+        return {"request_us": total / requests * 1e6, "record_us": record_s / requests * 1e6,
+                "flush_us": flush_s / requests * 1e6, "gc_us": sum(s for _, s in passes) / requests * 1e6,
+                "full_gc": len(full), "full_gc_ms": max(full, default=0) * 1e3, "worst_ms": worst * 1e3}  # fmt: skip
+
+    gc.callbacks.append(timed)
+    try:
+        sides = ("off", "on", "on, no drift bins", "on, gc.freeze()")
+        figures = {side: answer_all(side) for side in sides}
+        figures = {side: answer_all(side) for side in sides}
+    finally:
+        gc.callbacks.remove(timed)
+        loaded.drift_bins = bins
+    return figures
 
 
 if __name__ == "__main__":

@@ -106,3 +106,45 @@ def policy_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list[
     found = [c for c in changes if c is not None]
     order = {LOOSENED: 0, TIGHTENED: 1, CHANGED: 2}
     return sorted(found, key=lambda c: order[c.direction])  # stable: params order within a direction
+
+
+def rollout_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list[PolicyChange]:
+    """Every rollout threshold that differs between the base params' `rollout` and these, loosened first.
+
+    By name: `max_*` is an allowance (higher is looser); `min_*` and a bake's
+    `duration_s` are floors (higher is tighter: more evidence before a verdict);
+    anything else that differs (the alias, shares, the canary weights) is shown as changed.
+    """
+    changes: list[PolicyChange | None] = []
+    _walk("rollout", base, current, changes)
+    found = [c for c in changes if c is not None]
+    order = {LOOSENED: 0, TIGHTENED: 1, CHANGED: 2}
+    return sorted(found, key=lambda c: order[c.direction])
+
+
+def _walk(key: str, before: Any, after: Any, changes: list[PolicyChange | None]) -> None:
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        for name in sorted(set(before) | set(after), key=lambda n: list(after).index(n) if n in after else 1e9):
+            _walk(f"{key}.{name}", before.get(name), after.get(name), changes)
+        return
+    if isinstance(before, list) and isinstance(after, list):
+        weights = [s.get("weight") for s in before], [s.get("weight") for s in after]
+        if weights[0] != weights[1]:
+            changes.append(PolicyChange(key, weights[0], weights[1], CHANGED, f"changes the canary steps from "
+                                        f"{weights[0]} to {weights[1]} (percent of traffic)"))  # fmt: skip
+            return
+        for i, (old, new) in enumerate(zip(before, after, strict=True)):
+            _walk(f"{key}[{i}]", old, new, changes)
+        return
+    if before == after:
+        return
+    name = key.rsplit(".", 1)[-1]
+    what = f"{key.removeprefix('rollout.').replace('.', ' ').replace('_', ' ')}"
+    if name.startswith("max_"):
+        changes.append(_threshold(key, f"rollout's {what}", before, after, floor=False))
+    elif name.startswith("min_") or name == "duration_s":
+        changes.append(_threshold(key, f"rollout's {what}", before, after, floor=True))
+    else:
+        changes.append(
+            PolicyChange(key, before, after, CHANGED, f"changes the rollout's {what} from {before} to {after}")
+        )

@@ -26,7 +26,19 @@ if TYPE_CHECKING:  # loaded per command (dispatch), not at import
     from pipeline.core.config import Params
 
 # The commands that load a logged model through skops (see dispatch).
-LOADS_MODELS = {"run", "train", "gate", "register", "smoke", "publish", "score", "promote", "rollback"}
+LOADS_MODELS = {
+    "run",
+    "train",
+    "gate",
+    "register",
+    "smoke",
+    "publish",
+    "score",
+    "promote",
+    "rollback",
+    "rollout",
+    "watch",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     which = score.add_mutually_exclusive_group()
     which.add_argument("--version", metavar="V")
     which.add_argument("--alias", metavar="A", help="default: registry.production_alias")
+    rollout = add("rollout", "shadow, then canary steps judged on live metrics, then promote (exit 1 on abort)")
+    rollout.add_argument("--version", required=True)
+    rollout.add_argument(
+        "--api-url", action="append", default=[], metavar="URL", help="a replica to read /metrics from (repeatable)"
+    )
+    watch = add("watch", "the bake after a promotion: roll back when a bake rule fails (exit 1)")
+    watch.add_argument(
+        "--api-url", action="append", default=[], metavar="URL", help="a replica to read /metrics from (repeatable)"
+    )
     add("keygen", "write an Ed25519 key pair for signed release verdicts").add_argument(
         "--out", required=True, metavar="DIR", help="writes DIR/release.key and DIR/release.pub"
     )
@@ -143,6 +164,8 @@ COMMANDS: dict[str, tuple[str, Callable[[ModuleType, Params | None, argparse.Nam
     "publish": ("images", lambda m, p, a: m.publish_stage(p, a.version, a.image, a.repository)),
     "score": ("scoring", lambda m, p, a: m.score_stage(p, a.input, a.output, a.version, a.alias)),
     "run": ("flow", lambda m, p, _: m.run_all(p)),
+    "rollout": ("rollout", lambda m, p, a: m.rollout_stage(p, a.version, a.api_url)),
+    "watch": ("rollout", lambda m, p, a: m.watch_stage(p, a.api_url)),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from pipeline.cli import main
 from pipeline.core.churn_data import generate_churn
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def probe_cache(tmp_path_factory) -> Path:
+    """One cache of probe verdicts for the session, never the user's: the same bytes are probed once."""
+    directory = tmp_path_factory.mktemp("probe-cache")
+    os.environ["PROBE_CACHE_DIR"] = str(directory)  # processes the tests start inherit it
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -37,16 +37,21 @@ class RecordDecoder:
     no unknown field. A body this rejects goes to pydantic, which words why.
     """
 
-    def __init__(self, features: list[FeatureSpec]) -> None:
+    def __init__(self, features: list[FeatureSpec], entity_field: str | None = None) -> None:
         fields: list[tuple[str, object] | tuple[str, object, None]] = []  # (name, type[, default]) for msgspec
         for i, spec in enumerate(features):
             kind = spec.value_type
             fields.append((f"f{i}", kind) if spec.required else (f"f{i}", kind | None, None))
+        rename = {f"f{i}": s.name for i, s in enumerate(features)}
+        self._entity = entity_field if entity_field and entity_field not in rename.values() else None
+        if self._entity:  # the customer's id, never a feature: any JSON scalar, optional
+            fields.append(("entity", str | int | float | None, None))
+            rename["entity"] = self._entity
         # Positional attribute names: a feature's name need not be a Python identifier.
         record = msgspec.defstruct(
             "Record",
             fields,
-            rename={f"f{i}": s.name for i, s in enumerate(features)},
+            rename=rename,
             forbid_unknown_fields=True,
             kw_only=True,  # an optional feature may come before a required one
         )
@@ -67,6 +72,8 @@ class RecordDecoder:
         for spec, get in self._getters:
             values = list(map(get, records))
             columns[spec.name] = np.array(values, dtype=np.float64) if spec.numeric else values
+        if self._entity:
+            columns[self._entity] = [record.entity for record in records]
         return columns
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from api.model.columnar import ColumnTypes, RecordDecoder
 from api.model.compiled import CompiledPipeline, NotCompilable
+from api.model.drift import FeatureBins
 from api.model.schema import FeatureSpec, Problem, RecordValidator, RequestError, parse_json, quote
 from api.release.frames import Columns, typed_frame
 from api.release.redact import plain_message
@@ -39,10 +40,12 @@ class LoadedModel:
     info: dict[str, object] = field(default_factory=dict)  # name, version, alias, run_id, metrics, git_sha
     mlflow_model: Any = None  # the pyfunc metadata, for /invocations
     parity_frames: list[pd.DataFrame] = field(default_factory=list)
+    drift_bins: list[FeatureBins] = field(default_factory=list)  # live drift: the training profile's bins
+    entity_field: str | None = None  # a record field naming the customer, accepted and never predicted on
 
     def __post_init__(self) -> None:
-        self.validator = RecordValidator(self.features, self.max_batch_size)
-        self.decoder = RecordDecoder(self.features)
+        self.validator = RecordValidator(self.features, self.max_batch_size, self.entity_field)
+        self.decoder = RecordDecoder(self.features, self.entity_field)
         self.invocation_types = ColumnTypes(self.features)
         self.positive_index = list(self.pipeline.classes_).index(self.positive_label)
         self.compiled, self.compile_note = self._compile()

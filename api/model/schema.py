@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, NotRequired, TypeAlias, cast
 
 import orjson
-from pydantic import ConfigDict, StrictBool, StrictFloat, StrictStr, TypeAdapter, ValidationError
+from pydantic import ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from typing_extensions import TypedDict
 
@@ -64,10 +64,14 @@ def _python_type(spec: FeatureSpec) -> Any:
 class RecordValidator:
     """Validates `{"records": [...]}` against the features, naming record and field on error."""
 
-    def __init__(self, features: list[FeatureSpec], max_batch_size: int) -> None:
+    def __init__(self, features: list[FeatureSpec], max_batch_size: int, entity_field: str | None = None) -> None:
         self.features = features
         self.max_batch_size = max_batch_size
-        record = TypedDict("Record", {f.name: _python_type(f) for f in features})  # type: ignore[misc]
+        fields = {f.name: _python_type(f) for f in features}
+        self.entity_field = entity_field if entity_field and entity_field not in fields else None
+        if self.entity_field:  # the customer's id, never a feature: any JSON scalar, optional
+            fields[self.entity_field] = NotRequired[StrictStr | StrictInt | StrictFloat | None]
+        record = TypedDict("Record", fields)  # type: ignore[misc]
         record.__pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[attr-defined]
         self._adapter = TypeAdapter(list[record])
 
@@ -93,7 +97,8 @@ class RecordValidator:
 
     def columns(self, records: list[dict[str, object]]) -> dict[str, list[object]]:
         """Column-wise values; a missing optional field is None."""
-        return {f.name: [r.get(f.name) for r in records] for f in self.features}
+        names = [f.name for f in self.features] + ([self.entity_field] if self.entity_field else [])
+        return {name: [r.get(name) for r in records] for name in names}
 
 
 def parse_json(raw: bytes) -> Any:

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from api.release.contract import FEATURE_SCHEMA, SMOKE_EXAMPLES, SmokeExamples
-from api.release.load_probe import ProbeLimits, probe
+from api.release.load_probe import ProbeCache, ProbeLimits, probe
 from api.release.safe_model import ArtifactBytes, RefusedModel, load_estimator_bytes, model_file, read_artifact
 from api.release.verdicts import image_refusal, refusal
 
@@ -89,8 +89,13 @@ def fetch_version_files(client: MlflowClient, name: str, version: str, run_id: s
 
 def stored_examples(client: MlflowClient, run_id: str) -> SmokeExamples | None:
     """The smoke examples a run stored (inputs and the answers given at training), or None for older runs."""
+    return cast(SmokeExamples | None, stored_json(client, run_id, SMOKE_EXAMPLES))
+
+
+def stored_json(client: MlflowClient, run_id: str, path: str) -> Any:
+    """A JSON artifact of a run, or None when the run has none (runs logged before it existed) or it is unreadable."""
     try:
-        return cast(SmokeExamples, json.loads(Path(client.download_artifacts(run_id, SMOKE_EXAMPLES)).read_text()))
+        return json.loads(Path(client.download_artifacts(run_id, path)).read_text())
     except MlflowException as exc:
         if is_not_found(exc):
             return None
@@ -121,14 +126,23 @@ def probed(
     limits: ProbeLimits | None = None,
     accepted: set[str] | None = None,
 ) -> None:
-    """Have a child process load and probe `files` (unless `accepted` already holds their digest)."""
+    """Have a child process load and probe `files`, unless one already accepted them.
+
+    `accepted` holds the digests this process saw accepted; the ProbeCache,
+    what children on this machine accepted with the same examples and limits.
+    """
     if accepted is not None and files.digest in accepted:
         return
-    digest = probe(files.model_dir, files.feature_schema, examples, limits or ProbeLimits.from_env())
-    if digest != files.digest:
-        raise RefusedModel(f"the probe accepted other bytes ({digest[:19]}…) than were verified")
+    limits = limits or ProbeLimits.from_env()
+    cache = ProbeCache.from_env()
+    key = cache.key(files.digest, examples, limits)
+    if not cache.holds(key):
+        digest = probe(files.model_dir, files.feature_schema, examples, limits)
+        if digest != files.digest:
+            raise RefusedModel(f"the probe accepted other bytes ({digest[:19]}…) than were verified")
+        cache.add(key)
     if accepted is not None:
-        accepted.add(digest)
+        accepted.add(files.digest)
 
 
 def check_release(

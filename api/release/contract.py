@@ -65,3 +65,16 @@ SCHEMA_BREAK_ALLOWED = "gate.schema_break_allowed"  # what a gated break removed
 
 # Registered-model tags
 HISTORY_PREFIX = "alias_history."
+
+# Registered-model tags of a rollout in progress (written under the release lock, signed like the verdicts):
+# the canary alias points at the version; these say how replicas route to it (api/release/traffic.py).
+CANARY_MODE = "canary.mode"  # off | shadow | canary
+CANARY_VERSION = "canary.version"  # the version the state is about (the canary alias must point at it)
+CANARY_WEIGHT = "canary.weight"  # percent of requests the canary answers (canary mode)
+CANARY_SHADOW_SHARE = "canary.shadow_share"  # share of production's requests copied to it (shadow mode)
+CANARY_SIGNATURE = "canary.signature"
+
+# Model version tags of the rollout verdict
+ROLLOUT = "rollout"  # passed | aborted
+ROLLOUT_SIGNATURE = "rollout.signature"
+ROLLOUT_DETAIL = "rollout.detail"

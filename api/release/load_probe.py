@@ -13,6 +13,8 @@ Run as `python -m api.release.load_probe --memory-mb N` with a JSON request on s
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -29,6 +31,7 @@ from api.release.safe_model import RefusedModel
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_VAR, PROBE_MEMORY_VAR = "PROBE_TIMEOUT_S", "PROBE_MEMORY_MB"
+PROBE_CACHE_VAR = "PROBE_CACHE_DIR"
 # What the child inherits: nothing secret (no tracking credentials, no keys).
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
 PROBABILITY_TOLERANCE = 1e-9
@@ -61,6 +64,50 @@ class ProbeLimits:
         if timeout <= 0 or memory <= 0:
             raise ValueError(f"{PROBE_TIMEOUT_VAR} and {PROBE_MEMORY_VAR} must be positive")
         return cls(timeout, memory)
+
+
+class ProbeCache:
+    """What probe children accepted on this machine, so the same bytes with the same examples are probed once.
+
+    A probe's verdict depends only on the bytes (their digest), the examples it
+    answered, its limits and the libraries that ran it: all are in the key.
+    Kept in PROBE_CACHE_DIR (default ~/.cache/gated-churn-model/probed, made
+    private to the user; empty: no cache). A directory that cannot be
+    written (a read-only container) just means no cache.
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProbeCache:
+        """The cache PROBE_CACHE_DIR names, else the user's cache directory."""
+        env = os.environ if env is None else env
+        if PROBE_CACHE_VAR in env:
+            return cls(Path(env[PROBE_CACHE_VAR]) if env[PROBE_CACHE_VAR] else None)
+        base = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cls(base / "gated-churn-model" / "probed")
+
+    @staticmethod
+    def key(digest: str, examples: SmokeExamples | None, limits: ProbeLimits) -> str:
+        """The name of a verdict: everything it depends on, hashed."""
+        libraries = [importlib.metadata.version(name) for name in ("scikit-learn", "skops", "numpy")]
+        facts = [digest, examples, limits.timeout_s, limits.memory_mb, libraries]
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+    def holds(self, key: str) -> bool:
+        """True when a child accepted these bytes with these examples and limits before."""
+        return self.directory is not None and (self.directory / key).is_file()
+
+    def add(self, key: str) -> None:
+        """Remember an acceptance (silently not, where the directory cannot be written)."""
+        if self.directory is None:
+            return
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.directory / key).touch()
+        except OSError:
+            pass
 
 
 def probe(model_dir: Path, feature_schema: Path, examples: SmokeExamples | None, limits: ProbeLimits) -> str:

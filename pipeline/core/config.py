@@ -164,6 +164,26 @@ class CardParams(Section):
     limitations: str = "Trained on one snapshot of customer data; not for decisions about individuals without review."
 
 
+class MonitoringParams(Section):
+    """`monitoring`: the PSI levels at which live drift warns and asks for a rollback (deploy/prometheus/rules.yml).
+
+    Prometheus cannot read this file: tests/deploy/test_prometheus_rules.py fails while the rules' thresholds
+    (and the dashboard's) differ from these.
+    """
+
+    # PSI clamps empty bins to 1e-4 (gates/profile.py), so a total shift scores about 18: past 10, nothing alerts.
+    drift_warn_psi: Annotated[float, Field(gt=0, le=10)] = 0.1
+    drift_alert_psi: Annotated[float, Field(gt=0, le=10)] = 0.25
+
+    @model_validator(mode="after")
+    def _warn_before_alert(self) -> MonitoringParams:
+        if self.drift_warn_psi >= self.drift_alert_psi:
+            raise ValueError(
+                f"drift_warn_psi ({self.drift_warn_psi}) must be below drift_alert_psi ({self.drift_alert_psi})"
+            )
+        return self
+
+
 class RegistryParams(Section):
     """`registry`: the tracking store, the experiment, the registered model and its two aliases."""
 
@@ -210,6 +230,82 @@ class ServingParams(Section):
     reload_interval_s: Annotated[float, Field(gt=0)] = Settings.reload_interval_s
 
 
+# `rollout`: how a new version reaches production through shadow and canary steps, and the bake after it.
+# Every threshold shows in a pull request's policy diff (gates/policy_diff.py), as the gates' do. Defaults suit
+# the generated data: a retrain of production agrees with it on more than 99 % of records and scores alike, so
+# 5 % disagreement or a score PSI of 0.1 is a different model, not noise.
+Share = Annotated[float, Field(gt=0, le=1)]
+Seconds = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=0)]
+Ceiling = Annotated[float, Field(ge=0)] | None  # null: the rule is not judged
+
+
+class ShadowPhase(Section):
+    """Production answers; a sampled copy goes to the canary; the two are compared on the same records."""
+
+    sample_share: Share = 0.5
+    min_requests: Count = 200  # shadowed records before the phase is judged
+    min_duration_s: Seconds = 30
+    max_disagreement: Ceiling = 0.05  # share of shadowed records whose labels differ from production's
+    max_score_psi: Ceiling = 0.1  # PSI between the two versions' score distributions
+
+
+class CanaryStep(Section):
+    """The canary answers `weight` percent of requests for at least this long and this many requests."""
+
+    weight: Annotated[int, Field(gt=0, le=100)]
+    min_duration_s: Seconds = 30
+    min_requests: Count = 200  # requests the canary answered in the step
+
+
+class StepRules(Section):
+    """What each canary step is judged by, on that step's window."""
+
+    max_error_ratio: Ceiling = 0.01  # the canary's 5xx per request
+    max_p99_ms: Ceiling = 250.0  # the canary's p99 latency on /predict
+    max_p99_ratio: Ceiling = 1.5  # the canary's p99 over production's, in the same window
+    max_score_psi: Ceiling = 0.1  # the canary's score distribution against production's, same window
+
+
+class BakeRules(Section):
+    """After promotion, `watch` judges production for `duration_s`; a rule that fails rolls it back."""
+
+    duration_s: Seconds = 300
+    poll_s: Seconds = 10
+    min_requests: Count = 100  # requests before the rules are judged at all
+    max_error_ratio: Ceiling = 0.01  # 5xx per request
+    max_client_error_ratio: Ceiling = 0.05  # 4xx per request: clients the new version breaks
+    max_p99_ms: Ceiling = 250.0
+    max_drift_psi: Ceiling = 0.25  # any feature's live PSI against the version's training profile
+
+
+class RolloutParams(Section):
+    """`rollout`: the canary alias, the shadow phase, the canary steps and their rules, the bake."""
+
+    canary_alias: str = "canary"
+    shadow: ShadowPhase = ShadowPhase()
+    steps: list[CanaryStep] = [CanaryStep(weight=10), CanaryStep(weight=50)]
+    step_rules: StepRules = StepRules()
+    bake: BakeRules = BakeRules()
+    phase_timeout_s: Seconds = 600  # a phase that has not seen its requests by then aborts the rollout
+    poll_s: Seconds = 2  # how often live metrics are read during a phase
+
+    @field_validator("canary_alias")
+    @classmethod
+    def _alias_name(cls, value: str) -> str:
+        if not ALIAS_NAME.match(value) or RESERVED_ALIAS.match(value):
+            raise ValueError("not a valid alias name")
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _growing(cls, steps: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [step.weight for step in steps]
+        if weights != sorted(set(weights)):
+            raise ValueError(f"canary weights must grow step by step, got {weights}")
+        return steps
+
+
 class Params(Section):
     """The whole params file, one section per key."""
 
@@ -218,8 +314,10 @@ class Params(Section):
     gates: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
     smoke: SmokeParams = SmokeParams()
+    monitoring: MonitoringParams = MonitoringParams()
     serving: ServingParams = ServingParams()
     card: CardParams = CardParams()
+    rollout: RolloutParams = RolloutParams()
 
 
 class ParamsLoader(yaml.SafeLoader):

@@ -19,7 +19,7 @@ from gates.bootstrap import METRICS, Scored
 from gates.evaluate import Production
 from gates.evaluate import evaluate as evaluate_gates
 from gates.model_card import CardFacts, model_card
-from gates.policy_diff import policy_changes
+from gates.policy_diff import policy_changes, rollout_changes
 from gates.profile import Drift, compare_profiles
 from gates.report import COMMENT_MARKER, GateReport
 from gates.schema_diff import SchemaDiff, compare_schemas
@@ -148,7 +148,10 @@ def _evaluate(
         baseline.schema, baseline.drift,
     )  # fmt: skip
     say(f"  bootstrap: {gates.bootstrap_samples} paired resamples scored in {time.perf_counter() - started:.2f} s")
-    changes = None if base_params is None else policy_changes(base_params.gates.model_dump(), gates.model_dump())
+    changes = None
+    if base_params is not None:  # every gate and rollout threshold this params file loosens or tightens
+        changes = policy_changes(base_params.gates.model_dump(), gates.model_dump())
+        changes += rollout_changes(base_params.rollout.model_dump(), ctx.params.rollout.model_dump())
     signed = "signed" if ctx.signing_key else "unsigned"
     report = GateReport(
         model_name=ctx.model,

@@ -24,6 +24,7 @@ from api.release import contract
 from api.release.check import is_not_found, logged_model_files
 from api.release.redact import redact
 from api.release.safe_model import RefusedModel
+from api.release.traffic import Traffic
 from api.release.verdicts import image_verdict, release_verdict, verifies
 from gates.bootstrap import METRICS  # the metric names, in MLflow and in `status --json`
 from gates.release_policy import VersionState
@@ -244,18 +245,18 @@ def move_alias(
     client: MlflowClient,
     name: str,
     alias: str,
-    version: str,
+    version: str | None,
     reason: str,
     expected: str | None,
     kind: str,
     image: str = "",
     signing_key: Ed25519PrivateKey | None = None,
 ) -> AliasMove | None:
-    """Compare-and-set: point `alias` at `version` only if it still points at `expected`; record the move.
+    """Compare-and-set: point `alias` at `version` (None: remove it) only if it still points at `expected`.
 
-    Call it holding the release lock. The alias and its ledger entry are
-    written together: a SIGINT or SIGTERM waits until both are. None when the
-    alias already points at `version`.
+    Call it holding the release lock. The alias and its ledger entry (a
+    removal is a move to "") are written together: a SIGINT or SIGTERM waits
+    until both are. None when the alias already points at `version`.
     """
     model = registered_model(client, name)
     before = None if model is None else (str(model.aliases[alias]) if alias in model.aliases else None)
@@ -267,13 +268,24 @@ def move_alias(
         )
     tags = {} if model is None else model.tags
     last = max((k for k in tags if k.startswith(contract.HISTORY_PREFIX)), default=None)
-    move = AliasMove(alias, before, version, now(), redact(reason), git_sha(), actor(), kind, image)
+    move = AliasMove(alias, before, version or "", now(), redact(reason), git_sha(), actor(), kind, image)
     key = ledger.entry_key(last, time.time_ns(), secrets.token_hex(3))
     entry = ledger.make_entry(name, key, move.to_json(), tags.get(last) if last else None, signing_key)
     with interrupts.deferred():
-        client.set_registered_model_alias(name, alias, version)
+        if version is None:
+            client.delete_registered_model_alias(name, alias)
+        else:
+            client.set_registered_model_alias(name, alias, version)
         client.set_registered_model_tag(name, key, entry)
     return move
+
+
+def set_traffic(client: MlflowClient, name: str, traffic: Traffic, signing_key: Ed25519PrivateKey | None) -> None:
+    """Write how replicas split traffic with the canary, signed when a key is set (call it holding the lock)."""
+    signature = sign(signing_key, traffic.verdict(name)) if signing_key is not None else ""
+    with interrupts.deferred():
+        for key, value in {**traffic.tags(), contract.CANARY_SIGNATURE: signature}.items():
+            client.set_registered_model_tag(name, key, value)
 
 
 def read_history(client: MlflowClient, name: str, verify_key: Ed25519PublicKey | None = None) -> ledger.Ledger:

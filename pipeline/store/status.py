@@ -38,7 +38,7 @@ def anomalies(
                         f"but the ledger last put it at {previous or 'nothing'}: a move outside the pipeline",
                     }
                 )
-            previous = move["to"]
+            previous = move["to"] or None  # "": the alias was removed (the end of a rollout)
         now = aliases.get(alias)
         if now != previous:
             found.append(

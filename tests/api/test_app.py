@@ -168,11 +168,13 @@ def test_metrics_count_requests_predictions_and_version(client, records):
     client.post("/predict", json={"records": records[:3]})
     client.post("/predict", json={"records": []})
     text = client.get("/metrics").text
-    assert 'api_requests_total{endpoint="/predict",status="200"} 1.0' in text
-    assert 'api_requests_total{endpoint="/predict",status="422"} 1.0' in text
-    assert 'api_predictions_total{model_version="7"} 3.0' in text
+    # every metric that concerns a model says which version: the one that answered, or refused
+    assert 'api_requests_total{endpoint="/predict",status="200",version="7"} 1.0' in text
+    assert 'api_requests_total{endpoint="/predict",status="422",version="7"} 1.0' in text
+    assert 'api_predictions_total{version="7"} 3.0' in text
     assert "api_serving_model_version 7.0" in text
-    assert 'api_request_latency_seconds_count{endpoint="/predict"} 2.0' in text
+    assert 'api_request_latency_seconds_count{endpoint="/predict",version="7"} 2.0' in text
+    assert 'api_model_loaded{role="production",version="7"} 1.0' in text and "api_ready 1.0" in text
 
 
 class SwitchingSource:

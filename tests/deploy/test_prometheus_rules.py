@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -9,6 +10,8 @@ import pytest
 import yaml
 
 from gates.profile import PSI_FLOOR
+from pipeline.core.config import build_params, load_params
+from pipeline.core.errors import ConfigError
 
 from .tools import API_METRICS, DEPLOY, ROOT, alerting_rules, load_yaml, rules, run, system_tool
 
@@ -81,6 +84,39 @@ def test_latency_budget_is_the_smoke_budget() -> None:
     threshold = float(re.search(r'quantile="0\.99"\} > ([0-9.]+)', rule["expr"]).group(1))
     assert threshold == budget_ms / 1000
     assert f"{budget_ms} ms" in rule["annotations"]["summary"]
+
+
+def test_drift_levels_are_the_monitoring_params() -> None:
+    """The drift alerts, what they say and the dashboard's PSI panel use params.yaml's monitoring levels."""
+    levels = load_params(ROOT / "params.yaml").monitoring
+    expected = {"ChurnApiFeatureDriftWarning": levels.drift_warn_psi, "ChurnApiFeatureDrift": levels.drift_alert_psi}
+    found = {}
+    for rule in alerting_rules():
+        if rule["alert"] in expected:
+            level = expected[rule["alert"]]
+            found[rule["alert"]] = float(re.search(r"api:feature_psi:15m > ([0-9.]+)", rule["expr"]).group(1))
+            assert float(re.search(r"above ([0-9.]+)", rule["annotations"]["description"])[1]) == level, rule["alert"]
+    assert found == expected
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "churn-api.json").read_text())
+    (panel,) = [p for p in board["panels"] if any("api:feature_psi:15m" in t["expr"] for t in p.get("targets", []))]
+    steps = [step["value"] for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, levels.drift_warn_psi, levels.drift_alert_psi], panel["title"]
+    said = re.search(r"([0-9.]+) warns; ([0-9.]+) for", panel["description"])
+    assert (float(said[1]), float(said[2])) == (levels.drift_warn_psi, levels.drift_alert_psi), panel["description"]
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        ({"drift_warn_psi": 0.3, "drift_alert_psi": 0.25}, "must be below drift_alert_psi"),
+        ({"drift_warn_psi": 0}, "monitoring.drift_warn_psi: Input should be greater than 0"),
+        ({"drift_alert_psi": 20}, "monitoring.drift_alert_psi: Input should be less than or equal to 10"),
+    ],
+)
+def test_monitoring_levels_warn_before_they_alert(levels: dict, message: str) -> None:
+    """A warning level at or above the alert level, or a level no PSI can mean, is refused naming the key."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_params({"monitoring": levels})
 
 
 def test_rules_read_only_the_metrics_the_api_exports() -> None:

@@ -196,8 +196,8 @@ def test_two_workers_each_serve_and_metrics_count_every_request(production_regis
     assert not stale.exists()
     assert len(workers) == 2  # two live processes, each serving the production version
     for text in scrapes:  # whichever worker answers, it counts all of them
-        assert 'api_requests_total{endpoint="/predict",status="200"} 300.0' in text
-        assert f'api_predictions_total{{model_version="{version}"}} 300.0' in text
+        assert f'api_requests_total{{endpoint="/predict",status="200",version="{version}"}} 300.0' in text
+        assert f'api_predictions_total{{version="{version}"}} 300.0' in text
 
 
 def _serving_workers(url: str, version: str, timeout_s: float = 60) -> set[str]:

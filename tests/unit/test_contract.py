@@ -32,7 +32,7 @@ def test_no_module_spells_a_tag_name_itself():
     found = {
         f"{path.relative_to(ROOT)}:{line}: {text!r}"
         for package in ("pipeline", "api", "gates")
-        for path in (ROOT / package).glob("*.py")
+        for path in (ROOT / package).rglob("*.py")
         if path.name != "contract.py"
         for line, text in bare_tag_strings(path.read_text())
     }

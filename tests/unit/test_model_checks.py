@@ -131,3 +131,24 @@ def test_a_tree_that_loops_is_refused_before_any_walk(data):
     cycle(result.model)
     with pytest.raises(RefusedModel, match="outside the tree"):
         check_structure(result.model)
+
+
+def test_bytes_a_child_accepted_with_the_same_examples_and_limits_are_not_probed_again(tmp_path, data, monkeypatch):
+    from api.release.check import ModelFiles, probed
+    from api.release.safe_model import read_artifact
+
+    model_dir, schema, examples = saved(tmp_path, data, fitted(data, "logistic_regression"))
+    files = ModelFiles(model_dir, schema, read_artifact(model_dir, schema))
+    monkeypatch.setenv("PROBE_CACHE_DIR", str(tmp_path / "cache"))
+    probed(files, examples)  # a real child accepts them
+    # when: the child would now crash, the same bytes with the same examples need no child
+    monkeypatch.setattr(load_probe, "CHILD", ("-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"))
+    probed(files, examples)
+    # but other examples, or other limits, or no cache at all, ask a child again
+    other = {**examples, "records": examples["records"][:3]}
+    for kwargs in ({"examples": other}, {"examples": examples, "limits": ProbeLimits(timeout_s=30)}):
+        with pytest.raises(RefusedModel, match="SIGSEGV"):
+            probed(files, **kwargs)
+    monkeypatch.setenv("PROBE_CACHE_DIR", "")
+    with pytest.raises(RefusedModel, match="SIGSEGV"):
+        probed(files, examples)

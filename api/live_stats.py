@@ -1,0 +1,175 @@
+"""What the served models see and answer, counted without keeping anything of a request.
+
+Each answered request bumps a few counters of its version in place: how many
+records were predicted and how many positive, which bucket each probability
+falls in, and which training-profile bin each feature value falls in
+(api/model/drift.py). Nothing of the request outlives it (keeping requests for
+a later flush filled the garbage collector's old generations: full passes
+paused the service for hundreds of milliseconds). `flush`, every second and
+before each scrape, hands the counts to the Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from api.metrics import SCORE_BUCKETS, ServiceMetrics
+from api.model.loaded_model import LoadedModel
+from api.release.frames import Columns
+
+VECTOR_FROM = 64  # answers longer than this are bucketed with numpy, shorter ones value by value
+
+
+class VersionCounts:
+    """The counts of one loaded version since the last flush; bumped under a lock (answers come from threads too)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+        self.predictions = 0
+        self.positives = 0
+        self.scores = [0] * (len(SCORE_BUCKETS) + 1)  # the last: above every bound
+        self.score_sum = 0.0
+        # One record is most answers: binned inline from this plan, no call per feature (a few microseconds in all).
+        self._plan = [
+            (b.name, b.edges, b.categories, b.counts, len(b.labels) - 1, len(b.labels) - 2) for b in model.drift_bins
+        ]
+
+    def add(self, columns: Columns, labels: Sequence[Any], probabilities: Sequence[float] | None) -> None:
+        """Count one answer: its records, positives, probabilities and each feature value's bin."""
+        positive = self.model.positive_label
+        with self.lock:
+            self.predictions += len(labels)
+            self.positives += sum(1 for label in labels if label == positive)
+            if probabilities is not None:
+                self._scores(probabilities)
+            if len(labels) == 1:
+                self._one(columns)
+                return
+            for bins in self.model.drift_bins:
+                values = columns.get(bins.name)
+                if values is not None:
+                    bins.observe(values)
+
+    def _one(self, columns: Columns) -> None:
+        for name, edges, categories, counts, missing, unseen in self._plan:
+            column = columns.get(name)
+            if column is None:
+                continue
+            value = column[0]
+            if value is None or value != value:
+                counts[missing] += 1
+            elif edges is not None:
+                counts[bisect_left(edges, value)] += 1
+            else:
+                counts[categories.get(value, unseen)] += 1
+
+    def _scores(self, probabilities: Sequence[float]) -> None:
+        if len(probabilities) > VECTOR_FROM:
+            values = np.asarray(probabilities, dtype=np.float64)
+            index = np.searchsorted(np.asarray(SCORE_BUCKETS), values, side="left")
+            for i, count in enumerate(np.bincount(index, minlength=len(self.scores)).tolist()):
+                self.scores[i] += count
+            self.score_sum += float(values.sum())
+            return
+        for value in probabilities:
+            self.scores[bisect_left(SCORE_BUCKETS, value)] += 1
+            self.score_sum += value
+
+    def take(self) -> tuple[int, int, list[int], float, list[tuple[str, list[str], list[int]]]]:
+        """Everything counted since the last take, and start again from zero."""
+        with self.lock:
+            taken = (self.predictions, self.positives, self.scores, self.score_sum)
+            bins = [(b.name, b.labels, b.take()) for b in self.model.drift_bins]
+            self.predictions = self.positives = 0
+            self.scores, self.score_sum = [0] * len(self.scores), 0.0
+        return (*taken, bins)
+
+
+class LiveStats:
+    """Counts of served predictions, scores and feature values per version, flushed into the metrics."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+        self._versions: dict[str, VersionCounts] = {}
+        self._lock = threading.Lock()
+
+    def counts(self, model: LoadedModel) -> VersionCounts:
+        """The counts of this loaded version (created, with its series at zero, the first time it is seen)."""
+        found = self._versions.get(model.version)
+        if found is not None and found.model is model:
+            return found
+        with self._lock:
+            found = self._versions.get(model.version)
+            if found is None or found.model is not model:
+                if found is not None:
+                    self._flush(found)
+                found = self._versions[model.version] = VersionCounts(model)
+                self._series(model)
+        return found
+
+    def record(
+        self, model: LoadedModel, columns: Columns, labels: Sequence[Any], probabilities: Sequence[float] | None
+    ) -> None:
+        """Count one answered request (probabilities None: /invocations, which answers labels only)."""
+        self.counts(model).add(columns, labels, probabilities)
+
+    def flush(self) -> None:
+        """Hand everything counted to the metrics."""
+        with self._lock:
+            versions = list(self._versions.values())
+        for counts in versions:
+            self._flush(counts)
+
+    def _flush(self, counts: VersionCounts) -> None:
+        m, version = self.metrics, counts.model.version
+        predictions, positives, scores, score_sum, bins = counts.take()
+        if predictions:
+            m.child(m.predictions, version).inc(predictions)
+            m.child(m.positives, version).inc(positives)
+        if any(scores):
+            add_to_histogram(m.child(m.scores, version), scores, score_sum)
+        for feature, labels, taken in bins:
+            for label, count in zip(labels, taken, strict=True):
+                if count:
+                    m.child(m.feature_values, version, feature, label).inc(count)
+
+    def _series(self, model: LoadedModel) -> None:
+        """Every series of a version from its first answer on, at zero, and the training share of each bin.
+
+        A series that appears with its first increment is missed by rate() and
+        increase() for that first sample: they exist from the start instead.
+        """
+        m, version = self.metrics, model.version
+        m.child(m.predictions, version)
+        m.child(m.positives, version)
+        m.child(m.scores, version)
+        for bins in model.drift_bins:
+            for label, share in zip(bins.labels, bins.expected, strict=True):
+                m.child(m.feature_expected, version, bins.name, label).set(share)
+                m.child(m.feature_values, version, bins.name, label)
+
+
+def observe_histogram(histogram: Any, values: np.ndarray, bounds: Sequence[float]) -> None:
+    """Add many observations to a prometheus_client histogram child at once."""
+    values = values[np.isfinite(values)]
+    index = np.searchsorted(np.asarray(bounds), values, side="left")  # bucket i: bounds[i-1] < v <= bounds[i]
+    add_to_histogram(histogram, np.bincount(index, minlength=len(bounds) + 1).tolist(), float(values.sum()))
+
+
+def add_to_histogram(histogram: Any, counts: Sequence[int], total: float) -> None:
+    """Add per-bucket counts (not cumulative, the last above every bound) and their sum to a histogram child.
+
+    prometheus_client's `observe` takes one value at a time: this adds each
+    bucket's count in one increment, to the child's own per-bucket values (in
+    single-process and multiprocess mode alike).
+    """
+    for i, count in enumerate(counts):
+        if count:
+            histogram._buckets[i].inc(count)
+    histogram._sum.inc(total)
