@@ -28,6 +28,9 @@ from ..conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 MODEL = "churn-classifier"
+# The workflow each event runs here: a push or pull request also starts ci.yml (the project's own lint and
+# test-fast, which the suite runs itself), so act is told which file to run.
+DEPLOY, PR_CHECKS = ".github/workflows/deploy.yml", ".github/workflows/pr-checks.yml"
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +151,7 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
 
     # when a push passes, the deploy workflow moves production to version 2, smoke-tested as an image
     repository = f"{image_registry}/churn-api"
-    output = act(repo, server, "push", "--var", f"IMAGE_REPOSITORY={repository}", keys=keys)
+    output = act(repo, server, "push", "-W", DEPLOY, "--var", f"IMAGE_REPOSITORY={repository}", keys=keys)
     assert act.returncode == 0, output[-3000:]
     aliases, versions = registry(server)
     assert aliases == {"candidate": "2", "production": "2"}
@@ -212,7 +215,7 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
     pull = {"number": 7, "head": {"ref": "lower-floor"}, "base": {"ref": "main", "sha": base_sha}}
     event = repo.parent / "pull_request.json"
     event.write_text(json.dumps({"pull_request": pull}))
-    output = act(repo, server, "pull_request", "-e", str(event))
+    output = act(repo, server, "pull_request", "-W", PR_CHECKS, "-e", str(event))
     git(repo, "checkout", "-q", "main")
     assert act.returncode == 0, output[-3000:]
     assert "production v2" in output
@@ -224,7 +227,7 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
     # when a push sets the F1 floor impossibly high, it fails at the gate and changes nothing
     params.write_text(params.read_text().replace("f1: {min: 0.55,", "f1: {min: 0.99,"))
     commit(repo, "raise the F1 bar out of reach")
-    output = act(repo, server, "push")
+    output = act(repo, server, "push", "-W", DEPLOY)
     assert act.returncode != 0 and "gate failed" in output
     assert registry(server)[0] == aliases and len(registry(server)[1]) == 2
 
