@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = add("rollback", "move production back to the previous good version, or --to V")
     rollback.add_argument("--to", metavar="V", help="a version (empty: the previous good version)")
     rollback.add_argument("--reason", required=True)
+    rollback.add_argument(
+        "--if-serving",
+        metavar="V",
+        help="only while production still serves V; otherwise exit 0 saying it already moved (alert-driven rollbacks)",
+    )
     add("status", "versions, aliases, gate and smoke results, history").add_argument(
         "--json", action="store_true", help="print one JSON object"
     )
@@ -120,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("keygen", "write an Ed25519 key pair for signed release verdicts").add_argument(
         "--out", required=True, metavar="DIR", help="writes DIR/release.key and DIR/release.pub"
     )
+    relay = add(
+        "alert-relay",
+        "relay Alertmanager's action=rollback alerts (POST /alert) to GitHub as repository_dispatch `rollback`",
+    )
+    relay.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    relay.add_argument("--port", type=int, default=9095, help="port (default 9095; 0: a free one)")
     return parser
 
 
@@ -158,7 +169,7 @@ COMMANDS: dict[str, tuple[str, Callable[[ModuleType, Params | None, argparse.Nam
     "pr-comment": ("gate", lambda m, _, a: m.pr_comment_stage(a.file)),
     "register": ("release", lambda m, p, a: m.register_stage(p, a.run_id)),
     "promote": ("release", lambda m, p, a: m.promote_stage(p, a.version)),
-    "rollback": ("release", lambda m, p, a: m.rollback_stage(p, a.reason, a.to or None)),
+    "rollback": ("release", lambda m, p, a: m.rollback_stage(p, a.reason, a.to or None, a.if_serving or None)),
     "smoke": ("smoke", lambda m, p, a: _none(m.smoke_stage(p, a.version, base_url=a.base_url, image=a.image))),
     "image": ("images", lambda m, _, a: m.image_stage(a.tag, a.base_image)),
     "publish": ("images", lambda m, p, a: m.publish_stage(p, a.version, a.image, a.repository)),
@@ -166,7 +177,10 @@ COMMANDS: dict[str, tuple[str, Callable[[ModuleType, Params | None, argparse.Nam
     "run": ("flow", lambda m, p, _: m.run_all(p)),
     "rollout": ("rollout", lambda m, p, a: m.rollout_stage(p, a.version, a.api_url)),
     "watch": ("rollout", lambda m, p, a: m.watch_stage(p, a.api_url)),
+    "alert-relay": ("relay", lambda m, _, a: m.alert_relay_stage(a.host, a.port)),
 }
+# Commands that read no params file (they run where there may be none).
+NO_PARAMS = {"keygen", "alert-relay"}
 
 
 def dispatch(args: argparse.Namespace) -> str | None:
@@ -181,7 +195,7 @@ def dispatch(args: argparse.Namespace) -> str | None:
     # Imported per command: `--help` loads no MLflow, `status` no scikit-learn, nothing loads matplotlib but training.
     module = importlib.import_module(f"pipeline.stages.{module_name}")
     redact_logging("mlflow")  # MLflow's handlers exist once it is imported
-    params = None if args.command == "keygen" else load_params(args.params, args.overrides)
+    params = None if args.command in NO_PARAMS else load_params(args.params, args.overrides)
     return call(module, params, args)
 
 

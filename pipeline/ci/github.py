@@ -93,3 +93,36 @@ def _pull_request_number() -> int | None:
         return None
     event = json.loads(Path(path).read_text())
     return (event.get("pull_request") or {}).get("number")
+
+
+class DispatchFailed(Exception):
+    """GitHub did not accept a repository_dispatch (its status, or the connection's error; never the token)."""
+
+
+def repository_dispatch(
+    repository: str,
+    token: str,
+    body: dict[str, object],
+    api_url: str = "https://api.github.com",
+    transport: httpx.BaseTransport | None = None,
+    timeout_s: float = 15,
+) -> None:
+    """`POST /repos/{repository}/dispatches` with `body` (event_type, client_payload); GitHub answers 204.
+
+    The token (a fine-grained token or GitHub App token with Contents: write on
+    the repository) goes in the Authorization header only.
+    """
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/vnd.github+json",
+        "X-GitHub-Api-Version": "2022-11-28",
+    }
+    url = f"{api_url.rstrip('/')}/repos/{repository}/dispatches"
+    try:
+        with httpx.Client(headers=headers, timeout=timeout_s, transport=transport) as http:
+            answer = http.post(url, json=body)
+    except httpx.HTTPError as exc:
+        raise DispatchFailed(f"POST {redact(url)}: {type(exc).__name__}") from None
+    if answer.status_code not in (200, 201, 202, 204):
+        detail = " ".join(answer.text.split())[:200]
+        raise DispatchFailed(f"POST {redact(url)} answered {answer.status_code}: {redact(detail)}")

@@ -306,6 +306,37 @@ class RolloutParams(Section):
         return steps
 
 
+# Kubernetes names: a Deployment (DNS-1123 subdomain) and an image name as kustomize's `images:` matches it.
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+IMAGE_NAME = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+
+
+class DeployParams(Section):
+    """`deploy`: the Kubernetes overlay promote and rollback pin to the moved-to version's published image.
+
+    `overlay` null: production is not on Kubernetes, and alias moves deploy nothing.
+    """
+
+    overlay: str | None = "deploy/k8s/overlays/production"  # a kustomize folder, relative to the working directory
+    image_name: str = "churn-api"  # the `images:` entry (the base's container image name)
+    deployment: str = "churn-api"  # whose rollout `kubectl rollout status` waits for
+    rollout_timeout_s: Annotated[int, Field(gt=0, le=3600)] = 300
+
+    @field_validator("deployment")
+    @classmethod
+    def _deployment_name(cls, value: str) -> str:
+        if not K8S_NAME.match(value):
+            raise ValueError("not a Kubernetes object name (lowercase letters, digits, - and .)")
+        return value
+
+    @field_validator("image_name")
+    @classmethod
+    def _image_name(cls, value: str) -> str:
+        if not IMAGE_NAME.match(value):
+            raise ValueError("not an image name (lowercase letters, digits, and . _ - / between them)")
+        return value
+
+
 class Params(Section):
     """The whole params file, one section per key."""
 
@@ -316,6 +347,7 @@ class Params(Section):
     smoke: SmokeParams = SmokeParams()
     monitoring: MonitoringParams = MonitoringParams()
     serving: ServingParams = ServingParams()
+    deploy: DeployParams = DeployParams()
     card: CardParams = CardParams()
     rollout: RolloutParams = RolloutParams()
 

@@ -13,9 +13,11 @@ from api.release import contract
 from gates.release_policy import check_promotion, rollback_candidates
 from pipeline.ci import github
 from pipeline.ci.progress import say, stage
+from pipeline.core import kustomize
 from pipeline.core.config import Params
-from pipeline.core.errors import CheckFailed, ConfigError
+from pipeline.core.errors import CheckFailed, ConfigError, InfrastructureError
 from pipeline.core.ledger import is_rollback
+from pipeline.runtime import kubernetes
 from pipeline.stages.context import Context
 from pipeline.store import registry
 from pipeline.store.release_lock import release_lock
@@ -45,11 +47,21 @@ class ProductionMove:
     before: str | None
     target: ModelVersion | None = None
     why: str = ""
+    pin: kubernetes.OverlayPin | None = None  # the overlay pinned to the target's published image
 
     def to(self, mv: ModelVersion, kind: str, reason: str, summary: str | None = None) -> None:
-        """Move production to `mv` (compare-and-set on where it stood), recording the published image."""
-        self.target, self.why = mv, summary or reason
+        """Move production to `mv` (compare-and-set on where it stood), recording the published image.
+
+        The overlay's pin is worked out first: a missing or malformed overlay
+        stops the move (exit 2) while nothing has moved.
+        """
         image = registry.published_image(mv)
+        deploy = self.ctx.params.deploy
+        if image and deploy.overlay is not None:
+            self.pin = kubernetes.plan_pin(
+                deploy.overlay, deploy.image_name, image, deploy.deployment, deploy.rollout_timeout_s
+            )
+        self.target, self.why = mv, summary or reason
         _move(self.ctx, self.ctx.registry.production_alias, str(mv.version), self.before, kind, reason, image)
         say(
             f"  @{self.ctx.registry.production_alias}: {self.before or 'nothing'} -> {mv.version} "
@@ -62,7 +74,9 @@ def production_move(params: Params, name: str, what: str) -> Iterator[Production
     """The opening and closing promote and rollback share.
 
     Opens the context, requires the model, holds the release lock while the
-    block decides and moves; then writes the image output and the summary.
+    block decides and moves; then writes the image output and the summary, and
+    deploys the image smoke tested with the version production moved to (outside
+    the lock: a rollout takes minutes, and the move is already recorded).
     """
     ctx = Context.open(params)
     registry.require_model(ctx.client, ctx.model)
@@ -74,6 +88,7 @@ def production_move(params: Params, name: str, what: str) -> Iterator[Production
         image = registry.published_image(move.target)
         github.write_outputs(image=image)
         github.write_summary(_summary(ctx, alias, move.before, move.target, move.why))
+        _deploy(ctx, move.target, move.pin)
 
 
 def promote_stage(params: Params, version: str) -> None:
@@ -91,16 +106,21 @@ def promote_stage(params: Params, version: str) -> None:
         move.to(mv, "promote", _promotion_reason(mv), summary="promoted")
 
 
-def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
+def rollback_stage(params: Params, reason: str, to: str | None = None, if_serving: str | None = None) -> str:
     """Move production back to the previous good version, or to `to`; returns the version.
 
     Without `to`, back along the verified release ledger: the versions
     production served before, most recent first, never one it was rolled back
     away from. Versions the release check refuses (artifact changed, no longer
     loads, badly signed) are skipped (without `to`) and named, or refused (with `to`).
+    With `if_serving`, only while production still serves that version (checked
+    inside the release lock): otherwise it already moved, and nothing happens
+    (exit 0), so an alert delivered twice never rolls back twice.
     """
     if not reason or not reason.strip():
         raise ConfigError("rollback needs a --reason saying why")
+    if if_serving is not None and not if_serving.isdigit():
+        raise ConfigError(f"--if-serving expects a version number, got {if_serving!r}")
     if os.environ.get("GITHUB_ACTIONS") == "true" and not os.environ.get("MLFLOW_TRACKING_URI"):
         raise ConfigError(
             "no MLFLOW_TRACKING_URI secret or variable is set: a rollback needs the team's tracking server"
@@ -108,6 +128,14 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
     what = f"@{params.registry.production_alias} to {to or 'the previous good version'}"
     with production_move(params, "rollback", what) as move:
         ctx = move.ctx
+        if if_serving is not None and move.before != if_serving:
+            already = (
+                f"@{ctx.registry.production_alias} serves {move.before or 'nothing'}, not {if_serving}: "
+                "production already moved; nothing to do"
+            )
+            say(f"  {already}")
+            github.write_summary(f"Rollback of `{ctx.model}` not needed ({reason.strip()}): {already}.")
+            return move.before or ""
         by_version = {str(mv.version): mv for mv in registry.versions(ctx.client, ctx.model)}
         states = [registry.version_state(mv) for mv in by_version.values()]
         moves = registry.history(ctx.client, ctx.model, ctx.verify_key)
@@ -127,6 +155,56 @@ def rollback_stage(params: Params, reason: str, to: str | None = None) -> str:
             skipped.append(f"version {candidate.version}: {refusal}")
             say(f"  skipping version {candidate.version}: {refusal}")
         raise CheckFailed("no version to roll back to: " + "; ".join(skipped) + "; nothing moved")
+
+
+def _deploy(ctx: Context, mv: ModelVersion, pin: kubernetes.OverlayPin | None) -> None:
+    """Pin the overlay to the image smoke tested with `mv`; with KUBECONFIG apply it and wait for the rollout.
+
+    Without KUBECONFIG the overlay is pinned and the commands that deploy it are
+    printed (stderr and job summary). A kubectl failure is exit 3 saying that
+    production's alias already moved and how to finish by hand.
+    """
+    deploy, alias = ctx.params.deploy, ctx.registry.production_alias
+    if deploy.overlay is None:
+        say("  deploy.overlay is null: no Kubernetes overlay to pin")
+        return
+    if pin is None:
+        note = (
+            f"version {mv.version} has no published image (image.ref/image.digest): {deploy.overlay} left as it is, "
+            "nothing applied; the running pods follow the alias with the image they have"
+        )
+        say(f"  {note}")
+        github.write_summary(f"**Kubernetes:** {note}.")
+        return
+    lines = kustomize.shell_lines(pin.commands)
+    entry = kustomize.images_entry(deploy.image_name, pin.image)
+    with stage("deploy", f"{deploy.image_name} {pin.image.reference} to {pin.overlay}"):
+        kubernetes.write_pin(pin)
+        say(f"  {pin.path}: {deploy.image_name} pinned to {pin.image.reference} (smoke tested with {mv.version})")
+        pinned = (
+            f"**Kubernetes:** `{pin.path}` pins `{deploy.image_name}` to `{pin.image.reference}`, the image smoke "
+            f"tested with version {mv.version}:\n\n```yaml\n{entry}```"
+        )
+        if not kubernetes.kubeconfig():
+            say("  no KUBECONFIG: nothing applied. To deploy it, from a checkout with that overlay:")
+            say("    " + lines.replace("\n", "\n    "))
+            github.write_summary(
+                f"{pinned}\n\nNo `KUBECONFIG`: nothing applied. To deploy it, from a checkout whose overlay has "
+                f"that entry:\n\n```sh\n{lines}\n```"
+            )
+            return
+        try:
+            kubernetes.apply(pin, deploy.rollout_timeout_s)
+        except InfrastructureError as exc:
+            github.write_summary(
+                f"{pinned}\n\n**Not deployed:** {exc}. `@{alias}` already points at {mv.version}; "
+                f"finish by hand from a checkout whose overlay has that entry:\n\n```sh\n{lines}\n```"
+            )
+            raise InfrastructureError(
+                f"{exc}; @{alias} already moved to {mv.version} (the pods follow it with the image they have): "
+                f"finish by hand with {pin.path} pinned to {pin.image.reference}: {lines.replace(chr(10), ' && ')}"
+            ) from None
+        github.write_summary(f"{pinned}\n\nApplied and rolled out:\n\n```sh\n{lines}\n```")
 
 
 def _move(ctx: Context, alias: str, version: str, before: str | None, kind: str, reason: str, image: str = "") -> None:

@@ -20,6 +20,8 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 
+from pipeline.core import kustomize
+
 from . import rules_sync
 from .tools import API_MEMORY_MB, DEPLOY, ROOT, SMOKE_PROBE_MEMORY_MB, load_yaml, rules, run, system_tool, venv_tool
 
@@ -33,6 +35,7 @@ KUBERNETES_VERSIONS = ["1.30.0", "1.32.0"]
 CHECKOV = ROOT / "build" / "checkov-venv" / "bin" / "checkov"
 CHECKOV_PIN = "checkov==3.3.30"
 PLACEHOLDER_TRACKING_CIDR = "192.0.2.1/32"  # base's egress rule, which every overlay replaces
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def without_monitoring(root: Path) -> Path:
@@ -357,9 +360,15 @@ def test_the_autoscaler_owns_the_replica_count(rendered: dict, overlay: str) -> 
 
 
 def test_overlays_say_how_promotion_sets_the_digest() -> None:
-    """Each overlay's images entry names churn-api, with the command that writes the published digest."""
+    """Each overlay's images entry names churn-api, says that promote and rollback pin it, and can be pinned."""
     for overlay in OVERLAYS:
         path = K8S / "overlays" / overlay / "kustomization.yaml"
         (image,) = load_yaml(path)["images"]
         assert image["name"] == "churn-api" and image["digest"].startswith("sha256:")
-        assert "kustomize edit set image churn-api=REF@DIGEST" in path.read_text()
+        text = path.read_text()
+        assert "promote and rollback" in text and f"kubectl apply -k deploy/k8s/overlays/{overlay}" in text
+        # the edit promote and rollback make applies to the overlay as committed
+        pinned = kustomize.pin_image(text, "churn-api", kustomize.PinnedImage("registry.example/churn-api", DIGEST))
+        assert yaml.safe_load(pinned)["images"] == [
+            {"name": "churn-api", "newName": "registry.example/churn-api", "digest": DIGEST}
+        ]

@@ -4,18 +4,22 @@ Each push builds the real API image (docker or podman) and smoke-tests a real
 container. The registry is read afterwards: act's exit code alone proves little.
 """
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.runtime.container import LOCAL_BASE
+from pipeline.runtime.container import LOCAL_BASE, find_engine
 from pipeline.runtime.processes import free_port, stop, wait_for
 from pipeline.runtime.tracking_server import tracking_server
 from pipeline.store.registry import history
@@ -24,6 +28,9 @@ from ..conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 MODEL = "churn-classifier"
+# The workflow each event runs here: a push or pull request also starts ci.yml (the project's own lint and
+# test-fast, which the suite runs itself), so act is told which file to run.
+DEPLOY, PR_CHECKS = ".github/workflows/deploy.yml", ".github/workflows/pr-checks.yml"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +108,14 @@ def keys(tmp_path_factory) -> tuple[Path, Path]:
 def act(repo: Path, server: str, *args: str, keys: tuple[Path, Path] | None = None) -> str:
     """Plain `act` with the repository's .actrc and the venv's python first on PATH; returns its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    for name in ("MLFLOW_TRACKING_URI", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_ENV", "GITHUB_ACTIONS"):
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "GITHUB_OUTPUT",
+        "GITHUB_STEP_SUMMARY",
+        "GITHUB_ENV",
+        "GITHUB_ACTIONS",
+        "KUBECONFIG",
+    ):
         env.pop(name, None)
     signing = ["-s", f"RELEASE_SIGNING_KEY={keys[0]}", "--var", f"RELEASE_VERIFY_KEY={keys[1]}"] if keys else []
     result = subprocess.run(
@@ -114,6 +128,12 @@ def act(repo: Path, server: str, *args: str, keys: tuple[Path, Path] | None = No
     return output
 
 
+@pytest.fixture(scope="module")
+def published() -> dict:
+    """What the act test published (repository, git sha, manifest digest): the later tests deploy it."""
+    return {}
+
+
 def registry(server: str) -> tuple[dict, list]:
     client = MlflowClient(server)
     aliases = {k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()}
@@ -121,7 +141,7 @@ def registry(server: str) -> tuple[dict, list]:
     return aliases, versions
 
 
-def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image_registry, cli, monkeypatch):
+def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image_registry, published, cli, monkeypatch):
     # given version 1 in production, deployed with the plain CLI (smoke against uvicorn), signed
     env = {**os.environ, "MLFLOW_TRACKING_URI": server, "RELEASE_SIGNING_KEY": str(keys[0])}
     for command in (["make-data"], ["run"]):
@@ -131,7 +151,7 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
 
     # when a push passes, the deploy workflow moves production to version 2, smoke-tested as an image
     repository = f"{image_registry}/churn-api"
-    output = act(repo, server, "push", "--var", f"IMAGE_REPOSITORY={repository}", keys=keys)
+    output = act(repo, server, "push", "-W", DEPLOY, "--var", f"IMAGE_REPOSITORY={repository}", keys=keys)
     assert act.returncode == 0, output[-3000:]
     aliases, versions = registry(server)
     assert aliases == {"candidate": "2", "production": "2"}
@@ -155,12 +175,16 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
     served_digest, pushed = manifest(image_registry, "churn-api", sha)
     assert tags["image.digest"] == served_digest
     assert pushed["config"]["digest"] == tags["smoke.image_digest"]
-    published = f"{repository}:{sha}@{served_digest}"
-    assert state["versions"][1]["image"] == published and state["versions"][0]["image"] == ""
+    published.update(repository=repository, sha=sha, digest=served_digest, image_id=tags["smoke.image_digest"])
+    image_ref = f"{repository}:{sha}@{served_digest}"
+    assert state["versions"][1]["image"] == image_ref and state["versions"][0]["image"] == ""
     # promotion recorded the image production serves with
     promotion = history(MlflowClient(server), MODEL)[-1]
-    assert (promotion["alias"], promotion["to"], promotion["image"]) == ("production", "2", published)
-    assert f"Published version **2**'s smoke-tested image: `{published}`" in output
+    assert (promotion["alias"], promotion["to"], promotion["image"]) == ("production", "2", image_ref)
+    assert f"Published version **2**'s smoke-tested image: `{image_ref}`" in output
+    # the promote job pinned the production overlay to that image; with no KUBECONFIG secret it printed the commands
+    assert f"pinned to {repository}@{served_digest}" in output and "no KUBECONFIG: nothing applied" in output
+    assert "kubectl rollout status deployment/churn-api -n churn-production --timeout=300s" in output
 
     # publishing refuses anything but the smoke-tested image of a released version, and names a dead registry
     monkeypatch.chdir(repo)
@@ -191,7 +215,7 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
     pull = {"number": 7, "head": {"ref": "lower-floor"}, "base": {"ref": "main", "sha": base_sha}}
     event = repo.parent / "pull_request.json"
     event.write_text(json.dumps({"pull_request": pull}))
-    output = act(repo, server, "pull_request", "-e", str(event))
+    output = act(repo, server, "pull_request", "-W", PR_CHECKS, "-e", str(event))
     git(repo, "checkout", "-q", "main")
     assert act.returncode == 0, output[-3000:]
     assert "production v2" in output
@@ -203,7 +227,7 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
     # when a push sets the F1 floor impossibly high, it fails at the gate and changes nothing
     params.write_text(params.read_text().replace("f1: {min: 0.55,", "f1: {min: 0.99,"))
     commit(repo, "raise the F1 bar out of reach")
-    output = act(repo, server, "push")
+    output = act(repo, server, "push", "-W", DEPLOY)
     assert act.returncode != 0 and "gate failed" in output
     assert registry(server)[0] == aliases and len(registry(server)[1]) == 2
 
@@ -223,6 +247,15 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
     last = history(MlflowClient(server), MODEL)[-1]
     assert (last["alias"], last["from"], last["to"]) == ("production", "2", "1")
     assert last["reason"] == f"rollback: {reason}" and last["image"] == ""  # version 1 was never published
+
+    # the relay's dispatch for an alert about version 2 arrives after production already left it: nothing moves
+    event = repo.parent / "repository_dispatch.json"
+    payload = {"reason": "ChurnApiHigh5xxRatio: version 2 answers 9 % with a 5xx", "version": "2", "alert": {}}
+    event.write_text(json.dumps({"action": "rollback", "client_payload": payload}))
+    output = act(repo, server, "repository_dispatch", "-W", ".github/workflows/rollback.yml", "-e", str(event))
+    assert act.returncode == 0, output[-3000:]
+    assert "serves 1, not 2: production already moved; nothing to do" in output
+    assert registry(server)[0]["production"] == "1" and history(MlflowClient(server), MODEL)[-1] == last
 
     # a hand-edited image record (another digest, same registry) is not signed: production does not go there
     MlflowClient(server).set_model_version_tag(MODEL, "2", "image.digest", "sha256:" + "0" * 64)
@@ -247,3 +280,203 @@ def test_smoke_of_a_missing_image_fails_loudly_and_blocks_promotion(server, cli,
     assert cli("promote", "--version", version, *sets) == 1
     [state] = cli.status_of("image-missing")["versions"]
     assert state["smoke"] == "failed" and state["aliases"] == ["candidate"]
+
+
+# What `podman kube play` (podman 4.3) can run of a rendered overlay: Deployments, Pods, ConfigMaps (Secrets are
+# created as podman secrets, see below). Services, the HPA, the PDB, the NetworkPolicy, the ServiceMonitor and
+# the PrometheusRule need a cluster; the Namespace and ServiceAccount mean nothing to podman.
+KUBE_PLAY_KINDS = {"Deployment", "ConfigMap"}
+
+
+def for_kube_play(documents: list[dict], name: str, tracking_uri: str, port: int, secret: str) -> list[dict]:
+    """The rendered overlay rewritten only where podman kube play (4.3) on this machine cannot take it as is.
+
+    - kinds it cannot run are dropped (KUBE_PLAY_KINDS is what stays);
+    - the Deployment gets a name of its own (podman's names are machine-wide) and one replica;
+    - host networking, as smoke runs the image: the tracking server listens on this host's loopback, which a
+      pod network cannot reach; so the container listens on HOST/PORT of its own and declares no ports
+      (podman refuses port mappings on the host network);
+    - the ConfigMap's MLFLOW_TRACKING_URI is the test's server (the overlay's is a cluster address);
+    - MLFLOW_TRACKING_USERNAME/PASSWORD are dropped: the test's server has no authentication;
+    - RELEASE_VERIFY_KEY comes from the podman secret `secret`: podman 4.3 stores a Secret given in the play
+      file as YAML and then reads it as JSON (and fails), so the test creates the secret itself;
+    - the liveness probe's httpGet, which podman turns into `curl` inside the container (the image has none),
+      becomes the same GET in the image's python. Readiness and startup probes are not run by podman 4.3.
+    Everything else (image by digest, user, read-only root, dropped capabilities, resources, emptyDirs,
+    the ConfigMap's other settings) is played as rendered.
+    """
+    kept = [doc for doc in documents if doc["kind"] in KUBE_PLAY_KINDS]
+    for doc in kept:
+        if doc["kind"] == "ConfigMap":
+            doc["data"]["MLFLOW_TRACKING_URI"] = tracking_uri
+        else:
+            doc["metadata"]["name"] = name
+            doc["spec"]["replicas"] = 1
+            pod = doc["spec"]["template"]["spec"]
+            pod["hostNetwork"] = True
+            [api] = pod["containers"]
+            api.pop("ports")
+            api["env"] = [
+                e for e in api["env"] if e["name"] not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+            ]
+            for entry in api["env"]:
+                if entry["name"] == "RELEASE_VERIFY_KEY":
+                    entry["valueFrom"]["secretKeyRef"]["name"] = secret
+            api["env"] += [{"name": "HOST", "value": "127.0.0.1"}, {"name": "PORT", "value": str(port)}]
+            health = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=4)"
+            probe = api["livenessProbe"]
+            probe.pop("httpGet")
+            probe["exec"] = {"command": ["python", "-c", health]}
+    return kept
+
+
+def wait_ready(url: str, timeout_s: float, running) -> None:
+    """Poll GET /ready until 200 (podman runs no readiness probe); fail with the last answer if it never comes."""
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    while time.monotonic() < deadline:
+        if not running():
+            pytest.fail(f"the container stopped before {url}/ready answered 200 (last: {last})")
+        try:
+            answer = httpx.get(f"{url}/ready", timeout=3)
+            if answer.status_code == 200:
+                return
+            last = f"{answer.status_code} {answer.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(1)
+    pytest.fail(f"{url}/ready did not answer 200 in {timeout_s:.0f}s (last: {last})")
+
+
+def stored_examples(server: str, version: str) -> dict:
+    client = MlflowClient(server)
+    run_id = client.get_model_version(MODEL, version).run_id
+    with open(client.download_artifacts(run_id, "smoke/examples.json")) as f:
+        return json.load(f)
+
+
+def test_kube_play_runs_the_overlay_production_pinned_to_the_published_image(
+    repo, server, keys, published, cli, monkeypatch, tmp_path
+):
+    if not published:
+        pytest.fail("needs the image the act test published (run the whole module)")
+    started = time.monotonic()
+    # given the act test's end state: production on version 1, and version 2's image record edited by hand;
+    # put the record back as publish signed it, and roll production to version 2 with the pipeline, pinning the
+    # staging overlay (a copy in the test's repository) to the image smoke tested with it
+    MlflowClient(server).set_model_version_tag(MODEL, "2", "image.digest", published["digest"])
+    monkeypatch.chdir(repo)
+    for name, value in {"MLFLOW_TRACKING_URI": server, "RELEASE_SIGNING_KEY": str(keys[0]),
+                        "RELEASE_VERIFY_KEY": str(keys[1])}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    overlay = "deploy/k8s/overlays/staging"
+    reason = "e2e: serve version 2 from its published image"
+    assert cli("rollback", "--to", "2", "--reason", reason, "--set", f"deploy.overlay={overlay}") == 0, cli.err
+    reference = f"{published['repository']}@{published['digest']}"
+    assert f"pinned to {reference}" in cli.err and f"kubectl apply -k {overlay}" in cli.err
+    assert registry(server)[0]["production"] == "2"
+
+    # when the overlay is rendered, it runs exactly that image by digest
+    rendered = subprocess.run(["kubectl", "kustomize", overlay], cwd=repo, capture_output=True, text=True, check=True)
+    documents = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    [deployment] = [doc for doc in documents if doc["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == reference
+
+    # and podman kube play runs it (pulling it by digest from the local registry), on the test's tracking server
+    engine = find_engine()
+    suffix = uuid.uuid4().hex[:8]
+    name, secret, port = f"churn-api-e2e-{suffix}", f"churn-api-release-{suffix}", free_port()
+    play = tmp_path / "kube-play.yaml"
+    play.write_text(yaml.safe_dump_all(for_kube_play(documents, name, server, port, secret), sort_keys=False))
+    key = tmp_path / "verify-key.json"  # podman 4.3 reads a secretKeyRef's podman secret as JSON {key: base64}
+    key.write_text(json.dumps({"verify-key": base64.b64encode(keys[1].read_bytes()).decode()}))
+    container = f"{name}-pod-0-api"  # podman's name for the Deployment's first pod's container `api`
+    engine.run("secret", "create", secret, str(key), quiet=True, timeout=60)
+    try:
+        engine.run("kube", "play", "--tls-verify=false", str(play), quiet=True, timeout=300)
+
+        def running() -> bool:
+            state = engine.run("inspect", "--format", "{{.State.Running}}", container, check=False, quiet=True)
+            return state.stdout.strip() == "true"
+
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, 120, running)
+        except BaseException:
+            logs = engine.run("logs", container, check=False, quiet=True, timeout=30)
+            print((logs.stdout or "")[-3000:], (logs.stderr or "")[-3000:])
+            raise
+        # the container runs the image smoke tested with version 2 (its image ID), from the pinned reference
+        inspected = engine.run("inspect", "--format", "{{.Image}} {{.ImageName}}", container, quiet=True).stdout.split()
+        assert f"sha256:{inspected[0].removeprefix('sha256:')}" == published["image_id"]
+        assert inspected[1] == reference
+        # then /predict answers with the production version, and the stored smoke examples get the stored answers
+        examples = stored_examples(server, "2")
+        answer = httpx.post(f"{url}/predict", json={"records": examples["records"][:5]}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Model-Version"] == "2" and answer.json()["model_version"] == "2"
+        assert answer.json()["predictions"] == examples["predictions"][:5]
+    finally:
+        engine.run("kube", "down", str(play), check=False, quiet=True, timeout=120)
+        engine.run("secret", "rm", secret, check=False, quiet=True, timeout=60)
+    assert time.monotonic() - started < 180
+
+
+def test_compose_runs_the_api_service_with_the_published_image(repo, server, keys, published, tmp_path):
+    """deploy/compose.yaml's api-1, run for real by podman-compose: the rest of the stack cannot start here.
+
+    PostgreSQL, MinIO, Prometheus, Alertmanager and Grafana are images from registries this machine cannot
+    reach, and the mlflow service builds FROM one; so `--no-deps` starts api-1 alone, with the file's own
+    settings (user, read-only root, tmpfs, dropped capabilities, memory and CPU limits, the verify key
+    mounted), and an override for what the missing services provide: the test's tracking server for
+    `mlflow`, on the host network (ports and depends_on reset), and its HOST/PORT.
+    """
+    if not published:
+        pytest.fail("needs the image the act test published (run the whole module)")
+    engine = find_engine()
+    reference = f"{published['repository']}@{published['digest']}"
+    engine.run("pull", "--tls-verify=false", reference, quiet=True, timeout=300)  # from the local registry
+    port, project = free_port(), f"churn-e2e-{uuid.uuid4().hex[:8]}"
+    env_file = tmp_path / "compose.env"
+    values = {"API_IMAGE": reference, "RELEASE_VERIFY_KEY_FILE": str(keys[1])}
+    lines = (repo / "deploy" / "env.example").read_text().splitlines()
+    env_file.write_text(
+        "\n".join(f"{line.split('=')[0]}={values[line.split('=')[0]]}" if line.split("=")[0] in values else line
+                  for line in lines) + "\n"
+    )  # fmt: skip
+    health = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/ready', timeout=2)"
+    override = tmp_path / "compose.override.yaml"
+    override.write_text(
+        "services:\n  api-1:\n    network_mode: host\n    ports: !reset []\n    depends_on: !reset {}\n"
+        f"    environment:\n      MLFLOW_TRACKING_URI: {server}\n      HOST: 127.0.0.1\n      PORT: '{port}'\n"
+        f"    healthcheck:\n      test: {json.dumps(['CMD', 'python', '-c', health])}\n"
+    )
+    compose = [str(Path(sys.executable).parent / "podman-compose"), "--env-file", str(env_file),
+               "-f", str(repo / "deploy" / "compose.yaml"), "-f", str(override), "-p", project]  # fmt: skip
+    run_env = {**os.environ, **engine.env}
+    container = f"{project}_api-1_1"
+    try:
+        up = subprocess.run([*compose, "up", "-d", "--no-deps", "api-1"], env=run_env, capture_output=True, text=True)
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+
+        def running() -> bool:
+            state = engine.run("inspect", "--format", "{{.State.Running}}", container, check=False, quiet=True)
+            return state.stdout.strip() == "true"
+
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, 120, running)
+        except BaseException:
+            logs = engine.run("logs", container, check=False, quiet=True, timeout=30)
+            print((logs.stdout or "")[-3000:], (logs.stderr or "")[-3000:])
+            raise
+        inspected = engine.run("inspect", "--format", "{{.Image}}", container, quiet=True).stdout.strip()
+        assert f"sha256:{inspected.removeprefix('sha256:')}" == published["image_id"]
+        production_version = registry(server)[0]["production"]
+        examples = stored_examples(server, production_version)
+        answer = httpx.post(f"{url}/predict", json={"records": examples["records"][:5]}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Model-Version"] == production_version
+        assert answer.json()["predictions"] == examples["predictions"][:5]
+    finally:
+        subprocess.run([*compose, "down"], env=run_env, capture_output=True, timeout=180)
