@@ -50,7 +50,8 @@ NUMBER_TEXT = re.compile(NUMBER, re.ASCII)
 LONG_NUMBER = 100
 # The ASCII characters str.strip() removes; trimming only these is never more than strip() does.
 ASCII_SPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
-_SPACE_BYTES = np.frombuffer(ASCII_SPACE.encode(), dtype=np.uint8)
+_SPACE_BYTE = np.zeros(256, dtype=bool)  # per byte value: is it one of ASCII_SPACE
+_SPACE_BYTE[np.frombuffer(ASCII_SPACE.encode(), dtype=np.uint8)] = True
 MISSING = None  # a missing field: left out of the record, None in a column
 BOOLEANS = {"true": True, "false": False}
 
@@ -217,7 +218,7 @@ def _column(spec: FeatureSpec, column: pa.Array) -> tuple[Values, np.ndarray, np
 
 def _numbers_from_text(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lengths, first, last = _layout(column)
-    if np.isin(first, _SPACE_BYTES).any() or np.isin(last, _SPACE_BYTES).any():
+    if _SPACE_BYTE[first].any() or _SPACE_BYTE[last].any():
         column = pc.utf8_trim(column, ASCII_SPACE)
         lengths, _, _ = _layout(column)
     missing = (lengths == 0) | _nulls(column)
@@ -276,7 +277,8 @@ def _dictionary(column: pa.Array) -> tuple[list[str | None], np.ndarray]:
     """The distinct texts of a column and each row's index into them (-1 for null)."""
     encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
     dictionary = pc.cast(encoded.dictionary, pa.string()).to_pylist()
-    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    indices = encoded.indices if encoded.indices.null_count == 0 else encoded.indices.fill_null(-1)
+    codes = indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
     return dictionary, codes
 
 
@@ -344,11 +346,15 @@ def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows = len(column)
     _, offsets_buffer, data_buffer = column.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[column.offset : column.offset + rows + 1]
-    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, dtype=np.uint8)
     lengths = np.diff(offsets)
-    filled = lengths > 0
-    first = np.zeros(rows, dtype=np.uint8)
-    last = np.zeros(rows, dtype=np.uint8)
-    first[filled] = data[offsets[:-1][filled]]
-    last[filled] = data[offsets[1:][filled] - 1]
+    if data_buffer is None or rows == 0 or offsets[-1] == offsets[0]:
+        empty = np.zeros(rows, dtype=np.uint8)
+        return lengths, empty, empty.copy()
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    end = len(data) - 1
+    first = data[np.minimum(offsets[:-1], end)]
+    last = data[np.clip(offsets[1:] - 1, 0, end)]
+    blank = lengths == 0
+    first[blank] = 0
+    last[blank] = 0
     return lengths, first, last
