@@ -19,7 +19,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.core.data import coerce_to_schema
 from pipeline.core.formula_cells import neutralise
-from pipeline.runtime import batch_scoring, tables
+from pipeline.runtime import batch_scoring, spark_scoring, tables
 from pipeline.store.tracking import load_feature_schema
 
 from ..conftest import ROOT
@@ -487,3 +487,87 @@ def test_the_job_summary_reports_rows_scored_and_rejected_rows_per_second_and_th
     )
     assert re.search(r"\| rows/s \| [\d,]+ \(40 rows in [\d.]+ s; loading the version [\d.]+ s\) \|", summary)
     assert "| engine | local |" in summary and "\nscored<<" in Path("outputs.txt").read_text()
+
+
+# ---- the Spark engine ----
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark for every Spark test: small splits and Arrow batches, so rows spread across both."""
+    import sys
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.files.maxPartitionBytes", str(48 * 1024))
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def test_spark_and_local_engines_give_the_same_predictions_and_rejects(project, loaded, spark, monkeypatch):
+    model, client = loaded
+    small_batches(monkeypatch, 128)
+    frame, _ = hostile_frame()
+    frame.to_csv("in.csv", index=False)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), "in.parquet", row_group_size=150)
+    assert spark.read.csv(str(project / "in.csv"), header=True).rdd.getNumPartitions() > 2  # spread across splits
+    batch_scoring.score_file(model, Path("in.csv"), Path("local.parquet"))
+    local, local_rejects = pd.read_parquet("local.parquet"), pd.read_parquet("local.rejects.parquet")
+    for source in ("in.csv", "in.parquet"):
+        output = f"spark-{source.replace('.', '-')}.parquet"
+        summary = spark_scoring.score_dataset(model, client, source, output)
+        assert (summary.engine, summary.scored, summary.rejected) == ("spark", len(local), len(local_rejects))
+        scored = pd.read_parquet(output).sort_values("rid", key=lambda r: r.astype(int)).reset_index(drop=True)
+        rejects = pd.read_parquet(output.replace(".parquet", ".rejects.parquet")).sort_values("row")
+        assert Path(output).is_dir() and len(list(Path(output).glob("*.parquet"))) > 1  # a dataset, from partitions
+        assert list(scored.columns) == list(local.columns)
+        assert list(scored["rid"]) == list(local["rid"]), source
+        assert list(scored["prediction"]) == list(local["prediction"]), source
+        assert list(scored["probability"]) == list(local["probability"]), source  # row by row, whatever the batch
+        assert set(scored["model_version"]) == set(local["model_version"])
+        assert list(rejects["row"]) == list(local_rejects["row"]), source  # the same row numbers
+        assert list(rejects["reject_reason"]) == list(local_rejects["reject_reason"]), source
+        assert list(rejects["rid"]) == list(local_rejects["rid"]), source
+        assert len(scored) + len(rejects) == len(frame)
+
+
+def test_score_with_the_spark_engine_and_what_it_refuses(project, cli, deployed, spark, monkeypatch):
+    version, _ = deployed
+    frame = customers(30)
+    frame.loc[7, "tenure"] = "x"
+    frame.to_csv("in.csv", index=False)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(project / "summary.md"))
+    assert cli("score", "--engine", "spark", "--input", "in.csv", "--output", "out/p.parquet") == 0, cli.err
+    assert "(spark engine)" in cli.err and "29 rows scored, 1 rejected" in cli.err
+    assert len(pd.read_parquet("out/p.parquet")) == 29 and list(pd.read_parquet("out/p.rejects.parquet")["row"]) == [8]
+    assert "| engine | spark |" in Path("summary.md").read_text()
+    assert f"version {version}" in Path("summary.md").read_text()
+    frame.loc[7, "tenure"] = "8"
+    frame.to_csv("in.csv", index=False)
+    assert cli("score", "--engine", "spark", "--input", "in.csv", "--output", "out/p.parquet") == 0, cli.err
+    assert len(pd.read_parquet("out/p.parquet")) == 30 and not Path("out/p.rejects.parquet").exists()  # replaced
+
+    lines = customers(30).to_csv(index=False).splitlines()
+    lines[20] += ",an extra field"
+    Path("bad.csv").write_text("\n".join(lines) + "\n")
+    before = snapshot(project)
+    assert "bad.csv is not a readable CSV" in refused(cli, "--engine", "spark", "--input", "bad.csv", "--output",
+                                                      "out/p.parquet")  # fmt: skip
+    assert snapshot(project) == before  # the earlier dataset as it was, no new or temp folder
+    line = refused(cli, "--engine", "spark", "--input", "in.csv", "--output", "o.csv")
+    assert "the spark engine writes Parquet datasets" in line
+    line = refused(cli, "--engine", "spark", "--input", "in.csv", "--output", "mlflow.db")
+    assert "it is the tracking store" in line
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), "in.parquet")
+    line = refused(cli, "--engine", "spark", "--input", "in.parquet", "--output", "./in.parquet")
+    assert line == "error: refusing to write the output in.parquet: it is the input in.parquet"
