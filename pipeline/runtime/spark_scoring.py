@@ -52,7 +52,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from api.model.frames import typed_frame
 from api.model.loaded_model import LoadedModel
 from api.model.schema import FeatureSpec
 from api.release.safe_model import ArtifactBytes, RefusedModel, load_estimator_bytes
@@ -212,7 +211,8 @@ def rebuild(payload: dict[str, Any]) -> BatchScorer:
     if artifact.digest != payload["digest"]:
         raise RefusedModel("the shipped artifact is not the one the driver verified")
     features = [FeatureSpec(name, kind, required) for name, kind, required in payload["features"]]
-    frames = [typed_frame(pd.DataFrame(**split), features) for split in payload["examples"]]
+    numbers = {f.name: "float64" for f in features if f.numeric}  # the others: object, NaN for missing
+    frames = [pd.DataFrame(**split).astype(numbers) for split in payload["examples"]]
     model = LoadedModel(
         pipeline=load_estimator_bytes(artifact.model_bytes),
         features=features,

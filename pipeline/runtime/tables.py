@@ -14,8 +14,10 @@ change the data a program reads).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from api.model.schema import quote
 from pipeline.core.column_validator import NUMBER
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.formula_cells import TRIGGERS, neutralise
@@ -40,6 +43,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 PARQUET_MAGIC = b"PAR1"
 COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4", ".br": "brotli"}
 BLOCK_BYTES = 4 << 20  # CSV read in blocks of this size: memory stays flat whatever the file's size
+HEADER_BYTES = 1 << 20  # a header longer than this is not read whole
 _TRIGGER_BYTE = np.zeros(256, dtype=bool)  # per byte value: does a cell starting with it look like a formula
 _TRIGGER_BYTE[np.frombuffer("".join(TRIGGERS).encode(), dtype=np.uint8)] = True
 
@@ -171,11 +175,14 @@ def _csv(path: Path, batch_rows: int) -> Source:
 
 def _header(path: Path) -> list[str]:
     """The CSV header's names (blank ones named as pandas names them); a name twice is refused."""
+    codec = COMPRESSION.get(path.suffix.lower())
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable CSV: {str(exc).strip()}") from None
+        with pa.input_stream(str(path), compression=codec) as stream:
+            start = stream.read(HEADER_BYTES)
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(start, final=len(start) < HEADER_BYTES)
+        header = next(csv.reader(io.StringIO(text, newline="")), [])
+    except (csv.Error, UnicodeDecodeError, pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path} is not a readable CSV: {_short(exc)}") from None
     if not header:
         raise DataError(f"{path} is empty: a CSV needs a header naming its columns")
     names = [name if name.strip() else f"Unnamed: {i}" for i, name in enumerate(header)]
@@ -194,10 +201,9 @@ def _refuse_duplicates(path: Path, names: list[str]) -> None:
 def _csv_problem(path: Path, exc: Exception, invalid: list[Any]) -> str:
     if invalid:
         row = invalid[0]
-        where = f"a row (line {row.number})" if row.number is not None else "a row"
         return (
-            f"{path} is not a readable CSV: {where} has {row.actual_columns} fields where the header names "
-            f"{row.expected_columns}"
+            f"{path} is not a readable CSV: a row ({quote(row.text)}) has {row.actual_columns} fields where the "
+            f"header names {row.expected_columns}"
         )
     return f"{path} is not a readable CSV: {_short(exc)}"
 
