@@ -10,10 +10,10 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements/serve.txt requirements/train.txt requirements/dev.txt
+$(STAMP): pyproject.toml requirements/serve.txt requirements/train.txt requirements/dev.txt requirements/spark.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,spark]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the pinned dependencies
@@ -32,9 +32,10 @@ status: $(STAMP) ## show versions, aliases and the alias history
 # offline base image), docker-registry (the OCI registry the act test publishes
 # to), wrk (benchmarks), PostgreSQL (the team tracking server's store in the
 # tests), Prometheus with promtool and Alertmanager with amtool (deploy/'s rules,
-# alerts and dashboard queries, checked for real). Installed with apt when missing.
+# alerts and dashboard queries, checked for real), Java 17 (Spark's local mode, for score --engine spark).
+# Installed with apt when missing.
 SYSTEM_PACKAGES := podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap wrk postgresql docker-registry \
-	prometheus prometheus-alertmanager
+	prometheus prometheus-alertmanager openjdk-17-jre-headless
 system-deps: ## install podman, debootstrap, docker-registry, wrk and postgresql with apt when missing (root or sudo)
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \

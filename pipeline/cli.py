@@ -107,9 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", "versions, aliases, gate and smoke results, history").add_argument(
         "--json", action="store_true", help="print one JSON object"
     )
-    score = add("score", "batch-score a CSV with a released version; bad rows go to OUTPUT.rejects.csv")
-    score.add_argument("--input", required=True, metavar="CSV")
-    score.add_argument("--output", required=True, metavar="FILE")
+    score = add("score", "batch-score a CSV or Parquet file with a released version; bad rows go to OUTPUT.rejects.EXT")
+    score.add_argument("--input", required=True, metavar="FILE", help="CSV, or Parquet (.parquet, .pq)")
+    score.add_argument("--output", required=True, metavar="PATH")
+    score.add_argument(
+        "--format", dest="output_format", metavar="FORMAT", help="csv or parquet (default: by the output's suffix)"
+    )
+    score.add_argument("--engine", default="local", metavar="ENGINE", help="local (default) or spark")
+    score.add_argument("--master", metavar="URL", help="Spark master for --engine spark (default: local[*])")
     which = score.add_mutually_exclusive_group()
     which.add_argument("--version", metavar="V")
     which.add_argument("--alias", metavar="A", help="default: registry.production_alias")
@@ -173,7 +178,10 @@ COMMANDS: dict[str, tuple[str, Callable[[ModuleType, Params | None, argparse.Nam
     "smoke": ("smoke", lambda m, p, a: _none(m.smoke_stage(p, a.version, base_url=a.base_url, image=a.image))),
     "image": ("images", lambda m, _, a: m.image_stage(a.tag, a.base_image)),
     "publish": ("images", lambda m, p, a: m.publish_stage(p, a.version, a.image, a.repository)),
-    "score": ("scoring", lambda m, p, a: m.score_stage(p, a.input, a.output, a.version, a.alias)),
+    "score": (
+        "scoring",
+        lambda m, p, a: m.score_stage(p, a.input, a.output, a.version, a.alias, a.output_format, a.engine, a.master),
+    ),
     "run": ("flow", lambda m, p, _: m.run_all(p)),
     "rollout": ("rollout", lambda m, p, a: m.rollout_stage(p, a.version, a.api_url)),
     "watch": ("rollout", lambda m, p, a: m.watch_stage(p, a.api_url)),

@@ -56,15 +56,16 @@ def inside(path: Path, folder: Path) -> bool:
     return _resolved(path).is_relative_to(_resolved(folder))
 
 
-def check_targets(targets: Mapping[str, Path], protected: Iterable[Protected]) -> None:
-    """Raise ConfigError (exit 2) if a target is unsafe to write.
+def check_targets(targets: Mapping[str, Path], protected: Iterable[Protected], folders: bool = False) -> None:
+    """Raise ConfigError (exit 2) if a target is protected, or is the same file as another target.
 
-    Unsafe: a protected file, inside a protected tree, a folder, or the same
-    file as another target. `targets` maps a label ("output") to a path.
+    A target is refused when it is a protected file, lies in a protected tree, is a folder, or is
+    the same file as another target. `targets` maps a label ("output") to a path. With `folders`,
+    a target is a dataset folder (Spark's output): an existing folder is not refused, a file is.
     """
     named, protected = list(targets.items()), list(protected)
     for label, path in named:
-        if path.is_dir():
+        if path.is_dir() and not folders:
             raise ConfigError(f"the {label} {path} is a folder; give a file name")
         folder = _nearest_existing(Path(os.path.realpath(path)).parent)
         if not folder.is_dir():
@@ -74,6 +75,8 @@ def check_targets(targets: Mapping[str, Path], protected: Iterable[Protected]) -
                 raise ConfigError(f"refusing to write the {label} {path}: it is inside {guard.label} {guard.path}")
             if not guard.tree and same_file(path, guard.path):
                 raise ConfigError(f"refusing to write the {label} {path}: it is {guard.label} {guard.path}")
+        if path.is_file() and folders:
+            raise ConfigError(f"the {label} {path} is a file; a dataset is written as a folder")
     for i, (label, path) in enumerate(named):
         for other_label, other in named[i + 1 :]:
             if same_file(path, other):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from api.release.check import RefusedVersion
@@ -16,9 +17,28 @@ from pipeline.runtime.output_files import is_local_store, store_paths
 from pipeline.stages.context import Context
 from pipeline.store import registry
 
+ENGINES = ("local", "spark")
 
-def score_stage(params: Params, input_path: str, output: str, version: str | None, alias: str | None) -> str:
-    """Batch-score a CSV with a released version (the alias, production by default, or --version)."""
+
+def score_stage(
+    params: Params,
+    input_path: str,
+    output: str,
+    version: str | None,
+    alias: str | None,
+    fmt: str | None = None,
+    engine: str = "local",
+    master: str | None = None,
+) -> str:
+    """Batch-score a CSV or Parquet file with a released version (the alias, production by default, or --version).
+
+    `engine` local streams the file through this process; spark scores it on a Spark
+    cluster (`master`, default local[*]) and writes Parquet datasets.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if master is not None and engine != "spark":
+        raise ConfigError("--master names a Spark cluster: use it with --engine spark")
     ctx = Context.open(params)
     registry.require_model(ctx.client, ctx.model)
     # What the output and rejects files may never be: the local tracking store, or inside its artifacts.
@@ -26,6 +46,13 @@ def score_stage(params: Params, input_path: str, output: str, version: str | Non
     if is_local_store(ctx.tracking.uri) and (experiment := ctx.client.get_experiment_by_name(ctx.registry.experiment)):
         artifacts.append(experiment.artifact_location)
     protected = store_paths(ctx.tracking.uri, artifacts)
+    # Paths and formats are refused before the version is loaded.
+    if engine == "spark":
+        from pipeline.runtime import spark_scoring  # pyspark, the optional `spark` extra, only when it runs
+
+        spark_scoring.check_paths(input_path, output, fmt, protected)
+    else:
+        batch_scoring.check_paths(Path(input_path), Path(output), fmt, protected)
     alias = alias or ctx.registry.production_alias
     settings = Settings(model_name=ctx.model, model_alias=alias, max_batch_size=batch_scoring.CHUNK_ROWS)
     source = RegistrySource(settings, client=ctx.client, verify_key=ctx.verify_key)
@@ -34,15 +61,42 @@ def score_stage(params: Params, input_path: str, output: str, version: str | Non
         if version is None:
             raise ConfigError(f"model {ctx.model!r} has no alias @{alias}")
     ctx.version(version)  # exit 1 naming it when there is no such version
-    with stage("score", f"{input_path} with {ctx.model} version {version} -> {output}"):
+    with stage("score", f"{input_path} with {ctx.model} version {version} ({engine} engine) -> {output}"):
+        started = time.perf_counter()
         try:
             model = source.load(version)
         except RefusedVersion as exc:
             raise CheckFailed(f"version {version} refused: {exc.reason}; nothing scored") from None
-        summary = batch_scoring.score_csv(model, Path(input_path), Path(output), protected=protected)
+        loaded = time.perf_counter() - started
+        if engine == "spark":
+            summary = spark_scoring.score_dataset(
+                model, ctx.client, input_path, output, fmt, master=master, protected=protected
+            )
+        else:
+            summary = batch_scoring.score_file(model, Path(input_path), Path(output), fmt, protected=protected)
         say(
-            f"  {summary.scored:,} rows scored, {summary.rejected:,} rejected in {summary.seconds:.1f}s"
+            f"  {summary.scored:,} rows scored, {summary.rejected:,} rejected in {summary.seconds:.1f}s "
+            f"({summary.rows_per_second:,.0f} rows/s; {summary.note})"
             + (f"; rejects with their reasons in {summary.rejects_path}" if summary.rejects_path else "")
         )
-    github.write_outputs(predictions=output, rejected=str(summary.rejected))
+    github.write_outputs(predictions=output, scored=str(summary.scored), rejected=str(summary.rejected))
+    github.write_summary(_summary(ctx.model, input_path, output, summary, loaded))
     return output
+
+
+def _summary(model: str, input_path: str, output: str, s: batch_scoring.ScoreSummary, loaded: float) -> str:
+    rejected = f"{s.rejected:,}" + (f" (row numbers and reasons in `{s.rejects_path}`)" if s.rejects_path else "")
+    rows = [
+        ("model", f"`{model}` version {s.version}"),
+        ("engine", s.engine),
+        ("input", f"`{input_path}`"),
+        ("output", f"`{output}` ({s.output_format})"),
+        ("rows scored", f"{s.scored:,}"),
+        ("rows rejected", rejected),
+        (
+            "rows/s",
+            f"{s.rows_per_second:,.0f} ({s.rows:,} rows in {s.seconds:.1f} s; loading the version {loaded:.1f} s)",
+        ),
+        ("scored by", s.note),
+    ]
+    return "### Batch scoring\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)

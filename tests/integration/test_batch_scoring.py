@@ -1,21 +1,25 @@
-"""`pipeline score`: a CSV scored by a released version, bad rows set aside with their reasons."""
+"""`pipeline score`: a CSV or Parquet file scored by a released version, bad rows set aside with their reasons."""
 
 import contextlib
 import errno
 import hashlib
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
 from pipeline.core.data import coerce_to_schema
 from pipeline.core.formula_cells import neutralise
-from pipeline.runtime import batch_scoring
+from pipeline.runtime import batch_scoring, spark_scoring, tables
 from pipeline.store.tracking import load_feature_schema
 
 from ..conftest import ROOT
@@ -24,8 +28,8 @@ from .test_flow import deploy
 pytestmark = pytest.mark.integration
 
 
-def test_score_writes_predictions_with_the_version_and_rejects_bad_rows_with_the_reason(project, cli):
-    version = deploy(cli)
+def test_score_writes_predictions_with_the_version_and_rejects_bad_rows_with_the_reason(project, cli, deployed):
+    version, _ = deployed
     frame = pd.read_csv("data/churn.csv", dtype=str, keep_default_na=False).head(500).drop(columns=["Churn"])
     frame.loc[3, "tenure"] = "abc"
     frame.loc[7, "gender"] = ""
@@ -45,12 +49,13 @@ def test_score_writes_predictions_with_the_version_and_rejects_bad_rows_with_the
     mv = mlflow.MlflowClient().get_model_version("churn-classifier", version)
     good = frame.drop(index=[3, 7, 9])
     X = coerce_to_schema(good, load_feature_schema(mlflow.MlflowClient(), mv.run_id))
-    expected = mlflow.pyfunc.load_model(f"models:/churn-classifier/{version}").predict(X)
+    model = mlflow.pyfunc.load_model(f"models:/churn-classifier/{version}")
+    expected, proba = model.predict(X), model.get_raw_model().predict_proba(X)[:, 1]
     assert list(scored["prediction"]) == list(expected) and list(scored["customerID"]) == list(good["customerID"])
+    assert np.allclose(scored["probability"], proba, rtol=0, atol=1e-12)
 
 
-def test_score_refuses_what_it_cannot_do_with_a_clear_exit_code(project, cli):
-    deploy(cli)
+def test_score_refuses_what_it_cannot_do_with_a_clear_exit_code(project, cli, deployed):
     pd.read_csv("data/churn.csv").head(5).drop(columns=["tenure"]).to_csv("no-tenure.csv", index=False)
     assert cli("score", "--input", "no-tenure.csv", "--output", "o.csv") == 2 and "'tenure' missing" in cli.err
     assert cli("score", "--input", "nope.csv", "--output", "o.csv") == 2 and "does not exist" in cli.err
@@ -58,6 +63,18 @@ def test_score_refuses_what_it_cannot_do_with_a_clear_exit_code(project, cli):
     assert "has no version 9" in cli.err
     assert cli("score", "--input", "no-tenure.csv", "--output", "o.csv", "--alias", "staging") == 2
     assert "no alias @staging" in cli.err
+    # engine and formats are validated by the command (the workflow passes its inputs through)
+    assert "--engine must be one of local, spark, got 'dask'" in refused(cli, "--input", "in.csv", "--output",
+                                                                      "o.csv", "--engine", "dask")  # fmt: skip
+    assert "--master names a Spark cluster" in refused(cli, "--input", "in.csv", "--output", "o.csv", "--master", "x")
+    line = refused(cli, "--input", "in.csv", "--output", "o.csv", "--format", "xlsx")
+    assert line == "error: --format must be one of csv, parquet, got 'xlsx'"
+    line = refused(cli, "--input", "in.csv", "--output", "o.csv", "--format", "parquet")
+    assert line == "error: --format parquet but the output o.csv ends in .csv; make them agree"
+    customers(3).assign(prediction="old").to_csv("scored-before.csv", index=False)
+    line = refused(cli, "--input", "scored-before.csv", "--output", "o.csv")
+    assert "column(s) 'prediction' would be written twice" in line
+    assert not Path("o.csv").exists() and not Path("o.rejects.csv").exists()
 
 
 # ---- score never destroys a user's file ----
@@ -102,8 +119,29 @@ def deployed(project, cli, deployed_store):
     return version, state
 
 
+@pytest.fixture(scope="module")
+def loaded(deployed_store):
+    """(the deployed version loaded once as score loads it, its client): for tests that call the engines directly."""
+    from mlflow.tracking import MlflowClient
+
+    from api.settings import Settings
+    from api.source import RegistrySource
+
+    folder, version = deployed_store
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    settings = Settings(model_name="churn-classifier", model_version=version, max_batch_size=batch_scoring.CHUNK_ROWS)
+    return RegistrySource(settings, client=client).load(version), client
+
+
 def customers(rows: int = 60) -> pd.DataFrame:
     return pd.read_csv("data/churn.csv", dtype=str, keep_default_na=False).head(rows).drop(columns=["Churn"])
+
+
+def small_batches(monkeypatch, rows: int = 10) -> None:
+    """Batches of `rows` rows, CSV blocks of about as many, and a progress line for every batch."""
+    monkeypatch.setattr(batch_scoring, "CHUNK_ROWS", rows)
+    monkeypatch.setattr(tables, "BLOCK_BYTES", rows * 180)
+    monkeypatch.setattr(batch_scoring, "PROGRESS_EVERY_S", {True: 0.0, False: 0.0})
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -210,7 +248,7 @@ def test_score_refuses_an_output_that_is_its_own_rejects_file(project, cli, depl
 def test_a_bad_row_in_a_later_chunk_leaves_nothing_new_and_an_earlier_output_as_it_was(
     project, cli, deployed, monkeypatch
 ):
-    monkeypatch.setattr(batch_scoring, "CHUNK_ROWS", 10)
+    small_batches(monkeypatch)
     frame = customers()
     frame.to_csv("in.csv", index=False)
     assert cli("score", "--input", "in.csv", "--output", "out/p.csv") == 0, cli.err  # an earlier run
@@ -220,13 +258,14 @@ def test_a_bad_row_in_a_later_chunk_leaves_nothing_new_and_an_earlier_output_as_
     Path("in.csv").write_text("\n".join(lines) + "\n")
     before = snapshot(project)
     assert "in.csv is not a readable CSV" in refused(cli, "--input", "in.csv", "--output", "out/p.csv")
-    assert "40/60 rows" in cli.err  # four chunks were scored before it failed
+    done = [int(n.replace(",", "")) for n in re.findall(r"\] ([\d,]+) rows", cli.err)]
+    assert done and 0 < max(done) < 60  # batches were scored before it failed
     assert snapshot(project) == before  # the earlier predictions, no rejects file, no temp file
     assert "in.csv is not a readable CSV" in refused(cli, "--input", "in.csv", "--output", "new/deeper/p.csv")
     assert snapshot(project) == before  # not even the folders
 
 
-def test_the_scoring_function_takes_a_chunk_size_and_fails_cleanly_in_a_later_chunk(project, deployed):
+def test_the_scoring_function_takes_a_chunk_size_and_fails_cleanly_in_a_later_chunk(project, deployed, monkeypatch):
     from api.settings import Settings
     from api.source import RegistrySource
     from pipeline.core.errors import DataError
@@ -237,43 +276,51 @@ def test_the_scoring_function_takes_a_chunk_size_and_fails_cleanly_in_a_later_ch
     frame = customers(30)
     frame.loc[[5, 25], "gender"] = ""
     frame.to_csv("in.csv", index=False)
-    summary = batch_scoring.score_csv(model, Path("in.csv"), Path("p.csv"), chunk_rows=10)
+    summary = batch_scoring.score_file(model, Path("in.csv"), Path("p.csv"), chunk_rows=10)
     assert (summary.scored, summary.rejected) == (28, 2)
     assert list(pd.read_csv("p.rejects.csv")["row"]) == [6, 26]
     lines = frame.to_csv(index=False).splitlines()
-    lines[22] += ",x"  # a row of chunk 3
+    lines[22] += ",x"  # a row of the third block
     Path("in.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 2048)
     before = snapshot(project)
-    with pytest.raises(DataError, match="not a readable CSV"):
-        batch_scoring.score_csv(model, Path("in.csv"), Path("p.csv"), chunk_rows=10)
+    with pytest.raises(DataError, match=r"not a readable CSV: a row.* has 21 fields where the header names 20"):
+        batch_scoring.score_file(model, Path("in.csv"), Path("p.csv"), chunk_rows=10)
     assert snapshot(project) == before
 
 
 def test_a_write_failure_part_way_leaves_the_earlier_output_and_no_stray_file(project, cli, deployed, monkeypatch):
-    """A full disk in the second chunk, simulated: the writer (DataFrame.to_csv) raises ENOSPC.
+    """A full disk in the second batch, simulated: pyarrow's writer raises ENOSPC (as it does, without a file name).
 
     Chosen over a read-only folder because the tests run as root, which ignores permissions;
     tests/unit/test_output_files.py makes a real write fail with RLIMIT_FSIZE.
     """
-    monkeypatch.setattr(batch_scoring, "CHUNK_ROWS", 10)
+    small_batches(monkeypatch)
     frame = customers()
     frame.loc[2, "tenure"] = "abc"  # so a rejects file is written too
     frame.to_csv("in.csv", index=False)
     assert cli("score", "--input", "in.csv", "--output", "p.csv") == 0, cli.err
     before = snapshot(project)
     assert {"p.csv", "p.rejects.csv"} <= set(before)
-    real, calls = pd.DataFrame.to_csv, []
+    real, calls = tables.Sink._open, []
 
-    def to_csv(self, target, *args, **kwargs):
-        calls.append(target.name)
-        if len(calls) == 3:  # predictions and rejects of chunk 1 written, then the predictions of chunk 2
-            raise OSError(errno.ENOSPC, "No space left on device", target.name)
-        return real(self, target, *args, **kwargs)
+    class Full:
+        def __init__(self, writer, name):
+            self.writer, self.name = writer, name
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+        def write_batch(self, batch):
+            calls.append(self.name)
+            if len(calls) == 3:  # predictions and rejects of batch 1 written, then the predictions of batch 2
+                raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+            self.writer.write_batch(batch)
+
+        def close(self):
+            self.writer.close()
+
+    monkeypatch.setattr(tables.Sink, "_open", lambda self, schema: Full(real(self, schema), self.target.name))
     assert cli("score", "--input", "in.csv", "--output", "p.csv") == 3
     monkeypatch.undo()
-    assert "error: storage is full: cannot write" in cli.err and "p.csv" in calls[2]
+    assert "error: storage is full: cannot write p.csv" in cli.err and calls[2] == "p.csv"
     assert snapshot(project) == before
 
 
@@ -302,3 +349,225 @@ def test_formula_cells_are_neutralised_in_predictions_and_rejects(project, cli, 
     assert "got '=1+1'" in rejects["reject_reason"][0]
     for table in (scored, rejects):
         assert [c for c in table.to_numpy().ravel() if neutralise(c) != c] == []  # nothing left to neutralise
+
+
+# ---- CSV and Parquet, in and out; bad rows spread across batches ----
+
+
+def hostile_frame(rows: int = 1500) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Customers with a row id (`rid`) and bad rows spread through; {position: what its reason says}."""
+    frame = pd.read_csv("data/churn.csv", dtype=str, keep_default_na=False).head(rows).drop(columns=["Churn"])
+    frame.insert(0, "rid", [str(i) for i in range(rows)])
+    kinds = [
+        ("tenure", "abc", "field 'tenure': input should be a valid number, got 'abc'"),
+        ("gender", "", "field 'gender': is missing"),
+        ("MonthlyCharges", "1e999", "field 'MonthlyCharges': input should be a finite number, got inf"),
+        ("TotalCharges", "inf", "field 'TotalCharges': input should be a finite number, got inf"),
+        ("Contract", "  ", "field 'Contract': is missing"),
+        ("tenure", "nan", "field 'tenure': input should be a valid number, got 'nan'"),
+    ]
+    bad = {}
+    for n, i in enumerate(range(5, rows, 97)):
+        field, value, why = kinds[n % len(kinds)]
+        frame.loc[i, field] = value
+        bad[i] = why
+    frame.loc[11, "tenure"] = " 7 "  # odd but good: spaces, a blank optional field, padded text
+    frame.loc[12, "TotalCharges"] = ""
+    frame.loc[13, "gender"] = " Male "
+    return frame, bad
+
+
+def read_any(path: str) -> pd.DataFrame:
+    if path.endswith(".parquet"):
+        return pd.read_parquet(path)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return frame.astype({k: v for k, v in {"probability": float, "row": int}.items() if k in frame.columns})
+
+
+def test_csv_and_parquet_in_and_out_give_the_same_rows_and_rejects_across_batches(project, loaded, monkeypatch):
+    model, _ = loaded
+    small_batches(monkeypatch, 128)
+    frame, bad = hostile_frame()
+    frame.to_csv("in.csv", index=False)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), "in.parquet", row_group_size=200)
+    outputs = {}
+    for source, output, fmt in [("in.csv", "a.csv", None), ("in.csv", "b.parquet", None), ("in.parquet", "c.csv", None),
+                                ("in.parquet", "d.parquet", None), ("in.csv", "e.out", "parquet")]:  # fmt: skip
+        summary = batch_scoring.score_file(model, Path(source), Path(output), fmt)
+        assert (summary.scored, summary.rejected) == (len(frame) - len(bad), len(bad))
+        rejects = str(summary.rejects_path)
+        assert rejects == output.replace(".", ".rejects.")  # the output's suffix, whatever the format
+        read = pd.read_parquet if fmt else read_any
+        outputs[output] = read(output), read(rejects)
+    first_scored, first_rejects = outputs["a.csv"]
+    assert list(first_rejects["row"]) == [i + 1 for i in sorted(bad)]  # 1 = the first data row
+    assert list(first_rejects["reject_reason"]) == [bad[i] for i in sorted(bad)]
+    assert list(first_rejects["rid"]) == [str(i) for i in sorted(bad)]
+    assert len(first_scored) + len(first_rejects) == len(frame)  # nothing lost
+    assert list(first_scored["rid"]) == [r for r in frame["rid"] if int(r) not in bad]
+    assert first_scored.loc[first_scored["rid"] == "11", "tenure"].item() == " 7 "  # the input's text, as it was
+    for output, (scored, rejects) in outputs.items():
+        assert list(scored["rid"]) == list(first_scored["rid"]), output
+        assert list(scored["prediction"]) == list(first_scored["prediction"]), output
+        assert list(scored["probability"].astype(float)) == list(first_scored["probability"]), output
+        assert [int(r) for r in rejects["row"]] == list(first_rejects["row"]), output
+        assert list(rejects["reject_reason"]) == list(first_rejects["reject_reason"]), output
+    typed = pq.read_schema("b.parquet")
+    assert typed.field("probability").type == pa.float64() and typed.field("tenure").type == pa.string()
+    assert pq.read_schema("b.rejects.parquet").field("row").type == pa.int64()
+
+
+def test_typed_parquet_values_are_the_values_a_client_would_send(project, loaded):
+    model, _ = loaded
+    frame = customers(8)
+    typed = frame.astype({"SeniorCitizen": "int64", "tenure": "float64", "MonthlyCharges": "float64"})
+    typed["TotalCharges"] = pd.to_numeric(frame["TotalCharges"], errors="coerce")
+    typed.loc[1, "TotalCharges"] = None  # missing: imputed, as a blank cell is
+    typed.loc[2, "tenure"] = float("nan")  # a number that is not one: refused
+    typed.loc[3, "gender"] = None  # missing, and required
+    table = pa.Table.from_pandas(typed, preserve_index=False)  # NaN becomes null (missing) here...
+    nan = pa.array(typed["tenure"].tolist(), type=pa.float64(), from_pandas=False)  # ...so the NaN is put back
+    table = table.set_column(table.schema.get_field_index("tenure"), "tenure", nan)
+    pq.write_table(table, "typed.parquet")
+    batch_scoring.score_file(model, Path("typed.parquet"), Path("typed.csv"))
+    rejects = pd.read_csv("typed.rejects.csv")
+    assert list(rejects["row"]) == [3, 4]
+    assert list(rejects["reject_reason"]) == [
+        "field 'tenure': input should be a finite number, got nan",
+        "field 'gender': is missing",
+    ]
+    text = frame.drop(index=[2, 3])
+    text.loc[1, "TotalCharges"] = ""
+    text.to_csv("text.csv", index=False)
+    batch_scoring.score_file(model, Path("text.csv"), Path("text.csv.out"), "csv")
+    assert pd.read_csv("typed.csv")["probability"].tolist() == pd.read_csv("text.csv.out")["probability"].tolist()
+
+
+def test_parquet_output_keeps_text_as_it_was_and_refuses_what_csv_refuses(project, cli, deployed):
+    frame = customers(4)
+    frame["note"] = ['=HYPERLINK("http://x")', "+1+1", "-3.5", "@SUM(A1)"]
+    frame.loc[3, "tenure"] = "=1+1"
+    frame.to_csv("in.csv", index=False)
+    assert cli("score", "--input", "in.csv", "--output", "p.parquet") == 0, cli.err
+    assert list(pd.read_parquet("p.parquet")["note"]) == ['=HYPERLINK("http://x")', "+1+1", "-3.5"]  # typed data
+    assert pd.read_parquet("p.rejects.parquet")["tenure"].tolist() == ["=1+1"]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, "in.parquet")
+    before = snapshot(project)
+    line = refused(cli, "--input", "in.parquet", "--output", "in.parquet")
+    assert line == "error: refusing to write the output in.parquet: it is the input in.parquet"
+    line = refused(cli, "--input", "in.parquet", "--output", "p.csv", "--format", "parquet")
+    assert "--format parquet but the output p.csv ends in .csv" in line
+    pq.write_table(pa.Table.from_arrays([*table.columns, table["tenure"]], names=[*table.column_names, "tenure"]),
+                   "dup.parquet")  # fmt: skip
+    line = refused(cli, "--input", "dup.parquet", "--output", "q.parquet")
+    assert line == "error: dup.parquet: column 'tenure' appears more than once in the header; rename or drop one"
+    Path("broken.parquet").write_bytes(b"PAR1 not really")
+    assert "broken.parquet is not a readable Parquet file" in refused(cli, "--input", "broken.parquet", "--output",
+                                                                      "q.parquet")  # fmt: skip
+    assert snapshot(project) == {**before, "dup.parquet": snapshot(project)["dup.parquet"],
+                                 "broken.parquet": snapshot(project)["broken.parquet"]}  # fmt: skip
+
+
+def test_the_job_summary_reports_rows_scored_and_rejected_rows_per_second_and_the_version(
+    project, cli, deployed, monkeypatch
+):
+    version, _ = deployed
+    frame = customers(40)
+    frame.loc[[3, 30], "tenure"] = "x"
+    frame.to_csv("in.csv", index=False)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(project / "summary.md"))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(project / "outputs.txt"))
+    assert cli("score", "--input", "in.csv", "--output", "p.csv") == 0, cli.err
+    summary = Path("summary.md").read_text()
+    assert f"| model | `churn-classifier` version {version} |" in summary
+    assert (
+        "| rows scored | 38 |" in summary
+        and "| rows rejected | 2 (row numbers and reasons in `p.rejects.csv`) |" in summary
+    )
+    assert re.search(r"\| rows/s \| [\d,]+ \(40 rows in [\d.]+ s; loading the version [\d.]+ s\) \|", summary)
+    assert "| engine | local |" in summary and "\nscored<<" in Path("outputs.txt").read_text()
+
+
+# ---- the Spark engine ----
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark for every Spark test: small splits and Arrow batches, so rows spread across both."""
+    import sys
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.files.maxPartitionBytes", str(48 * 1024))
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def test_spark_and_local_engines_give_the_same_predictions_and_rejects(project, loaded, spark, monkeypatch):
+    model, client = loaded
+    small_batches(monkeypatch, 128)
+    frame, _ = hostile_frame()
+    frame.to_csv("in.csv", index=False)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), "in.parquet", row_group_size=150)
+    assert spark.read.csv(str(project / "in.csv"), header=True).rdd.getNumPartitions() > 2  # spread across splits
+    batch_scoring.score_file(model, Path("in.csv"), Path("local.parquet"))
+    local, local_rejects = pd.read_parquet("local.parquet"), pd.read_parquet("local.rejects.parquet")
+    for source in ("in.csv", "in.parquet"):
+        output = f"spark-{source.replace('.', '-')}.parquet"
+        summary = spark_scoring.score_dataset(model, client, source, output)
+        assert (summary.engine, summary.scored, summary.rejected) == ("spark", len(local), len(local_rejects))
+        scored = pd.read_parquet(output).sort_values("rid", key=lambda r: r.astype(int)).reset_index(drop=True)
+        rejects = pd.read_parquet(output.replace(".parquet", ".rejects.parquet")).sort_values("row")
+        assert Path(output).is_dir() and len(list(Path(output).glob("*.parquet"))) > 1  # a dataset, from partitions
+        assert list(scored.columns) == list(local.columns)
+        assert list(scored["rid"]) == list(local["rid"]), source
+        assert list(scored["prediction"]) == list(local["prediction"]), source
+        assert list(scored["probability"]) == list(local["probability"]), source  # row by row, whatever the batch
+        assert set(scored["model_version"]) == set(local["model_version"])
+        assert list(rejects["row"]) == list(local_rejects["row"]), source  # the same row numbers
+        assert list(rejects["reject_reason"]) == list(local_rejects["reject_reason"]), source
+        assert list(rejects["rid"]) == list(local_rejects["rid"]), source
+        assert len(scored) + len(rejects) == len(frame)
+
+
+def test_score_with_the_spark_engine_and_what_it_refuses(project, cli, deployed, spark, monkeypatch):
+    version, _ = deployed
+    frame = customers(30)
+    frame.loc[7, "tenure"] = "x"
+    frame.to_csv("in.csv", index=False)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(project / "summary.md"))
+    assert cli("score", "--engine", "spark", "--input", "in.csv", "--output", "out/p.parquet") == 0, cli.err
+    assert "(spark engine)" in cli.err and "29 rows scored, 1 rejected" in cli.err
+    assert len(pd.read_parquet("out/p.parquet")) == 29 and list(pd.read_parquet("out/p.rejects.parquet")["row"]) == [8]
+    assert "| engine | spark |" in Path("summary.md").read_text()
+    assert f"version {version}" in Path("summary.md").read_text()
+    frame.loc[7, "tenure"] = "8"
+    frame.to_csv("in.csv", index=False)
+    assert cli("score", "--engine", "spark", "--input", "in.csv", "--output", "out/p.parquet") == 0, cli.err
+    assert len(pd.read_parquet("out/p.parquet")) == 30 and not Path("out/p.rejects.parquet").exists()  # replaced
+
+    lines = customers(30).to_csv(index=False).splitlines()
+    lines[20] += ",an extra field"
+    Path("bad.csv").write_text("\n".join(lines) + "\n")
+    before = snapshot(project)
+    assert "bad.csv is not a readable CSV" in refused(cli, "--engine", "spark", "--input", "bad.csv", "--output",
+                                                      "out/p.parquet")  # fmt: skip
+    assert snapshot(project) == before  # the earlier dataset as it was, no new or temp folder
+    line = refused(cli, "--engine", "spark", "--input", "in.csv", "--output", "o.csv")
+    assert "the spark engine writes Parquet datasets" in line
+    line = refused(cli, "--engine", "spark", "--input", "in.csv", "--output", "mlflow.db")
+    assert "it is the tracking store" in line
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), "in.parquet")
+    line = refused(cli, "--engine", "spark", "--input", "in.parquet", "--output", "./in.parquet")
+    assert line == "error: refusing to write the output in.parquet: it is the input in.parquet"

@@ -1,0 +1,346 @@
+"""Tables in and out, a batch at a time: CSV and Parquet readers and writers with flat memory.
+
+Input: a CSV file (optionally .gz, .bz2, .zst, .lz4 or .br) read by pyarrow's
+streaming reader with every column as text, exactly as written (nothing is
+guessed, trimmed or turned into a null), or a Parquet file read row group by
+row group with its own types. Which one: `.parquet` or `.pq` is Parquet, a file
+that starts with Parquet's magic bytes too; anything else is CSV.
+
+Output: CSV (pyarrow's writer; text cells a spreadsheet would run as formulas
+are neutralised, pipeline/core/formula_cells.py) or Parquet (typed values as
+they are: no spreadsheet evaluates a Parquet cell, and a prefixed `'` would
+change the data a program reads).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import io
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from api.model.schema import quote
+from pipeline.core.column_validator import NUMBER
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.formula_cells import TRIGGERS, neutralise
+
+CSV, PARQUET = "csv", "parquet"
+FORMATS = (CSV, PARQUET)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+PARQUET_MAGIC = b"PAR1"
+COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4", ".br": "brotli"}
+BLOCK_BYTES = 4 << 20  # CSV read in blocks of this size: memory stays flat whatever the file's size
+HEADER_BYTES = 1 << 20  # a header longer than this is not read whole
+_TRIGGER_BYTE = np.zeros(256, dtype=bool)  # per byte value: does a cell starting with it look like a formula
+_TRIGGER_BYTE[np.frombuffer("".join(TRIGGERS).encode(), dtype=np.uint8)] = True
+
+
+def format_of(path: Path) -> str:
+    """The format of an input: Parquet by its suffix or magic bytes, else CSV."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return PARQUET
+    with contextlib.suppress(OSError):
+        if path.is_file():
+            with path.open("rb") as f:
+                if f.read(4) == PARQUET_MAGIC:
+                    return PARQUET
+    return CSV
+
+
+def output_format(output: Path, requested: str | None) -> str:
+    """--format, else the output's suffix (.parquet/.pq: Parquet, else CSV); a contradicting suffix is refused."""
+    by_suffix = (
+        PARQUET if output.suffix.lower() in PARQUET_SUFFIXES else CSV if output.suffix.lower() == ".csv" else None
+    )
+    if requested is None:
+        return by_suffix or CSV
+    if requested not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {requested!r}")
+    if by_suffix is not None and by_suffix != requested:
+        raise ConfigError(f"--format {requested} but the output {output} ends in {output.suffix}; make them agree")
+    return requested
+
+
+@dataclass
+class Source:
+    """An open input: its schema, batches and how far reading has got (for the progress line)."""
+
+    path: Path
+    format: str
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    total_rows: int | None  # Parquet knows; CSV is estimated from the bytes read
+    _size: int
+    _position: Any  # callable: bytes read so far
+
+    def share_read(self) -> float | None:
+        """How much of a CSV input has been read (0..1), or None when the row count is known."""
+        if self.total_rows is not None or self._size == 0:
+            return None
+        return min(float(self._position()) / self._size, 1.0)
+
+
+def input_columns(path: Path) -> list[str]:
+    """The input's column names, read cheaply (CSV header, Parquet footer); DataError when unreadable or named twice."""
+    if not path.is_file():
+        raise DataError(f"input file {path} does not exist")
+    if format_of(path) == CSV:
+        return _header(path)
+    try:
+        names = list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path} is not a readable Parquet file: {_short(exc)}") from None
+    _refuse_duplicates(path, names)
+    return names
+
+
+def open_source(path: Path, batch_rows: int) -> Source:
+    """Open `path` for reading in batches of at most `batch_rows` rows; DataError when it cannot be read."""
+    if not path.is_file():
+        raise DataError(f"input file {path} does not exist")
+    if format_of(path) == PARQUET:
+        return _parquet(path, batch_rows)
+    return _csv(path, batch_rows)
+
+
+def _parquet(path: Path, batch_rows: int) -> Source:
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path} is not a readable Parquet file: {_short(exc)}") from None
+    _refuse_duplicates(path, schema.names)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from parquet.iter_batches(batch_size=batch_rows)
+        except pa.ArrowException as exc:
+            raise DataError(f"{path} is not a readable Parquet file: {_short(exc)}") from None
+
+    return Source(path, PARQUET, schema, batches(), parquet.metadata.num_rows, 0, lambda: 0)
+
+
+def _csv(path: Path, batch_rows: int) -> Source:
+    names = _header(path)
+    raw = pa.OSFile(str(path), "r")
+    size = raw.size()
+    codec = COMPRESSION.get(path.suffix.lower())
+    stream = pa.CompressedInputStream(raw, codec) if codec else raw
+    invalid: list[Any] = []
+
+    def refuse_row(row: Any) -> str:
+        invalid.append(row)
+        return "error"
+
+    try:
+        reader = pcsv.open_csv(
+            stream,
+            read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, column_names=names, skip_rows=1),
+            parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse_row),
+            convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
+        )
+    except pa.ArrowException as exc:
+        raw.close()
+        raise DataError(_csv_problem(path, exc, invalid)) from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except pa.ArrowException as exc:
+                    raise DataError(_csv_problem(path, exc, invalid)) from None
+                for start in range(0, batch.num_rows, batch_rows):
+                    yield batch.slice(start, batch_rows)
+        finally:
+            raw.close()
+
+    return Source(path, CSV, reader.schema, batches(), None, size, raw.tell)
+
+
+def _header(path: Path) -> list[str]:
+    """The CSV header's names (blank ones named as pandas names them); a name twice is refused."""
+    codec = COMPRESSION.get(path.suffix.lower())
+    try:
+        with pa.input_stream(str(path), compression=codec) as stream:
+            start = stream.read(HEADER_BYTES)
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(start, final=len(start) < HEADER_BYTES)
+        header = next(csv.reader(io.StringIO(text, newline="")), [])
+    except (csv.Error, UnicodeDecodeError, pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path} is not a readable CSV: {_short(exc)}") from None
+    if not header:
+        raise DataError(f"{path} is empty: a CSV needs a header naming its columns")
+    names = [name if name.strip() else f"Unnamed: {i}" for i, name in enumerate(header)]
+    _refuse_duplicates(path, names)
+    return names
+
+
+def _refuse_duplicates(path: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: column {name!r} appears more than once in the header; rename or drop one")
+        seen.add(name)
+
+
+def _csv_problem(path: Path, exc: Exception, invalid: list[Any]) -> str:
+    if invalid:
+        row = invalid[0]
+        return (
+            f"{path} is not a readable CSV: a row ({quote(row.text)}) has {row.actual_columns} fields where the "
+            f"header names {row.expected_columns}"
+        )
+    return f"{path} is not a readable CSV: {_short(exc)}"
+
+
+def _short(exc: Exception) -> str:
+    """The message of a pyarrow error without the row text it may quote, first line only."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"(Expected \d+ columns, got \d+).*", r"\1", text)[:300]
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+class Sink:
+    """Writes batches of one schema to a file as CSV or Parquet, in a thread of its own.
+
+    Formatting and writing run in pyarrow without the GIL while the caller scores the
+    next batch; one batch is in flight at a time, so memory stays flat. A write error is
+    raised by the next write or by close, naming the target rather than the temp file.
+    """
+
+    def __init__(self, file: Path, target: Path, fmt: str, schema: pa.Schema) -> None:
+        if fmt == CSV:
+            for field in schema:
+                if pa.types.is_nested(field.type) or pa.types.is_binary(field.type):
+                    raise DataError(
+                        f"column {field.name!r} holds {field.type} values, which a CSV cannot hold; "
+                        "write Parquet (--format parquet)"
+                    )
+        self.target, self.format, self.schema = target, fmt, schema
+        self.rows = 0
+        self._file = pa.OSFile(str(file), "w")
+        self._writer: Any = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
+        self._pending: Future[None] | None = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append `batch` (CSV: formula cells neutralised) once the previous batch is written."""
+        self._wait()
+        self._pending = self._thread.submit(self._write, batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        """Finish the file (a CSV without rows still gets its header)."""
+        try:
+            self._wait()
+            with self._named_errors():
+                if self._writer is None:
+                    empty = pa.RecordBatch.from_pylist([], schema=self.schema)
+                    self._writer = self._open((neutralised(empty) if self.format == CSV else empty).schema)
+                self._writer.close()
+        finally:
+            self._thread.shutdown(wait=True, cancel_futures=True)
+            self._file.close()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        with self._named_errors():
+            if self.format == CSV:
+                batch = neutralised(batch)
+            if self._writer is None:
+                self._writer = self._open(batch.schema)
+            self._writer.write_batch(batch)
+
+    def _open(self, schema: pa.Schema) -> Any:
+        if self.format == CSV:
+            return pcsv.CSVWriter(self._file, schema)
+        return pq.ParquetWriter(self._file, schema)
+
+    @contextlib.contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is None and exc.errno is not None:
+                raise OSError(exc.errno, os.strerror(exc.errno), str(self.target)) from None
+            raise
+
+
+def neutralised(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """`batch` with every text cell a spreadsheet would run as a formula prefixed with `'` (formula_cells.neutralise).
+
+    The first byte of each cell is checked with numpy; only cells that start with a
+    trigger are looked at: a plain number (`-3.5`) stays, anything else gets the quote.
+    Long and view strings become plain strings, so every batch has the same schema.
+    """
+    columns = [_neutralised(column) for column in batch.columns]
+    if all(a is b for a, b in zip(columns, batch.columns, strict=True)):
+        return batch
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _neutralised(column: pa.Array) -> pa.Array:
+    if pa.types.is_dictionary(column.type) and pa.types.is_string(column.type.value_type):
+        dictionary = _neutralised(column.dictionary)
+        if dictionary is column.dictionary:
+            return column
+        return pa.DictionaryArray.from_arrays(column.indices, dictionary)
+    if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+        column = pc.cast(column, pa.string())
+    if not pa.types.is_string(column.type):
+        return column  # numbers, booleans and other typed values are never formulas
+    suspect = _TRIGGER_BYTE[_first_bytes(column)]
+    if not suspect.any():
+        return column
+    positions = np.flatnonzero(suspect)
+    cells = column.take(pa.array(positions))
+    plain = pc.match_substring_regex(cells, f"^{NUMBER}$").to_numpy(zero_copy_only=False)
+    if plain.all():
+        return column
+    odd = positions[~plain]
+    texts = column.take(pa.array(odd)).to_pylist()
+    fixed = [neutralise(t) for t in texts]  # exact: Unicode digits make a plain number too
+    mask = np.zeros(len(column), dtype=bool)
+    changed = [i for i, (a, b) in enumerate(zip(texts, fixed, strict=True)) if a != b]
+    if not changed:
+        return column
+    mask[odd[changed]] = True
+    return pc.replace_with_mask(column, pa.array(mask), pa.array([fixed[i] for i in changed], type=column.type))
+
+
+def _first_bytes(column: pa.Array) -> np.ndarray:
+    """The first byte of each cell of a string array (0 for empty or null cells)."""
+    rows = len(column)
+    _, offsets_buffer, data_buffer = column.buffers()
+    if data_buffer is None or rows == 0:
+        return np.zeros(rows, dtype=np.uint8)
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[column.offset : column.offset + rows + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    if len(data) == 0:
+        return np.zeros(rows, dtype=np.uint8)
+    first = data[np.minimum(offsets[:-1], len(data) - 1)]
+    first[offsets[1:] == offsets[:-1]] = 0
+    if column.null_count:
+        first[column.is_null().to_numpy(zero_copy_only=False)] = 0
+    return first

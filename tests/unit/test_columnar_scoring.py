@@ -1,0 +1,218 @@
+"""Batch scoring's pieces without MLflow: the columnar compiled path, the batch scorer, tables in and out."""
+
+import gzip
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.data import prepare
+from pipeline.core.errors import DataError
+from pipeline.core.formula_cells import TRIGGERS, neutralise
+from pipeline.core.train import train
+from pipeline.runtime import tables
+from pipeline.runtime.batch_scoring import BatchScorer
+from pipeline.runtime.columnar_model import ColumnarModel, api_columns
+
+from ..api.conftest import make_model
+
+MODEL_TYPES = ["logistic_regression", "random_forest", "hist_gradient_boosting"]
+
+
+@pytest.fixture(scope="module", params=MODEL_TYPES)
+def model(request):
+    data = prepare(generate_churn(600, 11).astype(str), DataParams())
+    result = train(data, ModelParams(type=request.param), test_size=0.25, seed=11)
+    return make_model(result, max_batch_size=10_000), result
+
+
+def text_batch(frame: pd.DataFrame) -> pa.RecordBatch:
+    """A frame as the CSV reader hands it over: every cell text, blanks for missing."""
+    return pa.RecordBatch.from_pandas(frame.astype(object).where(frame.notna(), "").astype(str), preserve_index=False)
+
+
+def test_the_columnar_path_gives_the_loaded_models_answers(model):
+    loaded, result = model
+    frame = result.split.X_test.copy()
+    frame.loc[frame.index[:7], "Contract"] = "Decade-long"  # a category never seen: all zeros
+    frame.loc[frame.index[7:14], "PaymentMethod"] = " Mailed check "  # padded: the stripped category
+    frame.loc[frame.index[14:20], "TotalCharges"] = np.nan  # missing number: imputed
+    scorer = BatchScorer(loaded)
+    assert scorer.columnar.compiled is not None and "compiled path on columns" in scorer.columnar.note
+    checked = scorer.validator.check(text_batch(frame))
+    assert checked.scored == len(frame)
+    labels, positive = scorer.columnar.predict(checked.columns, checked.scored)
+    expected = loaded.predict_columns(api_columns(checked.columns))  # the API's path
+    assert [scorer.columnar.classes[i] for i in labels] == expected.labels
+    assert np.allclose(positive, expected.probabilities, rtol=0, atol=1e-12)
+    sklearn = result.model.predict_proba(loaded.frame(api_columns(checked.columns)))[:, loaded.positive_index]
+    assert np.allclose(positive, sklearn, rtol=0, atol=1e-12)
+
+
+def test_a_rows_probability_does_not_depend_on_the_batch_it_comes_in(model):
+    loaded, result = model
+    scorer = BatchScorer(loaded)
+    batch = text_batch(result.split.X_test)
+    whole = scorer.score(batch, 0).scored.column("probability").to_pylist()
+    pieces = [
+        scorer.score(batch.slice(i, 7), i).scored.column("probability").to_pylist() for i in range(0, len(batch), 7)
+    ]
+    assert whole == [p for piece in pieces for p in piece]  # bit for bit
+
+
+def test_without_a_compiled_path_the_loaded_models_own_path_scores(model):
+    loaded, result = model
+    loaded.compiled = None
+    try:
+        scorer = BatchScorer(loaded)
+        assert scorer.columnar.compiled is None and scorer.columnar.note.startswith("per value")
+        checked = scorer.validator.check(text_batch(result.split.X_test))
+        _, positive = scorer.columnar.predict(checked.columns, checked.scored)
+        proba = result.model.predict_proba(loaded.frame(api_columns(checked.columns)))[:, loaded.positive_index]
+        assert np.allclose(positive, proba, rtol=0, atol=1e-12)
+    finally:
+        loaded.compiled, _ = loaded._compile()
+
+
+def test_numbers_beyond_float32_are_refused_as_the_api_refuses_them(model):
+    loaded, result = model
+    frame = result.split.X_test.head(6).copy().astype(object)
+    frame.loc[frame.index[2], "tenure"] = "1e300"
+    frame.loc[frame.index[4], "MonthlyCharges"] = "-3.5e38"
+    batch = text_batch(frame)
+    out = BatchScorer(loaded).score(batch, first_row=100)
+    try:  # the API: a 422 naming the field when the model raises on such a number (a random forest: float32)
+        loaded.predict_columns(api_columns(BatchScorer(loaded).validator.check(batch).columns))
+    except ValueError:
+        assert out.scored.num_rows == 4 and out.rejects.column("row").to_pylist() == [103, 105]
+        reasons = out.rejects.column("reject_reason").to_pylist()
+        assert reasons[0].startswith(
+            "field 'tenure': 1e+300 is too large for this model (|x| must be at most 3.403e+38)"
+        )
+        assert reasons[1].startswith("field 'MonthlyCharges': -3.5e+38 is too large for this model")
+    else:
+        assert out.rejects is None and out.scored.num_rows == 6
+
+
+def test_the_columnar_path_is_refused_when_it_disagrees_with_the_compiled_one(model, monkeypatch):
+    loaded, _ = model
+    if loaded.compiled is None or not loaded.compiled.linear:
+        pytest.skip("the linear model is enough to show it")
+    monkeypatch.setattr(
+        ColumnarModel,
+        "_matrix",
+        staticmethod(lambda compiled, columns, tables, a, b: np.zeros((b - a, compiled.width))),
+    )
+    columnar = ColumnarModel(loaded)
+    assert columnar.compiled is None and "differ from the compiled path's" in columnar.note
+
+
+# ---- tables: readers and writers ----
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=8), st.sampled_from([*TRIGGERS, "-3.5", "+1e3", "-١٢", "=1", "-"]).flatmap(
+    lambda t: st.text(max_size=5).map(lambda rest: t + rest))), min_size=1, max_size=30))  # fmt: skip
+def test_neutralised_batches_are_neutralise_cell_by_cell(cells):
+    batch = pa.RecordBatch.from_pydict({"a": cells, "n": list(range(len(cells)))})
+    for column in (
+        batch,
+        pa.RecordBatch.from_arrays([batch.column(0).dictionary_encode(), batch.column(1)], ["a", "n"]),
+    ):
+        out = tables.neutralised(column).column("a")
+        got = out.dictionary_decode().to_pylist() if pa.types.is_dictionary(out.type) else out.to_pylist()
+        assert got == [neutralise(c) for c in cells]
+
+
+def test_a_sliced_and_a_large_string_column_are_neutralised_too():
+    column = pa.array(["x", "=1", "-2", "@a", "ok"]).slice(1)
+    assert tables.neutralised(pa.RecordBatch.from_arrays([column], ["a"])).column("a").to_pylist() == [
+        "'=1",
+        "-2",
+        "'@a",
+        "ok",
+    ]
+    large = pa.array(["=1", "b"], type=pa.large_string())
+    assert tables.neutralised(pa.RecordBatch.from_arrays([large], ["a"])).column("a").to_pylist() == ["'=1", "b"]
+
+
+def read_all(path: Path, batch_rows: int = 3) -> pa.Table:
+    source = tables.open_source(path, batch_rows)
+    batches = list(source.batches)
+    assert all(b.num_rows <= batch_rows for b in batches)
+    return pa.Table.from_batches(batches, schema=source.schema)
+
+
+def test_the_csv_reader_keeps_every_cell_as_the_text_it_is(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes('\ufeffa,b,,c\n"",NA,x,"l\nm"\n\n 1 ,nan,,"q""u"\n'.encode())
+    table = read_all(path)
+    assert table.column_names == ["a", "b", "Unnamed: 2", "c"]  # a BOM is not a name; a blank name as pandas names it
+    assert table.to_pylist() == [
+        {"a": "", "b": "NA", "Unnamed: 2": "x", "c": "l\nm"},
+        {"a": " 1 ", "b": "nan", "Unnamed: 2": "", "c": 'q"u'},
+    ]
+    gz = tmp_path / "in.csv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert read_all(gz).to_pylist() == table.to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a,b\n1,2\n3\n", "a row ('3') has 1 fields where the header names 2"),
+        ("a,b\n1,2\n3,4,5\n", "a row ('3,4,5') has 3 fields where the header names 2"),
+        (b"a,b\n1,\xff\n", "not a readable CSV: In CSV column #1: CSV conversion error to string: invalid UTF8 data"),
+        ("a,a\n1,2\n", "column 'a' appears more than once in the header"),
+        ("", "is empty: a CSV needs a header naming its columns"),
+    ],
+)
+def test_the_csv_reader_refuses_what_it_cannot_read(tmp_path, monkeypatch, text, message):
+    monkeypatch.setattr(tables, "HEADER_BYTES", 5)  # the header is read from the first bytes, the rest by pyarrow
+    path = tmp_path / "in.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError) as refused:
+        read_all(path)
+    assert message in str(refused.value)
+
+
+def test_a_write_error_names_the_target_and_not_the_temp_file(tmp_path):
+    schema = pa.schema([("a", pa.string())])
+    sink = tables.Sink(Path("/dev/full"), tmp_path / "out.csv", tables.CSV, schema)
+    sink.write(pa.RecordBatch.from_pydict({"a": ["x" * 100_000]}, schema=schema))
+    with pytest.raises(OSError) as failed:
+        sink.close()
+    assert failed.value.errno == 28 and failed.value.filename == str(tmp_path / "out.csv")
+
+
+def test_an_empty_output_still_has_its_header(tmp_path):
+    schema = pa.schema([("a", pa.string()), ("p", pa.float64())])
+    sink = tables.Sink(tmp_path / "o.csv", tmp_path / "o.csv", tables.CSV, schema)
+    sink.close()
+    assert (tmp_path / "o.csv").read_text() == '"a","p"\n'
+
+
+def test_output_format_by_flag_or_suffix():
+    assert tables.output_format(Path("p.parquet"), None) == "parquet"
+    assert tables.output_format(Path("p.PQ"), None) == "parquet"
+    assert tables.output_format(Path("p.csv"), None) == "csv"
+    assert tables.output_format(Path("p.txt"), None) == "csv"
+    assert tables.output_format(Path("p.txt"), "parquet") == "parquet"
+
+
+def test_probabilities_in_csv_read_back_as_the_same_doubles():
+    values = [0.1, 1 / 3, 2.0, 1e-05, 0.6076471101439677, 5e-324, 1 - 1e-16]
+    out = io.BytesIO()
+    pcsv.write_csv(pa.table({"p": values}), out)
+    assert [float(x) for x in out.getvalue().decode().split()[1:]] == values
+    assert all(math.isfinite(v) for v in values) and json.dumps(values)
