@@ -68,6 +68,7 @@ bench-gate: $(STAMP) ## what the gate's paired bootstrap costs and resolves on t
 bench: $(STAMP) system-deps ## the API vs a no-op FastAPI app and `mlflow models serve`; score vs `mlflow models predict` (after make demo)
 	$(BIN)/python benchmarks/serve_vs_mlflow.py
 	$(BIN)/python benchmarks/score_vs_mlflow_predict.py
+	$(BIN)/python benchmarks/shadow_cost.py
 
 act-push: $(STAMP) system-deps ## the deploy workflow through act (MLFLOW_TRACKING_URI=http://... for a real server)
 	PATH=$(CURDIR)/$(BIN):$$PATH act push $${MLFLOW_TRACKING_URI:+-s MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI}

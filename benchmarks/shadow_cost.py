@@ -1,0 +1,135 @@
+"""Benchmark: what shadowing a canary costs production's answers, side by side in one run.
+
+Usage (after `make demo`, from the project root):
+    .venv/bin/python benchmarks/shadow_cost.py [--duration 10] [--connections 8] [--rounds 3] [--share 1]
+
+The same API (`python -m api`, following @production) runs twice on a copy of
+the tracking store (the project's own store is never written): "shadow"
+follows the canary alias, which the copy points at production's version in
+shadow mode with the given share of requests copied (1 = every one, the worst
+case), and "off" follows an alias that names nothing, so it never shadows.
+One-record /predict under wrk at 8 connections, rounds alternating (shadow,
+off, off, shadow, ...) so a busier moment weighs on both; medians compared
+against the goal: shadow's p99 at most 10 % above off's. It also reads
+/metrics to show the shadow copies were scored (and how many were dropped by
+the bounded queue), so a side that silently did not shadow cannot pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from serve_vs_mlflow import serving, wrk  # noqa: E402
+
+from api.release.traffic import Traffic  # noqa: E402
+from pipeline.runtime.processes import free_port  # noqa: E402
+from pipeline.store import registry  # noqa: E402
+from pipeline.store.tracking import load_test_set  # noqa: E402
+
+SHADOW_MAX_P99_RISE = 0.10  # production's one-record p99 at 8 connections, shadowing against not
+
+
+def copy_store(source: Path, folder: Path) -> str:
+    """A consistent copy of the sqlite tracking store (artifacts stay where they are, only read)."""
+    target = folder / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+    return f"sqlite:///{target}"
+
+
+def shadow_counts(url: str) -> dict[str, float]:
+    """Requests an API copied to its shadow version, by outcome (scored, dropped, failed)."""
+    totals: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        match = re.match(r'^api_shadow_requests_total\{.*outcome="(\w+)".*\} ([0-9.e+-]+)$', line)
+        if match:
+            totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(match.group(2))
+    return totals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="churn-classifier")
+    parser.add_argument("--store", default="mlflow.db", help="the sqlite tracking store to copy")
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--share", type=float, default=1.0, help="share of production's requests shadowed")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("needs wrk: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    if not Path(args.store).is_file():
+        print(f"no tracking store at {args.store}: run make demo first", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="shadow-bench-") as tmp:
+        uri = copy_store(Path(args.store), Path(tmp))
+        client = MlflowClient(uri)
+        version = client.get_model_version_by_alias(args.model, "production").version
+        client.set_registered_model_alias(args.model, "canary", version)
+        registry.set_traffic(client, args.model, Traffic("shadow", str(version), 0, args.share), None)
+        X, _ = load_test_set(client, client.get_model_version(args.model, version).run_id)
+        body = json.dumps({"records": json.loads(X.head(1).to_json(orient="records"))})
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASE_", "MLFLOW_TRACKING_"))}
+        env.update(MLFLOW_TRACKING_URI=uri, MODEL_NAME=args.model, HOST="127.0.0.1", PYTHONPATH=str(ROOT))
+        aliases = {"shadow": "canary", "off": "no-canary-in-this-bench"}
+        figures: dict[str, list[dict]] = {side: [] for side in aliases}
+        with contextlib.ExitStack() as stack:
+            urls = {}
+            for side, alias in aliases.items():
+                port = free_port()
+                command = [sys.executable, "-m", "api"]
+                urls[side] = stack.enter_context(
+                    serving(command, "/ready", port, env={**env, "PORT": str(port), "CANARY_ALIAS": alias})
+                )
+            deadline = time.monotonic() + 60
+            while httpx.get(urls["shadow"] + "/model", timeout=10).json().get("traffic", {}).get("mode") != "shadow":
+                if time.monotonic() > deadline:
+                    print("the shadow side never loaded its canary: nothing to measure", file=sys.stderr)
+                    return 3
+                time.sleep(0.5)
+            for url in urls.values():  # warm up
+                wrk(url + "/predict", body, 2, args.connections)
+            for i in range(args.rounds):
+                for side in ("shadow", "off") if i % 2 == 0 else ("off", "shadow"):
+                    figures[side].append(wrk(urls[side] + "/predict", body, args.duration, args.connections))
+                    time.sleep(1)
+            counts = {side: shadow_counts(url) for side, url in urls.items()}
+    median = {side: {k: statistics.median(f[k] for f in runs) for k in ("rps", "p50_ms", "p99_ms")}
+              for side, runs in figures.items()}  # fmt: skip
+    rise = median["shadow"]["p99_ms"] / median["off"]["p99_ms"] - 1
+    shadowed = counts["shadow"].get("scored", 0.0)
+    ok = rise <= SHADOW_MAX_P99_RISE and shadowed > 0 and not any(counts["off"].values())
+    print(f"\nshadow, 1 record /predict: the same API shadowing a canary ({args.share:g} of requests copied) and "
+          f"not; version {version}, wrk 2 threads, {args.connections} connections, {args.rounds} rounds of "
+          f"{args.duration}s per side, alternating; medians")  # fmt: skip
+    print(f"{'':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  rounds (p99 ms)")
+    for side in ("shadow", "off"):
+        m = median[side]
+        rounds = ", ".join(f"{f['p99_ms']:.2f}" for f in figures[side])
+        print(f"{side:<8} {m['rps']:>9,.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f}  {rounds}")
+    print(f"shadow series: {json.dumps(counts['shadow'])}; off: {json.dumps(counts['off'])}")
+    print(f"p99 rise with shadow on: {rise:+.1%} ({'met' if ok else 'MISSED'}: <= {SHADOW_MAX_P99_RISE:.0%})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
