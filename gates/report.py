@@ -164,10 +164,12 @@ def _charts(r: GateResult, confidence: float | None) -> list[str]:
     """Mermaid charts GitHub renders: metrics and per-slice F1, candidate as bars, production as a line."""
     names = [n for n, c in r.comparisons.items() if 0 <= c.candidate <= 1]
     scored = r.baseline if r.baseline is not None and r.baseline.metrics is not None else None
-    title = "Candidate (bars) vs production v" + scored.version + " (line)" if scored else "Candidate"
-    # Production scored has a value for every recomputed metric (not for a logged metric it lacks: None).
-    out = [*_chart(title, names, [r.comparisons[n].candidate for n in names],
-                   cast("list[float]", [r.comparisons[n].production for n in names]) if scored else None)]  # fmt: skip
+    # Production scored has a value for every recomputed metric, not for a logged metric it lacks: then no line.
+    production = [r.comparisons[n].production for n in names]
+    line = [v for v in production if v is not None] if scored else []
+    drawn = scored is not None and len(line) == len(names)
+    title = f"Candidate (bars) vs production v{scored.version} (line)" if drawn and scored else "Candidate"
+    out = [*_chart(title, names, [r.comparisons[n].candidate for n in names], line if drawn else None)]
     intervals = {n: ci for n in names if (ci := r.comparisons[n].delta_ci) is not None}
     deltas = list(intervals)
     if deltas:

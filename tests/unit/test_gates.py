@@ -225,6 +225,17 @@ def test_the_report_is_deterministic_leads_with_the_verdict_and_what_changed_and
     assert '"plan = basic"' in markdown and "gate policy: unchanged from the base branch" in markdown
 
 
+def test_the_report_renders_when_production_lacks_a_gated_logged_metric():
+    y, cand = answers(seed=1)
+    _, prod = answers(seed=2)
+    frame = pd.DataFrame({"plan": ["basic"] * len(y)})
+    logged = {"f1": 0.0, "coverage": 0.9}  # a share, so it is charted; logged on the candidate only
+    result = evaluate(gates(metrics={"coverage": {"min": 0.5}}), 0, y, frame, cand, logged, Production("1", prod))
+    assert result.comparisons["coverage"].production is None
+    markdown = GateReport("m", "run1", "abc123", result, 0.95, 200, []).to_markdown()
+    assert 'title "Candidate"' in markdown and "vs production v1 (line)" not in markdown
+
+
 def test_legacy_f1_keys_still_set_the_f1_gate():
     assert build_params({"gates": {"f1_min": 0.7}}).gates.metrics["f1"].min == 0.7
     assert build_params({"gates": {"max_f1_drop": None}}).gates.metrics["f1"].max_drop is None
