@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlparse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from mlflow.entities import Run
@@ -178,9 +179,12 @@ def register(
         tags[contract.SCHEMA_BREAK_ALLOWED] = run.data.tags[contract.SCHEMA_BREAK_ALLOWED]
     model_id = run.data.tags[contract.MODEL_ID]
     card = f"Model card: runs:/{run_id}/{contract.MODEL_CARD} (gate report: runs:/{run_id}/{GATE_REPORT})"
-    mv = client.create_model_version(
-        name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id, description=card
-    )
+    source = f"models:/{model_id}"
+    if urlparse(client.tracking_uri).scheme not in ("http", "https", "databricks"):
+        # A local store looks a `models:/` source up through MLflow's global tracking URI, not this
+        # client's (an MLflow TODO): it gets the logged model's own location (a server resolves it itself).
+        source = client.get_logged_model(model_id).artifact_location
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id, description=card)
     version = str(mv.version)
     if signing_key is not None:
         verdict = release_verdict("gate", tags, model=name, version=version, run_id=run_id, digest=digest)

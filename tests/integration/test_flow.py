@@ -57,6 +57,24 @@ def test_run_does_the_whole_flow(project, cli):
         assert step in progress
 
 
+def test_the_store_params_name_is_used_whatever_mlflow_s_global_tracking_uri(project, cli, monkeypatch):
+    # given: no MLFLOW_TRACKING_URI, and MLflow's process-wide URI left pointing at another store
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'elsewhere.db'}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # which set_tracking_uri also set
+    try:
+        # when: the flow runs on the store params.yaml names
+        sets = ["--set", f"registry.tracking_uri=sqlite:///{project / 'params-store.db'}"]
+        assert cli("train", *sets) == 0, cli.err
+        run_id = cli.out.strip()
+        assert cli("gate", "--run-id", run_id, *sets) == 0, cli.err
+        # then: register finds the logged model there, not through the global URI
+        assert cli("register", "--run-id", run_id, *sets) == 0, cli.err
+        client = MlflowClient(f"sqlite:///{project / 'params-store.db'}")
+        assert client.get_model_version("churn-classifier", cli.out.strip()).run_id == run_id
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_training_run_logs_what_people_and_later_stages_need(project, cli):
     assert cli("train") == 0, cli.err
     run = MlflowClient().get_run(cli.out.strip())

@@ -153,6 +153,7 @@ def test_a_good_candidate_goes_through_shadow_and_each_step_then_production(flee
     code, _ = run("rollout", "--version", version, *api_args(fleet))
     # then: every phase passed, it was promoted, and the canary is gone
     state = report()
+    shutil.copy("reports/rollout.md", "reports/rollout-promoted.md")  # kept for a reader of the test's folder
     assert code == 0, (state, [httpx.get(url + "/model").json() for url in fleet["urls"]])
     assert [p["name"] for p in state["phases"]] == ["shadow", "canary 20 %", "canary 50 %"]
     assert all(p["passed"] for p in state["phases"]) and state["verdict"] == "passed"
@@ -198,6 +199,7 @@ def test_a_slow_candidate_is_aborted_at_the_step_that_catches_it_and_production_
     code, _ = run("rollout", "--version", version, *api_args(fleet), sets=sets)
     # then: the first canary step fails its latency rule; production is where it was; the canary is gone
     state = report()
+    shutil.copy("reports/rollout.md", "reports/rollout-aborted.md")
     assert code == 1 and state["verdict"] == "aborted"
     failed = [r for p in state["phases"] for r in p["rules"] if not r["passed"]]
     assert state["phases"][-1]["name"] == "canary 20 %" and {r["rule"] for r in failed} & {
