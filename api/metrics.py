@@ -120,6 +120,13 @@ class ServiceMetrics:
             buckets=DELTA_BUCKETS,
             registry=own,
         )
+        self.shadow_production_score = Histogram(
+            "api_shadow_production_score",
+            "Production's probability on the records copied to the shadow version (label: the shadow version)",
+            ["version"],
+            buckets=SCORE_BUCKETS,
+            registry=own,
+        )
         self.canary_weight = Gauge(
             "api_canary_weight", "Share of requests (percent) the canary answers", registry=own,
             multiprocess_mode="livemax",

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from api.live_stats import LiveStats, observe_histogram
-from api.metrics import DELTA_BUCKETS, ServiceMetrics
+from api.metrics import DELTA_BUCKETS, SCORE_BUCKETS, ServiceMetrics
 from api.model.loaded_model import LoadedModel, Prediction
 
 log = logging.getLogger("api")
@@ -59,4 +59,8 @@ class Shadow:
         m.child(m.shadow_agreement, version, "false").inc(len(result.labels) - agree)
         delta = np.abs(np.asarray(result.probabilities) - np.asarray(production.probabilities))
         observe_histogram(m.child(m.shadow_delta, version), delta, DELTA_BUCKETS)
+        # Production's scores on these same records: the two distributions a rollout compares differ by model only.
+        observe_histogram(
+            m.child(m.shadow_production_score, version), np.asarray(production.probabilities), SCORE_BUCKETS
+        )
         m.child(m.shadow, version, "scored").inc()

@@ -141,6 +141,12 @@ def shadow_counts(snapshot: Snapshot, version: str) -> tuple[float, float]:
     return agreed + disagreed, disagreed
 
 
+def shadow_score_shares(snapshot: Snapshot, version: str) -> tuple[list[float], list[float]]:
+    """(production's, the shadow version's) score shares per bucket, on the same shadowed records."""
+    production = shares(buckets(snapshot, "api_shadow_production_score", version=version))
+    return production, shares(buckets(snapshot, "api_score", version=version))
+
+
 def feature_psi(snapshot: Snapshot, version: str) -> dict[str, float]:
     """Each feature's PSI in the window: its served values' bin shares against its training shares."""
     counts: dict[str, dict[str, float]] = {}

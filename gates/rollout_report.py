@@ -24,11 +24,12 @@ class Phase:
     figures: dict[str, Any] = field(default_factory=dict)  # requests and the like, per version
     rules: list[RuleResult] = field(default_factory=list)
     note: str = ""  # why the phase ended without a verdict on its rules (a timeout, an interruption)
+    judged: bool = False  # its rules were judged on its window (all of them may be off)
 
     @property
     def passed(self) -> bool:
-        """Every rule held, and there were rules to hold."""
-        return bool(self.rules) and all(rule.passed for rule in self.rules) and not self.note
+        """The phase was judged and every rule held (a phase whose rules are all off passes once judged)."""
+        return self.judged and all(rule.passed for rule in self.rules) and not self.note
 
     def to_dict(self) -> dict[str, Any]:
         """The phase as plain data."""

@@ -26,6 +26,7 @@ READ = (
     "api_score_bucket",
     "api_shadow_agreement_total",
     "api_shadow_requests_total",
+    "api_shadow_production_score_bucket",
     "api_feature_values_total",
     "api_feature_expected_ratio",
 )

@@ -19,7 +19,16 @@ from mlflow.entities.model_registry import ModelVersion
 
 from api.release import contract
 from api.release.traffic import Traffic
-from gates.live_rules import Snapshot, VersionWindow, ceiling, feature_psi, psi, shadow_counts, window
+from gates.live_rules import (
+    Snapshot,
+    VersionWindow,
+    ceiling,
+    feature_psi,
+    psi,
+    shadow_counts,
+    shadow_score_shares,
+    window,
+)
 from gates.release_policy import check_promotion
 from gates.rollout_report import Phase, RolloutReport
 from gates.rules import RuleResult
@@ -75,39 +84,42 @@ def rollout_stage(params: Params, version: str, api_urls: Sequence[str]) -> str:
             _end(ctx, version, report.reason or f"rollout {report.verdict}")
             _record(ctx, mv, report)
     if report.verdict != "passed":
-        raise CheckFailed(f"rollout of version {version} aborted: {report.reason}; production is still {production}")
+        now = registry.alias_version(ctx.client, ctx.model, ctx.registry.production_alias)
+        where = f"production is still {production}" if now == production else f"production is {now or 'nothing'}"
+        raise CheckFailed(f"rollout of version {version} aborted: {report.reason}; {where}, the rollout moved nothing")
     return version
 
 
-def _run(ctx: Context, source: MetricsSource, report: RolloutReport, version: str, production: str | None) -> None:
+def _run(ctx: Context, source: MetricsSource, report: RolloutReport, version: str, production: str) -> None:
     rules, shadow = ctx.params.rollout.step_rules, ctx.params.rollout.shadow
-    _traffic(ctx, Traffic("shadow", version, 0, shadow.sample_share), move_alias=True)
+    _traffic(ctx, Traffic("shadow", version, 0, shadow.sample_share), production, move_alias=True)
     phase = Phase("shadow", "shadow", 0)
     report.phases.append(phase)
 
     def shadow_rules(w: Snapshot) -> list[RuleResult | None]:
         scored, disagreed = shadow_counts(w, version)
-        ours, theirs = VersionWindow.of(w, version), VersionWindow.of(w, production or "")
+        theirs, ours = shadow_score_shares(w, version)  # on the same records: only the models differ
         phase.figures = {"shadowed records": int(scored), "disagreed": int(disagreed)}
+        score_psi = psi(theirs, ours) if theirs and len(theirs) == len(ours) else None
         return [
             ceiling("max_disagreement", "disagreement", shadow.max_disagreement,
                     disagreed / scored if scored else None, "share of records labelled differently"),
-            ceiling("max_score_psi", "score_psi", shadow.max_score_psi, _score_psi(theirs, ours),
-                    "PSI of its scores against production's"),
+            ceiling("max_score_psi", "score_psi", shadow.max_score_psi, score_psi,
+                    "PSI of its scores against production's on the same records"),
         ]  # fmt: skip
 
     _phase(ctx, source, phase, lambda w: shadow_counts(w, version)[0], shadow.min_requests, shadow.min_duration_s,
-           shadow_rules)  # fmt: skip
+           shadow_rules, production)  # fmt: skip
     for step in ctx.params.rollout.steps:
-        _traffic(ctx, Traffic("canary", version, step.weight, 0.0))
+        _traffic(ctx, Traffic("canary", version, step.weight, 0.0), production)
         phase = Phase(f"canary {step.weight} %", "canary", step.weight)
         report.phases.append(phase)
 
         def step_rules(w: Snapshot, phase: Phase = phase) -> list[RuleResult | None]:
-            ours, theirs = VersionWindow.of(w, version), VersionWindow.of(w, production or "")
+            ours, theirs = VersionWindow.of(w, version), VersionWindow.of(w, production)
             phase.figures = {
-                f"{version} requests": int(ours.requests), f"{production} requests": int(theirs.requests),
-                f"{version} p99 ms": _round(ours.p99_ms), f"{production} p99 ms": _round(theirs.p99_ms),
+                f"v{version} requests": int(ours.requests), f"v{production} requests": int(theirs.requests),
+                f"v{version} p99 ms": _round(ours.p99_ms), f"v{production} p99 ms": _round(theirs.p99_ms),
             }  # fmt: skip
             ratio = ours.p99_ms / theirs.p99_ms if ours.p99_ms is not None and theirs.p99_ms else None
             return [
@@ -119,7 +131,7 @@ def _run(ctx: Context, source: MetricsSource, report: RolloutReport, version: st
             ]  # fmt: skip
 
         _phase(ctx, source, phase, lambda w: VersionWindow.of(w, version).requests, step.min_requests,
-               step.min_duration_s, step_rules)  # fmt: skip
+               step.min_duration_s, step_rules, production)  # fmt: skip
 
 
 def _phase(
@@ -130,6 +142,7 @@ def _phase(
     min_requests: int,
     min_duration_s: float,
     rules: Callable[[Snapshot], list[RuleResult | None]],
+    production: str,
 ) -> None:
     """Wait until the phase has its requests and its time, then judge its rules on its window; Aborted if not."""
     settings = ctx.params.rollout
@@ -148,7 +161,8 @@ def _phase(
                 f"in {settings.phase_timeout_s:g} s (refused by the replicas, or no traffic)"
             )
             raise Aborted(f"{phase.name}: {phase.note}")
-    phase.rules = [rule for rule in rules(current) if rule is not None]
+    _production_unmoved(ctx, production)  # the rules compare with production: judged only if it still serves
+    phase.rules, phase.judged = [rule for rule in rules(current) if rule is not None], True
     for rule in phase.rules:
         say(f"  {'pass' if rule.passed else 'FAIL'} {phase.name} {rule.rule}: {rule.detail}")
     failed = [rule.detail for rule in phase.rules if not rule.passed]
@@ -166,10 +180,18 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def _traffic(ctx: Context, traffic: Traffic, move_alias: bool = False) -> None:
+def _production_unmoved(ctx: Context, production: str) -> None:
+    """Aborted when production no longer points where the rollout started (a rollback or promote meanwhile)."""
+    now = registry.alias_version(ctx.client, ctx.model, ctx.registry.production_alias)
+    if now != production:
+        raise Aborted(f"production moved from {production} to {now or 'nothing'} during the rollout")
+
+
+def _traffic(ctx: Context, traffic: Traffic, production: str, move_alias: bool = False) -> None:
     """Point the canary alias at the version (at the start) and set how replicas route, under the release lock."""
     alias = ctx.params.rollout.canary_alias
     with release_lock(ctx.client, ctx.model):
+        _production_unmoved(ctx, production)
         if move_alias:
             before = registry.alias_version(ctx.client, ctx.model, alias)
             registry.move_alias(ctx.client, ctx.model, alias, traffic.version, f"rollout: {traffic.mode}", before,
@@ -262,5 +284,5 @@ def _bake_rules(w: Snapshot, version: str, params: Params, phase: Phase) -> list
         ceiling("max_drift_psi", "drift_psi", bake.max_drift_psi, worst[1],
                 f"largest feature PSI ({worst[0]})" if worst[0] else "largest feature PSI"),
     ]  # fmt: skip
-    phase.rules = [rule for rule in rules if rule is not None]
+    phase.rules, phase.judged = [rule for rule in rules if rule is not None], True
     return phase.rules

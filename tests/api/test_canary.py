@@ -88,6 +88,10 @@ def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained,
     assert agreed == 100  # the same model under another version number agrees with itself
     assert re.search(r'api_shadow_requests_total\{outcome="scored",version="2"\} 20.0', text)
     assert re.search(r'api_shadow_score_delta_bucket\{le="0.01",version="2"\} 100.0', text)
+    # production's scores on the shadowed records, beside the shadow version's: a rollout compares the two
+    production = re.findall(r'api_shadow_production_score_bucket\{le="([^"]+)",version="2"\} (\S+)', text)
+    shadow = re.findall(r'api_score_bucket\{le="([^"]+)",version="2"\} (\S+)', text)
+    assert production and production == shadow and production[-1] == ("+Inf", "100.0")
 
 
 def test_a_refused_canary_leaves_production_answering_everything(trained, records):

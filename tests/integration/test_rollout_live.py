@@ -41,8 +41,14 @@ MODEL = "churn-classifier"
 # Phases of seconds instead of minutes; the rules are the defaults of params.yaml.
 FAST = [
     "rollout.shadow.min_requests=40", "rollout.shadow.min_duration_s=2",
-    "rollout.steps=[{weight: 20, min_duration_s: 2, min_requests: 20}, {weight: 50, min_requests: 40}]",
+    "rollout.steps=[{weight: 20, min_duration_s: 2, min_requests: 60}, {weight: 50, min_requests: 60}]",
     "rollout.phase_timeout_s=90", "rollout.poll_s=0.5",
+    # Across two sets of customers, score PSI over the tens of requests of these short steps is sampling noise;
+    # the shadow phase still judges it, on the same records for both versions.
+    "rollout.step_rules.max_score_psi=null",
+    # A p99 of a few dozen requests is their slowest one: a loaded test machine's pause must not read as a slow
+    # version (the slow candidate below answers five times slower than production)
+    "rollout.step_rules.max_p99_ratio=3",
     "rollout.bake.duration_s=12", "rollout.bake.poll_s=1", "rollout.bake.min_requests=30",
 ]  # fmt: skip
 
@@ -112,6 +118,7 @@ def fleet(tmp_path_factory) -> Iterator[dict]:
         assert run("keygen", "--out", str(keys), sets=[])[0] == 0
         mp.setenv("RELEASE_SIGNING_KEY", str(keys / "release.key"))
         assert run("run", sets=["data.rows=3000"])[0] == 0  # production 1, signed
+        assert run("run", sets=["data.rows=3000"])[0] == 0  # production 2: a version to go back to, whatever ran
         env = {"MODEL_NAME": MODEL, "RELOAD_INTERVAL_S": "0.5", "ENTITY_ID_FIELD": "customerID",
                "RELEASE_VERIFY_KEY": str(keys / "release.pub")}  # fmt: skip
         with uvicorn_process(env) as one, uvicorn_process(env) as two:
@@ -157,9 +164,8 @@ def test_a_good_candidate_goes_through_shadow_and_each_step_then_production(flee
     assert code == 0, (state, [httpx.get(url + "/model").json() for url in fleet["urls"]])
     assert [p["name"] for p in state["phases"]] == ["shadow", "canary 20 %", "canary 50 %"]
     assert all(p["passed"] for p in state["phases"]) and state["verdict"] == "passed"
-    assert {r["rule"] for r in state["phases"][1]["rules"]} == {
-        "max_error_ratio", "max_p99_ms", "max_p99_ratio", "max_score_psi",
-    }  # fmt: skip
+    assert {r["rule"] for r in state["phases"][0]["rules"]} == {"max_disagreement", "max_score_psi"}
+    assert {r["rule"] for r in state["phases"][1]["rules"]} == {"max_error_ratio", "max_p99_ms", "max_p99_ratio"}
     assert production(fleet) == version != before
     client = fleet["client"]
     assert "canary" not in client.get_registered_model(MODEL).aliases
@@ -214,11 +220,13 @@ def test_a_slow_candidate_is_aborted_at_the_step_that_catches_it_and_production_
 
 
 def test_a_candidate_that_cannot_load_is_refused_by_rollout_and_by_the_canary_replicas(fleet, load):
-    # given: a candidate that passed everything, then crafted on the store (digest tags rewritten to match)
-    version = candidate("data.rows=3000")
+    # given: a forest that passed everything, then crafted on the store (digest tags rewritten to match)
+    version = candidate("model.type=random_forest", "model.random_forest.n_estimators=20",
+                        "gates.metrics={f1: {min: 0.3}}", "data.rows=3000")  # fmt: skip
     client = fleet["client"]
     mv = client.get_model_version(MODEL, version)
-    location = client.get_logged_model(mv.model_id).artifact_location  # mlflow-artifacts:/<path under the root>
+    model_id = client.get_run(mv.run_id).data.tags[contract.MODEL_ID]  # a server's version does not carry it
+    location = client.get_logged_model(model_id).artifact_location  # mlflow-artifacts:/<path under the root>
     model_dir = fleet["home"] / "server" / "artifacts" / location.split(":", 1)[1].lstrip("/")
     pipeline = skops.io.loads((model_dir / "model.skops").read_bytes(), trusted=sorted(ALLOWED_TYPES))
     child_out_of_range(pipeline)
@@ -249,7 +257,9 @@ def test_a_candidate_that_cannot_load_is_refused_by_rollout_and_by_the_canary_re
         registry.set_traffic(client, MODEL, Traffic(), signing_key())
         client.delete_registered_model_alias(MODEL, "canary")
     assert all(i["version"] == before and i["canary"] is None and i["traffic"]["mode"] == "off" for i in infos)
-    assert all("outside the tree" in i["refused_canary"]["reason"] for i in infos)
+    # signed verdicts cover the digest: the rewritten one refuses the canary before any load (where nothing is
+    # signed, test_crafted_release shows these bytes refused by the structure check in the probe child)
+    assert all("not signed by the release key" in i["refused_canary"]["reason"] for i in infos), infos
     assert load.statuses.get(500, 0) == 0 and version not in load.versions  # production answered everyone
 
 
@@ -288,8 +298,9 @@ def test_a_rollout_racing_a_rollback_keeps_the_ledger_one_chain(fleet, load):
         while "canary" not in fleet["client"].get_registered_model(MODEL).aliases:  # in its shadow phase
             assert rollout.poll() is None and time.monotonic() < deadline, rollout.communicate()
             time.sleep(0.2)
-        # when: the on-call rolls production back meanwhile
-        code, went_to = run("rollback", "--reason", "incident during a rollout", sets=[])
+        # when: the on-call rolls production back meanwhile (to a version the fleet deployed, whatever ran before)
+        to = "1" if before != "1" else "2"
+        code, went_to = run("rollback", "--to", to, "--reason", "incident during a rollout", sets=[])
     finally:
         _, err = rollout.communicate(timeout=300)
     # then: the lock serialized them: the rollback moved production, and the rollout saw it had moved
