@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr), interrupts.handled():
             answer = dispatch(args)
     except Exception as exc:
+        exc = interrupts.within(exc) or exc  # a signal is the cause, whatever library it interrupted
         code, message = (exc.exit_code, str(exc)) if isinstance(exc, PipelineError) else classify(exc)
         if args.debug:
             print(redact("".join(traceback.format_exception(exc))), file=sys.stderr)

@@ -49,6 +49,18 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     _raise(signum)
 
 
+def within(exc: BaseException) -> Interrupted | None:
+    """The Interrupted behind `exc`, if a library caught it and raised its own (MLflow's REST client does)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Interrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """Turn SIGINT and SIGTERM into Interrupted for the block (a no-op off the main thread)."""
