@@ -1,7 +1,8 @@
 """Shadow mode: production answers, and a sampled copy of the request is scored by the canary off the request path.
 
 Copies wait in a bounded queue (dropped and counted when it is full) for one
-worker thread, which decodes them with the canary's own schema, predicts, and
+worker thread, which decodes them with the canary's own schema, predicts what
+queued meanwhile in one call, and
 counts how often the canary agrees with production on the same records and
 how far apart their probabilities are. Nothing here can fail or slow a
 production answer beyond the cost of a queue put.
@@ -18,8 +19,10 @@ import numpy as np
 from api.live_stats import LiveStats, observe_histogram
 from api.metrics import DELTA_BUCKETS, SCORE_BUCKETS, ServiceMetrics
 from api.model.loaded_model import LoadedModel, Prediction
+from api.release.frames import Values
 
 log = logging.getLogger("api")
+BATCH = 256  # copies scored in one call at most
 
 
 class Shadow:
@@ -42,25 +45,43 @@ class Shadow:
 
     def _run(self) -> None:
         while True:
-            canary, body, production = self._queue.get()
-            try:
-                self._score(canary, body, production)
-            except Exception as exc:  # the canary's problem: counted, never production's
-                self.metrics.child(self.metrics.shadow, canary.version, "failed").inc()
-                log.debug("shadow scoring failed: %s", type(exc).__name__)
+            waiting = [self._queue.get()]
+            while len(waiting) < BATCH:  # what queued meanwhile is scored in one call: one-record calls cost most
+                try:
+                    waiting.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for canary in {id(c): c for c, _, _ in waiting}.values():
+                copies = [(body, production) for c, body, production in waiting if c is canary]
+                try:
+                    self._score(canary, copies)
+                except Exception as exc:  # the canary's problem: counted, never production's
+                    self.metrics.child(self.metrics.shadow, canary.version, "failed").inc(len(copies))
+                    log.debug("shadow scoring failed: %s", type(exc).__name__)
 
-    def _score(self, canary: LoadedModel, body: bytes, production: Prediction) -> None:
-        columns = canary.request_columns(body)
+    def _score(self, canary: LoadedModel, copies: list[tuple[bytes, Prediction]]) -> None:
+        requests = [canary.request_columns(body) for body, _ in copies]
+        names = {name: None for r in requests for name in r}  # every request's features, in order
+        sizes = [len(next(iter(r.values()), [])) for r in requests]
+        columns = {name: _joined([r.get(name, [None] * n) for r, n in zip(requests, sizes, strict=True)])
+                   for name in names}  # fmt: skip
         result = canary.predict_columns(columns)
         self.stats.record(canary, columns, result.labels, result.probabilities)
         m, version = self.metrics, canary.version
-        agree = sum(1 for a, b in zip(result.labels, production.labels, strict=True) if a == b)
+        labels = [label for _, production in copies for label in production.labels]
+        probabilities = np.asarray([p for _, production in copies for p in production.probabilities])
+        agree = sum(1 for a, b in zip(result.labels, labels, strict=True) if a == b)
         m.child(m.shadow_agreement, version, "true").inc(agree)
         m.child(m.shadow_agreement, version, "false").inc(len(result.labels) - agree)
-        delta = np.abs(np.asarray(result.probabilities) - np.asarray(production.probabilities))
+        delta = np.abs(np.asarray(result.probabilities) - probabilities)
         observe_histogram(m.child(m.shadow_delta, version), delta, DELTA_BUCKETS)
         # Production's scores on these same records: the two distributions a rollout compares differ by model only.
-        observe_histogram(
-            m.child(m.shadow_production_score, version), np.asarray(production.probabilities), SCORE_BUCKETS
-        )
-        m.child(m.shadow, version, "scored").inc()
+        observe_histogram(m.child(m.shadow_production_score, version), probabilities, SCORE_BUCKETS)
+        m.child(m.shadow, version, "scored").inc(len(copies))
+
+
+def _joined(parts: list[Values]) -> Values:
+    """One feature's values across several requests, in order (float arrays stay arrays)."""
+    if all(isinstance(part, np.ndarray) for part in parts):
+        return np.concatenate(parts)
+    return [value for part in parts for value in part]
