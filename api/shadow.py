@@ -2,10 +2,11 @@
 
 Copies wait in a bounded queue (dropped and counted when it is full) for one
 worker thread, which decodes them with the canary's own schema, predicts what
-queued meanwhile in one call, and
-counts how often the canary agrees with production on the same records and
-how far apart their probabilities are. Nothing here can fail or slow a
-production answer beyond the cost of a queue put.
+queued meanwhile in one call, and counts how often the canary agrees with
+production on the same records and how far apart their probabilities are.
+Nothing here can fail a production answer, but the thread shares the
+process's CPU and interpreter lock: on a saturated worker, shadowing every
+request raises production's p99 (benchmarks/shadow_cost.py measures it).
 """
 
 from __future__ import annotations
