@@ -61,16 +61,25 @@ class Shadow:
                     log.debug("shadow scoring failed: %s", type(exc).__name__)
 
     def _score(self, canary: LoadedModel, copies: list[tuple[bytes, Prediction]]) -> None:
-        requests = [canary.request_columns(body) for body, _ in copies]
+        m, version = self.metrics, canary.version
+        decoded = []
+        for body, production in copies:  # a copy the canary refuses is counted alone, not with its batch
+            try:
+                decoded.append((canary.request_columns(body), production))
+            except Exception:
+                m.child(m.shadow, version, "failed").inc()
+        if not decoded:
+            return
+        requests = [columns for columns, _ in decoded]
+        productions = [production for _, production in decoded]
         names = {name: None for r in requests for name in r}  # every request's features, in order
         sizes = [len(next(iter(r.values()), [])) for r in requests]
         columns = {name: _joined([r.get(name, [None] * n) for r, n in zip(requests, sizes, strict=True)])
                    for name in names}  # fmt: skip
         result = canary.predict_columns(columns)
         self.stats.record(canary, columns, result.labels, result.probabilities)
-        m, version = self.metrics, canary.version
-        labels = [label for _, production in copies for label in production.labels]
-        probabilities = np.asarray([p for _, production in copies for p in production.probabilities])
+        labels = [label for production in productions for label in production.labels]
+        probabilities = np.asarray([p for production in productions for p in production.probabilities])
         agree = sum(1 for a, b in zip(result.labels, labels, strict=True) if a == b)
         m.child(m.shadow_agreement, version, "true").inc(agree)
         m.child(m.shadow_agreement, version, "false").inc(len(result.labels) - agree)
@@ -78,7 +87,7 @@ class Shadow:
         observe_histogram(m.child(m.shadow_delta, version), delta, DELTA_BUCKETS)
         # Production's scores on these same records: the two distributions a rollout compares differ by model only.
         observe_histogram(m.child(m.shadow_production_score, version), probabilities, SCORE_BUCKETS)
-        m.child(m.shadow, version, "scored").inc(len(copies))
+        m.child(m.shadow, version, "scored").inc(len(decoded))
 
 
 def _joined(parts: list[Values]) -> Values:
