@@ -38,6 +38,17 @@ class NumericBlock:
     mean: np.ndarray | None
     scale: np.ndarray | None
 
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """The block's output for a (rows, columns) float matrix, NaN where a value is missing."""
+        missing = np.isnan(values)
+        if missing.any():
+            values = np.where(missing, self.fill, values)
+        if self.mean is not None:
+            values -= self.mean
+        if self.scale is not None:
+            values /= self.scale
+        return values
+
 
 @dataclass(frozen=True)
 class CategoricalBlock:
@@ -94,14 +105,7 @@ class CompiledPipeline:
         for offset, block in self.numeric:
             # One conversion for the block: None becomes NaN, then takes the imputed value.
             values = np.array([columns[c] for c in block.columns], dtype=np.float64).T
-            missing = np.isnan(values)
-            if missing.any():
-                values = np.where(missing, block.fill, values)
-            if block.mean is not None:
-                values -= block.mean
-            if block.scale is not None:
-                values /= block.scale
-            out[:, offset : offset + len(block.columns)] = values
+            out[:, offset : offset + len(block.columns)] = block.apply(values)
         if self.categorical:
             # Every categorical column's output position in one pass, then all the ones in one write.
             index = np.fromiter(

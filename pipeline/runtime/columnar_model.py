@@ -102,14 +102,7 @@ class ColumnarModel:
         out = np.zeros((rows, compiled.width))
         for offset, block in compiled.numeric:
             values = np.array([_floats(columns[c])[start:stop] for c in block.columns], dtype=np.float64).T
-            missing = np.isnan(values)
-            if missing.any():
-                values = np.where(missing, block.fill, values)
-            if block.mean is not None:
-                values -= block.mean
-            if block.scale is not None:
-                values /= block.scale
-            out[:, offset : offset + len(block.columns)] = values
+            out[:, offset : offset + len(block.columns)] = block.apply(values)
         if tables:
             row_starts = np.arange(0, rows * compiled.width, compiled.width, dtype=np.intp)
             flat = out.reshape(-1)

@@ -65,7 +65,7 @@ from pipeline.runtime.batch_scoring import (
     rejects_path_for,
 )
 from pipeline.runtime.output_files import Protected, check_targets
-from pipeline.runtime.tables import CSV, PARQUET, PARQUET_MAGIC, PARQUET_SUFFIXES
+from pipeline.runtime.tables import CSV, PARQUET, PARQUET_MAGIC, PARQUET_SUFFIXES, header_names, refuse_duplicates
 
 SOURCE_FILE = "source_file"  # in the rejects of a folder of files: which file the row is in
 _FILE, _START, _INDEX = "__score_file__", "__score_split__", "__score_row__"  # row-number columns, dropped
@@ -349,7 +349,7 @@ def _read(spark: Any, source: str, fmt: str) -> tuple[Any, list[str]]:
         except Exception as exc:
             raise DataError(f"{source} is not a readable Parquet dataset: {_message(exc)}") from None
         names = list(frame.columns)
-        _refuse_duplicates(source, names)
+        refuse_duplicates(source, names)
         return frame, names
     names = _csv_header(spark, source)
     from pyspark.sql.types import StringType, StructField, StructType
@@ -371,17 +371,7 @@ def _csv_header(spark: Any, source: str) -> list[str]:
         header = next(csv.reader([first[0].lstrip("\ufeff")]), [])
     except csv.Error as exc:
         raise DataError(f"{source} is not a readable CSV: {exc}") from None
-    names = [name if name.strip() else f"Unnamed: {i}" for i, name in enumerate(header)]
-    _refuse_duplicates(source, names)
-    return names
-
-
-def _refuse_duplicates(source: str, names: list[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise DataError(f"{source}: column {name!r} appears more than once in the header; rename or drop one")
-        seen.add(name)
+    return header_names(source, header)
 
 
 def _split_offsets(frame: Any) -> tuple[dict[tuple[str, int], int], int]:

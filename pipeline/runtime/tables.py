@@ -103,7 +103,7 @@ def input_columns(path: Path) -> list[str]:
         names = list(pq.read_schema(path).names)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path} is not a readable Parquet file: {_short(exc)}") from None
-    _refuse_duplicates(path, names)
+    refuse_duplicates(path, names)
     return names
 
 
@@ -122,7 +122,7 @@ def _parquet(path: Path, batch_rows: int) -> Source:
         schema = parquet.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path} is not a readable Parquet file: {_short(exc)}") from None
-    _refuse_duplicates(path, schema.names)
+    refuse_duplicates(path, schema.names)
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
@@ -185,16 +185,22 @@ def _header(path: Path) -> list[str]:
         raise DataError(f"{path} is not a readable CSV: {_short(exc)}") from None
     if not header:
         raise DataError(f"{path} is empty: a CSV needs a header naming its columns")
+    return header_names(path, header)
+
+
+def header_names(where: object, header: list[str]) -> list[str]:
+    """A CSV header's names, blank ones named as pandas names them; DataError when a name comes twice."""
     names = [name if name.strip() else f"Unnamed: {i}" for i, name in enumerate(header)]
-    _refuse_duplicates(path, names)
+    refuse_duplicates(where, names)
     return names
 
 
-def _refuse_duplicates(path: Path, names: list[str]) -> None:
+def refuse_duplicates(where: object, names: list[str]) -> None:
+    """DataError naming the first column that appears twice (Spark and pandas would rename or drop it)."""
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise DataError(f"{path}: column {name!r} appears more than once in the header; rename or drop one")
+            raise DataError(f"{where}: column {name!r} appears more than once in the header; rename or drop one")
         seen.add(name)
 
 
