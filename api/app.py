@@ -8,7 +8,7 @@ RELOAD_INTERVAL_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, RELEASE_VERIFY_KEY).
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,7 +48,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_flush_forever(stats))]
+        tasks = [asyncio.create_task(_flush_forever(stats, lambda: shadow.follow(holder.shadowed)))]
         if holder.source is not None:
             # Load in the background: /health answers at once, /ready once a model is in.
             # A pinned version is polled too, so a first load that failed is retried.
@@ -58,6 +58,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        shadow.follow(None)
 
     app = FastAPI(title="churn prediction API", lifespan=lifespan)
     # Innermost first: POST /predict is answered inside the body limit and the metrics.
@@ -157,11 +158,15 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     return app
 
 
-async def _flush_forever(stats: LiveStats, interval_s: float = 1.0) -> None:
-    """Bin what was answered every second, off the request path (every worker does it for its own answers)."""
+async def _flush_forever(stats: LiveStats, tidy: Callable[[], object], interval_s: float = 1.0) -> None:
+    """Bin what was answered every second, off the request path (every worker does it for its own answers).
+
+    `tidy` runs beside it: the shadow scorer follows the canary being shadowed (and stops when none is).
+    """
     while True:
         await asyncio.sleep(interval_s)
         stats.flush()
+        tidy()
 
 
 def _app_from_env() -> FastAPI:

@@ -64,6 +64,11 @@ class ModelHolder:
         self._serving("production", self.current, None)
 
     @property
+    def shadowed(self) -> LoadedModel | None:
+        """The canary production's requests are copied to (shadow mode), if any."""
+        return self.canary if self.traffic.mode == "shadow" else None
+
+    @property
     def not_ready_reason(self) -> str:
         """Why no model answers: the last failure, or that none loaded yet, or that there is no source."""
         if self.last_error:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,9 +35,15 @@ class VersionCounts:
         self.positives = 0
         self.scores = [0] * (len(SCORE_BUCKETS) + 1)  # the last: above every bound
         self.score_sum = 0.0
-        # One record is most answers: binned inline from this plan, no call per feature (a few microseconds in all).
-        self._plan = [
-            (b.name, b.edges, b.categories, b.counts, len(b.labels) - 1, len(b.labels) - 2) for b in model.drift_bins
+        # One record is most answers: binned inline from these plans, no call per feature (a few microseconds in all).
+        self._numeric = [
+            (b.name, b.edges, b.counts, len(b.labels) - 1) for b in model.drift_bins if b.edges is not None
+        ]
+        # A category's bin in one lookup, None (JSON null: missing) included; a request's text is never NaN.
+        self._categorical = [
+            (b.name, {**b.categories, None: len(b.labels) - 1}.get, b.counts, len(b.labels) - 2)
+            for b in model.drift_bins
+            if b.edges is None
         ]
 
     def add(self, columns: Columns, labels: Sequence[Any], probabilities: Sequence[float] | None) -> None:
@@ -57,17 +63,16 @@ class VersionCounts:
                     bins.observe(values)
 
     def _one(self, columns: Columns) -> None:
-        for name, edges, categories, counts, missing, unseen in self._plan:
-            column = columns.get(name)
-            if column is None:
-                continue
-            value = column[0]
-            if value is None or value != value:
-                counts[missing] += 1
-            elif edges is not None:
-                counts[bisect_left(edges, value)] += 1
-            else:
-                counts[categories.get(value, unseen)] += 1
+        get = columns.get
+        for name, edges, counts, missing in self._numeric:
+            column = get(name)
+            if column is not None:
+                value = column[0]
+                counts[missing if value is None or value != value else bisect_left(edges, value)] += 1
+        for name, lookup, counts, unseen in self._categorical:
+            column = get(name)
+            if column is not None:
+                counts[lookup(column[0], unseen)] += 1
 
     def _scores(self, probabilities: Sequence[float]) -> None:
         if len(probabilities) > VECTOR_FROM:
@@ -80,6 +85,20 @@ class VersionCounts:
         for value in probabilities:
             self.scores[bisect_left(SCORE_BUCKETS, value)] += 1
             self.score_sum += value
+
+    def merge(self, counted: Mapping[str, Any]) -> None:
+        """Add counts made elsewhere, as Tally.take gives them (the shadow scorer's, api/shadow_tally.py)."""
+        with self.lock:
+            self.predictions += counted["predictions"]
+            self.positives += counted["positives"]
+            for i, count in enumerate(counted["scores"][: len(self.scores)]):
+                self.scores[i] += count
+            self.score_sum += counted["score_sum"]
+            for bins in self.model.drift_bins:
+                taken = counted["bins"].get(bins.name)
+                if taken is not None and len(taken) == len(bins.counts):
+                    for i, count in enumerate(taken):
+                        bins.counts[i] += count
 
     def take(self) -> tuple[int, int, list[int], float, list[tuple[str, list[str], list[int]]]]:
         """Everything counted since the last take, and start again from zero."""
@@ -118,6 +137,10 @@ class LiveStats:
     ) -> None:
         """Count one answered request (probabilities None: /invocations, which answers labels only)."""
         self.counts(model).add(columns, labels, probabilities)
+
+    def merge(self, model: LoadedModel, counted: Mapping[str, Any]) -> None:
+        """Add counts of `model`'s answers made in another process (VersionCounts.merge)."""
+        self.counts(model).merge(counted)
 
     def flush(self) -> None:
         """Hand everything counted to the metrics."""

@@ -1,97 +1,264 @@
-"""Shadow mode: production answers, and a sampled copy of the request is scored by the canary off the request path.
+"""Shadow mode: production answers, and a sampled copy of the request is scored by the canary in a child process.
 
-Copies wait in a bounded queue (dropped and counted when it is full) for one
-worker thread, which decodes them with the canary's own schema, predicts what
-queued meanwhile in one call, and counts how often the canary agrees with
-production on the same records and how far apart their probabilities are.
-Nothing here can fail a production answer, but the thread shares the
-process's CPU and interpreter lock: on a saturated worker, shadowing every
-request raises production's p99 (benchmarks/shadow_cost.py measures it).
+Why a process: scored by a thread of the worker, copies shared its
+interpreter lock, and on a saturated worker production's p99 doubled whatever
+the share (benchmarks/shadow_cost.py). Now the worker forks a scorer when a
+canary starts being shadowed. The child inherits the canary exactly as the
+worker loaded and checked it (nothing is loaded again, from anywhere), closes
+every descriptor but its socket, and runs at the lowest priority: production
+has the CPU first, and a copy the scorer has no time for waits or is dropped.
+
+The worker's part is a non-blocking send of a length-prefixed frame on a Unix
+stream socket (a few microseconds). A copy is dropped, and counted, when
+SHADOW_QUEUE copies are already in flight or the socket cannot take it. The
+child predicts what gathered in one call (api/shadow_tally.py), acknowledges
+each batch, and sends its tallies every second; a thread of the worker adds
+them to the metrics. The child ends when its socket closes: the worker let
+the canary go, or died. A child that died is forked again, at most every
+RESTART_S seconds; meanwhile copies are counted failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
-import queue
+import os
+import select
+import signal
+import socket
+import struct
 import threading
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-import numpy as np
+import orjson
 
-from api.live_stats import LiveStats, observe_histogram
-from api.metrics import DELTA_BUCKETS, SCORE_BUCKETS, ServiceMetrics
+from api.live_stats import LiveStats, add_to_histogram
+from api.metrics import ServiceMetrics
 from api.model.loaded_model import LoadedModel, Prediction
-from api.release.frames import Values
+from api.shadow_tally import Tally, copy_of
 
 log = logging.getLogger("api")
+FRAME = struct.Struct("!I")  # the length of the frame's payload
 BATCH = 256  # copies scored in one call at most
+BATCH_BYTES = 1 << 20  # and about this many bytes of them: the child's memory follows what it scores at once
+GATHER_S = 0.01  # after a short batch the scorer waits this long for copies to gather: one-record calls cost most
+REPORT_S = 1.0  # the scorer sends its tallies this often
+RESTART_S = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 class Shadow:
-    """A bounded queue of request copies and the thread that scores them with the canary."""
+    """Copies of production's requests, sent to a scorer process that follows the canary being shadowed."""
 
     def __init__(self, metrics: ServiceMetrics, stats: LiveStats, capacity: int) -> None:
-        self.metrics, self.stats = metrics, stats
-        self._queue: queue.Queue[tuple[LoadedModel, bytes, Prediction]] = queue.Queue(maxsize=capacity)
-        self._worker: threading.Thread | None = None
+        self.metrics, self.stats, self.capacity = metrics, stats, capacity
+        self.scorer: ScorerProcess | None = None
+        self._started_for: LoadedModel | None = None  # the canary the last scorer was started for, and when
+        self._started_at = float("-inf")
 
     def offer(self, canary: LoadedModel, body: bytes, production: Prediction) -> None:
-        """Queue a copy of a request production answered; drop it (counted) when the queue is full."""
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._run, name="shadow", daemon=True)
-            self._worker.start()
-        try:
-            self._queue.put_nowait((canary, body, production))
-        except queue.Full:
+        """Send a copy of a request production answered; count it dropped when the scorer cannot take it now."""
+        scorer = self.follow(canary)
+        if scorer is None:  # the scorer died, and is not due to start again yet
+            self.metrics.child(self.metrics.shadow, canary.version, "failed").inc()
+        elif not scorer.send(copy_of(body, production.labels, production.probabilities)):
             self.metrics.child(self.metrics.shadow, canary.version, "dropped").inc()
 
-    def _run(self) -> None:
-        while True:
-            waiting = [self._queue.get()]
-            while len(waiting) < BATCH:  # what queued meanwhile is scored in one call: one-record calls cost most
-                try:
-                    waiting.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            for canary in {id(c): c for c, _, _ in waiting}.values():
-                copies = [(body, production) for c, body, production in waiting if c is canary]
-                try:
-                    self._score(canary, copies)
-                except Exception as exc:  # the canary's problem: counted, never production's
-                    self.metrics.child(self.metrics.shadow, canary.version, "failed").inc(len(copies))
-                    log.debug("shadow scoring failed: %s", type(exc).__name__)
+    def follow(self, canary: LoadedModel | None) -> ScorerProcess | None:
+        """The scorer of `canary`, started if need be; None stops the one running (the canary is not shadowed)."""
+        scorer = self.scorer
+        if scorer is not None and scorer.canary is canary and scorer.alive:
+            return scorer
+        if scorer is not None:
+            scorer.stop()
+            self.scorer = None
+            if scorer.canary is canary:
+                log.warning("the shadow scorer of version %s died", scorer.canary.version)
+        if canary is None:
+            return None
+        if canary is self._started_for and time.monotonic() < self._started_at + RESTART_S:
+            return None  # it died or could not start: not forked again at every request
+        self._started_for, self._started_at = canary, time.monotonic()
+        try:
+            self.scorer = ScorerProcess(canary, self.capacity, self._add)
+        except OSError as exc:  # no process to be had: production is not the one to suffer
+            log.warning("cannot start the shadow scorer of version %s: %s", canary.version, exc)
+        return self.scorer
 
-    def _score(self, canary: LoadedModel, copies: list[tuple[bytes, Prediction]]) -> None:
+    def _add(self, canary: LoadedModel, taken: dict[str, Any]) -> None:
+        """A scorer's tallies, into the metrics (from the scorer's reader thread)."""
         m, version = self.metrics, canary.version
-        decoded = []
-        for body, production in copies:  # a copy the canary refuses is counted alone, not with its batch
-            try:
-                decoded.append((canary.request_columns(body), production))
-            except Exception:
-                m.child(m.shadow, version, "failed").inc()
-        if not decoded:
+        for outcome in ("scored", "failed"):
+            if taken[outcome]:
+                m.child(m.shadow, version, outcome).inc(taken[outcome])
+        m.child(m.shadow_agreement, version, "true").inc(taken["agreed"])
+        m.child(m.shadow_agreement, version, "false").inc(taken["disagreed"])
+        if any(taken["delta"]):
+            add_to_histogram(m.child(m.shadow_delta, version), taken["delta"], taken["delta_sum"])
+        if any(taken["production"]):
+            add_to_histogram(m.child(m.shadow_production_score, version), taken["production"], taken["production_sum"])
+        self.stats.merge(canary, taken["live"])
+
+
+class ScorerProcess:
+    """The worker's side of one scorer child: sends copies, reads acknowledgements and tallies."""
+
+    def __init__(self, canary: LoadedModel, capacity: int, on_tally: Callable[[LoadedModel, dict], None]) -> None:
+        self.canary, self.capacity, self.on_tally = canary, capacity, on_tally
+        self.sent = self.done = 0  # copies sent, and acknowledged by the child: the difference is in flight
+        self.alive = True
+        self._pending = b""  # the end of a frame the socket took only in part
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.pid = os.fork()  # on the thread that lives as long as the worker: the child's death signal follows it
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if self.pid == 0:
+            _scorer_child(theirs.fileno(), canary)
+        theirs.close()
+        self._socket = ours
+        self._reader = threading.Thread(target=self._read, name=f"shadow-{canary.version}", daemon=True)
+        self._reader.start()
+        log.info("shadow scorer of version %s started (pid %d)", canary.version, self.pid)
+
+    def send(self, copy: bytes) -> bool:
+        """Send one copy without blocking; False when it cannot go now (too many in flight, the socket is full)."""
+        if not self.alive or self.sent - self.done >= self.capacity:
+            return False
+        try:
+            if self._pending:
+                self._pending = self._pending[self._socket.send(self._pending, socket.MSG_DONTWAIT) :]
+                if self._pending:
+                    return False
+            frame = FRAME.pack(len(copy)) + copy
+            sent = self._socket.send(frame, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:  # the child is gone
+            self.alive = False
+            return False
+        self._pending = frame[sent:]  # sent in part: the rest goes first, with the next copy
+        self.sent += 1
+        return True
+
+    def stop(self) -> None:
+        """End the child: it sees its socket close, sends its last tallies and exits; the reader thread reaps it.
+
+        Only this thread (the one that sends) closes the socket: closed by the
+        reader, its descriptor could be reused under a send in flight.
+        """
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_WR)
+        self._socket.close()
+
+    def _read(self) -> None:
+        try:
+            for message in _messages(self._socket):
+                report = orjson.loads(message)
+                self.done += report.get("done", 0)
+                if "tally" in report:
+                    self.on_tally(self.canary, report["tally"])
+        except Exception as exc:  # a thread's last word: whatever ended it, the scorer is gone
+            log.debug("shadow scorer reader ended: %s", type(exc).__name__)
+        finally:
+            self.alive = False
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+
+
+def _messages(sock: socket.socket) -> Any:
+    """The payloads of the frames read from a stream socket, until it closes."""
+    buffer = bytearray()
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
             return
-        requests = [columns for columns, _ in decoded]
-        productions = [production for _, production in decoded]
-        names = {name: None for r in requests for name in r}  # every request's features, in order
-        sizes = [len(next(iter(r.values()), [])) for r in requests]
-        columns = {name: _joined([r.get(name, [None] * n) for r, n in zip(requests, sizes, strict=True)])
-                   for name in names}  # fmt: skip
-        result = canary.predict_columns(columns)
-        self.stats.record(canary, columns, result.labels, result.probabilities)
-        labels = [label for production in productions for label in production.labels]
-        probabilities = np.asarray([p for production in productions for p in production.probabilities])
-        agree = sum(1 for a, b in zip(result.labels, labels, strict=True) if a == b)
-        m.child(m.shadow_agreement, version, "true").inc(agree)
-        m.child(m.shadow_agreement, version, "false").inc(len(result.labels) - agree)
-        delta = np.abs(np.asarray(result.probabilities) - probabilities)
-        observe_histogram(m.child(m.shadow_delta, version), delta, DELTA_BUCKETS)
-        # Production's scores on these same records: the two distributions a rollout compares differ by model only.
-        observe_histogram(m.child(m.shadow_production_score, version), probabilities, SCORE_BUCKETS)
-        m.child(m.shadow, version, "scored").inc(len(decoded))
+        buffer += chunk
+        while len(buffer) >= FRAME.size:
+            (size,) = FRAME.unpack_from(buffer)
+            if len(buffer) < FRAME.size + size:
+                break
+            yield bytes(buffer[FRAME.size : FRAME.size + size])
+            del buffer[: FRAME.size + size]
 
 
-def _joined(parts: list[Values]) -> Values:
-    """One feature's values across several requests, in order (float arrays stay arrays)."""
-    if all(isinstance(part, np.ndarray) for part in parts):
-        return np.concatenate(parts)
-    return [value for part in parts for value in part]
+def _scorer_child(fd: int, canary: LoadedModel) -> NoReturn:
+    """The forked child's whole life: detach from the worker, score copies until the socket closes, exit."""
+    code = 0
+    try:
+        _detach(fd)
+        _serve(socket.socket(fileno=fd), Tally(canary))
+    except BaseException:  # nothing of a child may run on into the worker's code
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _detach(keep: int) -> None:
+    """Keep only the socket (and standard streams), die with the worker, yield the CPU to it, touch few pages."""
+    os.closerange(3, keep)  # the worker's listening socket and connections: they must close when it does
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the worker died before the death signal was set
+        os._exit(0)
+    os.nice(19)
+    gc.freeze()  # what the worker built is never walked by the collector here: its pages stay shared
+
+
+def _serve(sock: socket.socket, tally: Tally) -> None:
+    """Score copies as they come, a batch at a time; tallies every REPORT_S; return when the socket closes."""
+    buffer = bytearray()
+    next_report = time.monotonic() + REPORT_S
+    while True:
+        copies = _take(buffer, BATCH)
+        if not copies:
+            ready, _, _ = select.select([sock], [], [], max(0.0, next_report - time.monotonic()))
+            if ready:
+                chunk = sock.recv(1 << 20)
+                if not chunk:  # the worker let go: its last tallies, if it still listens
+                    with contextlib.suppress(OSError):
+                        _send(sock, {"tally": tally.take()})
+                    return
+                buffer += chunk
+        else:
+            tally.score(copies)
+            _send(sock, {"done": len(copies)})
+            if len(copies) < BATCH:
+                time.sleep(GATHER_S)
+                with contextlib.suppress(BlockingIOError):
+                    buffer += sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        if time.monotonic() >= next_report:
+            if tally.counted:
+                _send(sock, {"tally": tally.take()})
+            next_report = time.monotonic() + REPORT_S
+
+
+def _take(buffer: bytearray, most: int, most_bytes: int = BATCH_BYTES) -> list[bytes]:
+    """Up to `most` whole frames' payloads (and `most_bytes`, past the first) from the front of the buffer."""
+    found: list[bytes] = []
+    start = 0
+    while len(found) < most and len(buffer) - start >= FRAME.size and (not found or start < most_bytes):
+        (size,) = FRAME.unpack_from(buffer, start)
+        if len(buffer) - start < FRAME.size + size:
+            break
+        found.append(bytes(buffer[start + FRAME.size : start + FRAME.size + size]))
+        start += FRAME.size + size
+    del buffer[:start]
+    return found
+
+
+def _send(sock: socket.socket, report: dict[str, Any]) -> None:
+    payload = orjson.dumps(report)
+    sock.sendall(FRAME.pack(len(payload)) + payload)

@@ -1,8 +1,11 @@
 """Two versions at once: a canary split that keeps a customer on one side, and a shadow that never slows production."""
 
 import asyncio
+import os
 import re
+import signal
 import time
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -76,14 +79,24 @@ def test_without_a_customer_the_request_id_decides_and_the_weight_moves_customer
     assert sum(v == "2" for v in at_10.values()) < sum(v == "2" for v in at_50.values())
 
 
+def shadow_metrics(client, version: str = "2", until: int | None = None, timeout_s: float = 20.0) -> str:
+    """/metrics, once the shadow scorer has reported `until` copies scored (its tallies come every second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = client.get("/metrics").text
+        done = re.search(rf'api_shadow_requests_total\{{outcome="scored",version="{version}"\}} (\S+)', text)
+        if until is None or (done and float(done.group(1)) >= until) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
 def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained, records):
     holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
     with TestClient(create_app(holder)) as client:
         for _ in range(20):
             answer = client.post("/predict", json={"records": records[:5]})
             assert answer.headers["X-Model-Version"] == "1"  # production answers
-        time.sleep(1)
-        text = client.get("/metrics").text
+        text = shadow_metrics(client, until=20)
     agreed = float(re.search(r'api_shadow_agreement_total\{agree="true",version="2"\} (\S+)', text).group(1))
     assert agreed == 100  # the same model under another version number agrees with itself
     assert re.search(r'api_shadow_requests_total\{outcome="scored",version="2"\} 20.0', text)
@@ -92,6 +105,91 @@ def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained,
     production = re.findall(r'api_shadow_production_score_bucket\{le="([^"]+)",version="2"\} (\S+)', text)
     shadow = re.findall(r'api_score_bucket\{le="([^"]+)",version="2"\} (\S+)', text)
     assert production and production == shadow and production[-1] == ("+Inf", "100.0")
+    # the shadow version's live counts came back from the scorer: each record's features, binned
+    assert re.search(r'api_predictions_total\{version="2"\} 100.0', text)
+
+
+def test_the_shadow_scorer_is_a_separate_low_priority_process_holding_only_its_socket(trained, records):
+    holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    with TestClient(create_app(holder)) as client:
+        client.post("/predict", json={"records": records[:1]})
+        pid = _scorer(client).pid
+        descriptors = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in descriptors if fd > 2]
+    assert pid != os.getpid() and nice == 19
+    assert len(links) == 1 and links[0].startswith("socket:")  # not the worker's listening socket nor its clients
+    _gone(pid)  # the app stopped: so did its scorer
+
+
+def test_a_scorer_that_dies_costs_production_nothing_and_comes_back(trained, records, monkeypatch):
+    import api.shadow
+
+    monkeypatch.setattr(api.shadow, "RESTART_S", 0.5)
+    holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    with TestClient(create_app(holder)) as client:
+        client.post("/predict", json={"records": records[:1]})
+        first = _scorer(client).pid
+        os.kill(first, signal.SIGKILL)
+        _gone(first)
+        answers = [client.post("/predict", json={"records": records[:1]}) for _ in range(20)]
+        time.sleep(0.6)
+        for _ in range(20):
+            client.post("/predict", json={"records": records[:1]})
+        second = _scorer(client).pid
+        text = shadow_metrics(client, until=1)
+    assert all(a.status_code == 200 and a.headers["X-Model-Version"] == "1" for a in answers)
+    assert second != first
+    assert re.search(r'api_shadow_requests_total\{outcome="scored",version="2"\} [1-9]', text)
+
+
+def test_copies_past_the_queue_are_dropped_and_counted(trained, records):
+    from api.settings import Settings
+
+    holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    with TestClient(create_app(holder, Settings(shadow_queue=2))) as client:
+        client.post("/predict", json={"records": records[:1]})
+        scorer = _scorer(client)
+        os.kill(scorer.pid, signal.SIGSTOP)  # a scorer with no CPU to spare: nothing is acknowledged
+        try:
+            answers = [client.post("/predict", json={"records": records[:1]}) for _ in range(10)]
+            text = client.get("/metrics").text
+        finally:
+            os.kill(scorer.pid, signal.SIGCONT)
+    assert all(a.status_code == 200 for a in answers)
+    dropped = re.search(r'api_shadow_requests_total\{outcome="dropped",version="2"\} (\S+)', text)
+    assert dropped and float(dropped.group(1)) >= 8  # 2 in flight at most
+
+
+def test_the_scorer_stops_when_the_rollout_leaves_shadow(trained, records):
+    holder, source = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    with TestClient(create_app(holder)) as client:
+        client.post("/predict", json={"records": records[:1]})
+        pid = _scorer(client).pid
+        source.current = Target("1", "2", Traffic("canary", "2", weight=10))
+        asyncio.run(holder.refresh())
+        _gone(pid, timeout_s=10)  # the flush loop, every second, lets it go
+
+
+def _scorer(client):
+    """The running app's shadow scorer (the PredictRoute middleware holds the Shadow)."""
+    app = client.app
+    while app is not None and not hasattr(app, "shadow"):
+        app = getattr(app, "app", None)
+    if app is None:  # the middleware stack is built on first use: found through the built stack
+        stack = client.app.middleware_stack
+        while stack is not None and not hasattr(stack, "shadow"):
+            stack = getattr(stack, "app", None)
+        app = stack
+    assert app is not None and app.shadow.scorer is not None
+    return app.shadow.scorer
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), f"process {pid} still there"
 
 
 def test_a_refused_canary_leaves_production_answering_everything(trained, records):
@@ -106,3 +204,18 @@ def test_a_refused_canary_leaves_production_answering_everything(trained, record
         info = client.get("/model").json()
     assert versions == {"1"} and info["canary"] is None and info["traffic"]["mode"] == "off"
     assert "outside the tree" in info["refused_canary"]["reason"]
+
+
+def test_the_scorer_takes_whole_frames_only_and_bounds_a_batch_by_bytes():
+    from api.shadow import FRAME, _take
+
+    buffer = bytearray()
+    for size in (10, 700_000, 700_000, 10):
+        buffer += FRAME.pack(size) + b"x" * size
+    buffer += FRAME.pack(5) + b"abc"  # a frame still arriving
+    first = _take(buffer, 256, most_bytes=1 << 20)
+    second = _take(buffer, 256, most_bytes=1 << 20)
+    assert [len(c) for c in first] == [10, 700_000, 700_000]  # past a megabyte, the batch ends
+    assert [len(c) for c in second] == [10] and _take(buffer, 256) == []
+    buffer += b"de"
+    assert _take(buffer, 256) == [b"abcde"] and not buffer
