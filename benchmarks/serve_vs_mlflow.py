@@ -1,7 +1,7 @@
 """Benchmark: this API against the stack's ceiling and `mlflow models serve`, same version, one run.
 
 Usage (after `make demo`, from the project root):
-    .venv/bin/python benchmarks/serve_vs_mlflow.py [--duration 10] [--connections 8] [--rounds 3]
+    .venv/bin/python benchmarks/serve_vs_mlflow.py [--duration 10] [--connections 8] [--rounds 5]
     .venv/bin/python benchmarks/serve_vs_mlflow.py --live-cost-only   # only the live counting side-by-side
 
 Three servers, one worker each, on loopback: this API (`python -m api`, the
@@ -64,13 +64,20 @@ LIVE_COUNTING_MAX_DROP = 0.10  # one-record /predict throughput with live counti
 
 
 def wrk(url: str, body: str, duration: int, connections: int) -> dict:
+    """wrk's figures for POSTing `body` to `url`; wrk runs on CPU 0 when there are two or more.
+
+    Pinned, the load generator keeps to one core and the server under test has
+    the other to itself, instead of both moving as the scheduler pleases: the
+    rounds of one side vary less, and sides are compared, not rounds.
+    """
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(
             f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
         )
         script.flush()
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
+            [*pin, "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -120,7 +127,7 @@ def main() -> int:
     parser.add_argument("--alias", default="production")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="live counting side-by-side: rounds per side")
+    parser.add_argument("--rounds", type=int, default=5, help="live counting side-by-side: rounds per side")
     parser.add_argument("--live-cost-only", action="store_true", help="only the live counting side-by-side")
     args = parser.parse_args()
     if not shutil.which("wrk"):

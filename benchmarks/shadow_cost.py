@@ -1,7 +1,7 @@
 """Benchmark: what shadowing a canary costs production's answers, side by side in one run.
 
 Usage (after `make demo`, from the project root):
-    .venv/bin/python benchmarks/shadow_cost.py [--duration 10] [--connections 8] [--rounds 3] [--share 1]
+    .venv/bin/python benchmarks/shadow_cost.py [--duration 10] [--connections 8] [--rounds 5] [--share 1]
 
 The same API (`python -m api`, following @production) runs twice on a copy of
 the tracking store (the project's own store is never written): "shadow"
@@ -71,7 +71,7 @@ def main() -> int:
     parser.add_argument("--store", default="mlflow.db", help="the sqlite tracking store to copy")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--share", type=float, default=1.0, help="share of production's requests shadowed")
     args = parser.parse_args()
     if not shutil.which("wrk"):
