@@ -50,7 +50,7 @@ class Settings:
     # ENTITY_ID_FIELD: a record field naming the customer (not a feature): a canary split keeps one customer on one
     # version. Records may carry it; it is never predicted on. Unset: the split is by X-Request-Id, else random.
     entity_id_field: str | None = None
-    shadow_queue: int = 1000  # SHADOW_QUEUE: records waiting for the shadow version; past it copies are dropped
+    shadow_queue: int = 1000  # SHADOW_QUEUE: copies in flight to the shadow scorer; past it copies are dropped
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
