@@ -219,6 +219,25 @@ def test_a_slow_candidate_is_aborted_at_the_step_that_catches_it_and_production_
     assert moves["anomalies"] == [] and moves["history"][-1]["alias"] == "canary" and moves["history"][-1]["to"] == ""
 
 
+def test_a_candidate_that_disagrees_with_production_is_aborted_in_shadow_before_any_customer_sees_it(fleet, load):
+    # given: a retrain that ignores the class balance: it passes a floor-only gate and smoke, but calls far fewer
+    # customers churners than production does on the same live requests
+    disagreeing = ["model.logistic_regression.class_weight=null", "gates.metrics={f1: {min: 0.1}}", "data.rows=3000"]
+    version = candidate(*disagreeing)
+    before = production(fleet)
+    # when: rolled out with the default shadow rules
+    code, _ = run("rollout", "--version", version, *api_args(fleet))
+    # then: the shadow phase fails on disagreement, no canary step ran, production never moved
+    state = report()
+    assert code == 1 and state["verdict"] == "aborted"
+    assert [p["name"] for p in state["phases"]] == ["shadow"]
+    rules = {r["rule"]: r for r in state["phases"][0]["rules"]}
+    assert not rules["max_disagreement"]["passed"] and rules["max_disagreement"]["value"] > 0.05
+    assert production(fleet) == before
+    assert "canary" not in fleet["client"].get_registered_model(MODEL).aliases
+    assert not any(v == version for v in load.versions)  # shadow only: the candidate answered nobody
+
+
 def test_a_candidate_that_cannot_load_is_refused_by_rollout_and_by_the_canary_replicas(fleet, load):
     # given: a forest that passed everything, then crafted on the store (digest tags rewritten to match)
     version = candidate("model.type=random_forest", "model.random_forest.n_estimators=20",
