@@ -13,6 +13,9 @@ BatchScorer is the same for the local engine here and the Spark engine
 
 Memory stays flat whatever the input's size: pyarrow reads a block at a time
 and each batch is written as soon as it is scored (pipeline/runtime/tables.py).
+Three threads share the work: one reads and parses the next batches (text
+features straight into dictionaries, so each distinct value is validated and
+looked up once), this one validates and predicts, one formats and writes.
 Nothing the user has is destroyed: the output and rejects files are checked
 against the input, the tracking store and each other (output_files.py) and
 written to temp files renamed into place only when the whole input is scored.
@@ -93,6 +96,8 @@ class BatchScorer:
         self.validator = ColumnValidator(model.features, model.validator)
         self.columnar = ColumnarModel(model)
         self.labels = pa.array([_plain(c) for c in self.columnar.classes])
+        # The features validated as text (categories, booleans): a CSV reader may hand them over dictionary-encoded.
+        self.text_features = [f.name for f in model.features if not f.numeric]
 
     def check_columns(self, names: list[str], where: object) -> None:
         """DataError (exit 2) when a required feature is missing or the input has a column the output adds."""
@@ -187,32 +192,36 @@ def score_file(
     appear only when every batch is scored.
     """
     fmt, rejects = check_paths(input_path, output, fmt, protected)
-    source = open_source(input_path, chunk_rows or CHUNK_ROWS)
     scorer = BatchScorer(model)
-    scorer.check_columns(source.schema.names, input_path)
-    started = time.perf_counter()
-    progress = Progress(source, started)
-    with atomic_outputs(output, rejects) as staged:
-        out = Sink(staged[output], output, fmt, scorer.output_schema(source.schema))
-        bad = Sink(staged[rejects], rejects, fmt, scorer.rejects_schema(source.schema))
-        try:
-            for batch in source.batches:
-                result = scorer.score(batch, progress.done)
-                if result.scored is not None:
-                    out.write(result.scored)
-                if result.rejects is not None:
-                    bad.write(result.rejects)
-                progress.advance(batch.num_rows)
-            out.close()
-            bad.close()
-        except BaseException:
-            for sink in (out, bad):
-                with contextlib.suppress(Exception):
-                    sink.close()
-            raise
-        progress.finish()
-        if bad.rows == 0:
-            staged.omit(rejects)  # and an earlier run's rejects file goes
+    # Text features come dictionary-encoded from the CSV parser, in the reader's thread.
+    source = open_source(input_path, chunk_rows or CHUNK_ROWS, coded=scorer.text_features)
+    try:
+        scorer.check_columns(source.schema.names, input_path)
+        started = time.perf_counter()
+        progress = Progress(source, started)
+        with atomic_outputs(output, rejects) as staged:
+            out = Sink(staged[output], output, fmt, scorer.output_schema(source.schema))
+            bad = Sink(staged[rejects], rejects, fmt, scorer.rejects_schema(source.schema))
+            try:
+                for batch in source.batches:
+                    result = scorer.score(batch, progress.done)
+                    if result.scored is not None:
+                        out.write(result.scored)
+                    if result.rejects is not None:
+                        bad.write(result.rejects)
+                    progress.advance(batch.num_rows)
+                out.close()
+                bad.close()
+            except BaseException:
+                for sink in (out, bad):
+                    with contextlib.suppress(Exception):
+                        sink.close()
+                raise
+            progress.finish()
+            if bad.rows == 0:
+                staged.omit(rejects)  # and an earlier run's rejects file goes
+    finally:
+        source.close()
     seconds = time.perf_counter() - started
     if out.rows == 0 and bad.rows:
         raise CheckFailed(f"all {bad.rows} rows failed validation; reasons in {rejects}")

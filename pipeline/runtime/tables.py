@@ -4,7 +4,11 @@ Input: a CSV file (optionally .gz, .bz2, .zst, .lz4 or .br) read by pyarrow's
 streaming reader with every column as text, exactly as written (nothing is
 guessed, trimmed or turned into a null), or a Parquet file read row group by
 row group with its own types. Which one: `.parquet` or `.pq` is Parquet, a file
-that starts with Parquet's magic bytes too; anything else is CSV.
+that starts with Parquet's magic bytes too; anything else is CSV. Batches are
+read in a thread of their own, a couple ahead of the one being scored (pyarrow
+parses without the GIL); the text columns the caller names (`coded`) are parsed
+straight into dictionary arrays, the same text with each distinct value once,
+and written back as plain text.
 
 Output: CSV (pyarrow's writer; text cells a spreadsheet would run as formulas
 are neutralised, pipeline/core/formula_cells.py) or Parquet (typed values as
@@ -19,8 +23,10 @@ import contextlib
 import csv
 import io
 import os
+import queue
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +50,7 @@ PARQUET_MAGIC = b"PAR1"
 COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4", ".br": "brotli"}
 BLOCK_BYTES = 4 << 20  # CSV read in blocks of this size: memory stays flat whatever the file's size
 HEADER_BYTES = 1 << 20  # a header longer than this is not read whole
+CODED_TEXT = pa.dictionary(pa.int32(), pa.string())  # a CSV text column read dictionary-encoded
 _TRIGGER_BYTE = np.zeros(256, dtype=bool)  # per byte value: does a cell starting with it look like a formula
 _TRIGGER_BYTE[np.frombuffer("".join(TRIGGERS).encode(), dtype=np.uint8)] = True
 
@@ -76,12 +83,15 @@ def output_format(output: Path, requested: str | None) -> str:
 
 @dataclass
 class Source:
-    """An open input: its schema, batches and how far reading has got (for the progress line)."""
+    """An open input: its schema, batches and how far reading has got (for the progress line).
+
+    `batches` are read in a thread of their own (ReadAhead); close() stops it and closes the file.
+    """
 
     path: Path
     format: str
-    schema: pa.Schema
-    batches: Iterator[pa.RecordBatch]
+    schema: pa.Schema  # a CSV's columns are all text; `coded` ones arrive dictionary-encoded in the batches
+    batches: ReadAhead
     total_rows: int | None  # Parquet knows; CSV is estimated from the bytes read
     _size: int
     _position: Any  # callable: bytes read so far
@@ -91,6 +101,72 @@ class Source:
         if self.total_rows is not None or self._size == 0:
             return None
         return min(float(self._position()) / self._size, 1.0)
+
+    def close(self) -> None:
+        """Stop reading and close the input (idempotent)."""
+        self.batches.close()
+
+
+class ReadAhead:
+    """Batches read in a thread of their own: pyarrow parses the next ones, without the GIL, while this one is scored.
+
+    At most `depth` batches wait, so memory stays flat. An error while reading is
+    raised by the iteration after the batches read before it, as reading in the
+    caller's thread would. close() stops the thread, which closes the reader.
+    """
+
+    _END = object()
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], depth: int = 2) -> None:
+        self._batches = batches
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._read, name="reader", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> ReadAhead:
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is ReadAhead._END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading: the thread finishes the batch it is parsing, if any, closes the reader and ends."""
+        self._done = True
+        self._stop.set()
+        self._thread.join()
+
+    def _read(self) -> None:
+        try:
+            for batch in self._batches:
+                if not self._put(batch):
+                    return
+            self._put(ReadAhead._END)
+        except BaseException as exc:  # handed to the caller, raised where it iterates
+            self._put(exc)
+        finally:
+            close = getattr(self._batches, "close", None)
+            if close is not None:
+                close()  # a generator's `finally`: the file is closed in the thread that read it
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 def input_columns(path: Path) -> list[str]:
@@ -107,13 +183,17 @@ def input_columns(path: Path) -> list[str]:
     return names
 
 
-def open_source(path: Path, batch_rows: int) -> Source:
-    """Open `path` for reading in batches of at most `batch_rows` rows; DataError when it cannot be read."""
+def open_source(path: Path, batch_rows: int, coded: Collection[str] = ()) -> Source:
+    """Open `path` for reading in batches of at most `batch_rows` rows; DataError when it cannot be read.
+
+    A CSV's `coded` columns are parsed straight into dictionary arrays (the same text, each
+    distinct value held once): what the column validator would otherwise encode per batch.
+    """
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
     if format_of(path) == PARQUET:
         return _parquet(path, batch_rows)
-    return _csv(path, batch_rows)
+    return _csv(path, batch_rows, coded)
 
 
 def _parquet(path: Path, batch_rows: int) -> Source:
@@ -130,10 +210,10 @@ def _parquet(path: Path, batch_rows: int) -> Source:
         except pa.ArrowException as exc:
             raise DataError(f"{path} is not a readable Parquet file: {_short(exc)}") from None
 
-    return Source(path, PARQUET, schema, batches(), parquet.metadata.num_rows, 0, lambda: 0)
+    return Source(path, PARQUET, schema, ReadAhead(batches()), parquet.metadata.num_rows, 0, lambda: 0)
 
 
-def _csv(path: Path, batch_rows: int) -> Source:
+def _csv(path: Path, batch_rows: int, coded: Collection[str] = ()) -> Source:
     names = _header(path)
     raw = pa.OSFile(str(path), "r")
     size = raw.size()
@@ -150,11 +230,15 @@ def _csv(path: Path, batch_rows: int) -> Source:
             stream,
             read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, column_names=names, skip_rows=1),
             parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse_row),
-            convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
+            convert_options=pcsv.ConvertOptions(
+                column_types={name: CODED_TEXT if name in coded else pa.string() for name in names}
+            ),
         )
     except pa.ArrowException as exc:
         raw.close()
         raise DataError(_csv_problem(path, exc, invalid)) from None
+
+    read = [0]  # bytes read so far, noted by the reading thread (the file is closed once read to the end)
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
@@ -162,15 +246,18 @@ def _csv(path: Path, batch_rows: int) -> Source:
                 try:
                     batch = reader.read_next_batch()
                 except StopIteration:
+                    read[0] = size
                     return
                 except pa.ArrowException as exc:
                     raise DataError(_csv_problem(path, exc, invalid)) from None
+                read[0] = raw.tell()
                 for start in range(0, batch.num_rows, batch_rows):
                     yield batch.slice(start, batch_rows)
         finally:
             raw.close()
 
-    return Source(path, CSV, reader.schema, batches(), None, size, raw.tell)
+    schema = pa.schema([pa.field(name, pa.string()) for name in names])
+    return Source(path, CSV, schema, ReadAhead(batches()), None, size, lambda: read[0])
 
 
 def _header(path: Path) -> list[str]:
@@ -274,6 +361,7 @@ class Sink:
         with self._named_errors():
             if self.format == CSV:
                 batch = neutralised(batch)
+            batch = _as_declared(batch, self.schema)
             if self._writer is None:
                 self._writer = self._open(batch.schema)
             self._writer.write_batch(batch)
@@ -291,6 +379,18 @@ class Sink:
             if exc.filename is None and exc.errno is not None:
                 raise OSError(exc.errno, os.strerror(exc.errno), str(self.target)) from None
             raise
+
+
+def _as_declared(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """`batch` with each text column read dictionary-encoded (CODED_TEXT) as the plain text `schema` declares."""
+    decode = [
+        pa.types.is_dictionary(column.type) and not pa.types.is_dictionary(field.type)
+        for column, field in zip(batch.columns, schema, strict=True)
+    ]
+    if not any(decode):
+        return batch
+    columns = [c.dictionary_decode() if d else c for c, d in zip(batch.columns, decode, strict=True)]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def neutralised(batch: pa.RecordBatch) -> pa.RecordBatch:

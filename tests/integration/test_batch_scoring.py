@@ -414,7 +414,9 @@ def test_csv_and_parquet_in_and_out_give_the_same_rows_and_rejects_across_batche
         assert list(rejects["reject_reason"]) == list(first_rejects["reject_reason"]), output
     typed = pq.read_schema("b.parquet")
     assert typed.field("probability").type == pa.float64() and typed.field("tenure").type == pa.string()
+    assert typed.field("gender").type == pa.string()  # a text feature the reader dictionary-encodes: text again
     assert pq.read_schema("b.rejects.parquet").field("row").type == pa.int64()
+    assert pq.read_schema("b.rejects.parquet").field("gender").type == pa.string()
 
 
 def test_typed_parquet_values_are_the_values_a_client_would_send(project, loaded):

@@ -146,11 +146,15 @@ def test_a_sliced_and_a_large_string_column_are_neutralised_too():
     assert tables.neutralised(pa.RecordBatch.from_arrays([large], ["a"])).column("a").to_pylist() == ["'=1", "b"]
 
 
-def read_all(path: Path, batch_rows: int = 3) -> pa.Table:
-    source = tables.open_source(path, batch_rows)
-    batches = list(source.batches)
+def read_all(path: Path, batch_rows: int = 3, coded: tuple[str, ...] = ()) -> pa.Table:
+    source = tables.open_source(path, batch_rows, coded)
+    try:
+        batches = list(source.batches)
+    finally:
+        source.close()
     assert all(b.num_rows <= batch_rows for b in batches)
-    return pa.Table.from_batches(batches, schema=source.schema)
+    decoded = [tables._as_declared(b, source.schema) for b in batches]  # coded columns as the text they hold
+    return pa.Table.from_batches(decoded, schema=source.schema)
 
 
 def test_the_csv_reader_keeps_every_cell_as_the_text_it_is(tmp_path):
@@ -165,6 +169,76 @@ def test_the_csv_reader_keeps_every_cell_as_the_text_it_is(tmp_path):
     gz = tmp_path / "in.csv.gz"
     gz.write_bytes(gzip.compress(path.read_bytes()))
     assert read_all(gz).to_pylist() == table.to_pylist()
+
+
+def test_coded_csv_columns_arrive_dictionary_encoded_with_the_same_text(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'a,b,c\n"",NA,x\n =1 ,,"l\nm"\n=1,NA,x\n')
+    source = tables.open_source(path, 2, coded=["a", "c"])
+    try:
+        batches = list(source.batches)
+    finally:
+        source.close()
+    assert source.schema == pa.schema([("a", pa.string()), ("b", pa.string()), ("c", pa.string())])
+    assert [str(b.schema.field(n).type) for b in batches[:1] for n in "abc"] == [
+        "dictionary<values=string, indices=int32, ordered=0>",
+        "string",
+        "dictionary<values=string, indices=int32, ordered=0>",
+    ]
+    assert (
+        read_all(path, 2, coded=("a", "c")).to_pylist()
+        == read_all(path, 2).to_pylist()
+        == [
+            {"a": "", "b": "NA", "c": "x"},
+            {"a": " =1 ", "b": "", "c": "l\nm"},
+            {"a": "=1", "b": "NA", "c": "x"},
+        ]
+    )
+
+
+def test_the_reader_thread_hands_over_the_batches_read_before_an_error_then_the_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 64)
+    path = tmp_path / "in.csv"
+    path.write_text("a,b\n" + "".join(f"{i},x\n" for i in range(100)) + "1,2,3\n")
+    source = tables.open_source(path, 1000)
+    got = []
+    with pytest.raises(DataError, match="a row \\('1,2,3'\\) has 3 fields where the header names 2"):
+        for batch in source.batches:
+            got.extend(batch.column("a").to_pylist())
+    source.close()
+    # The blocks read before the bad one, in order (pyarrow gives up on the block holding it), then the error.
+    assert 50 < len(got) < 100 and got == [str(i) for i in range(len(got))]
+    assert list(source.batches) == []  # and then nothing more
+
+
+def test_closing_a_source_part_way_stops_its_reader_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 64)
+    path = tmp_path / "in.csv"
+    path.write_text("a\n" + "".join(f"{i}\n" for i in range(10_000)))
+    source = tables.open_source(path, 10)
+    first = next(source.batches)
+    source.close()  # with the reader blocked on a full queue
+    assert first.column("a").to_pylist()[:2] == ["0", "1"]
+    assert not source.batches._thread.is_alive()
+    assert list(source.batches) == []
+    source.close()  # twice is harmless
+
+
+@pytest.mark.parametrize("fmt", [tables.CSV, tables.PARQUET])
+def test_a_sink_writes_coded_text_as_the_plain_text_its_schema_declares(tmp_path, fmt):
+    schema = pa.schema([("a", pa.string()), ("n", pa.int64())])
+    coded = pa.array(["=1", "x", "", "x"]).dictionary_encode()
+    sink = tables.Sink(tmp_path / "o", tmp_path / "o", fmt, schema)
+    sink.write(pa.RecordBatch.from_arrays([coded, pa.array([1, 2, 3, 4])], names=["a", "n"]))
+    sink.write(pa.RecordBatch.from_arrays([pa.array(["y"]), pa.array([5])], names=["a", "n"]))
+    sink.close()
+    if fmt == tables.PARQUET:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(tmp_path / "o")
+        assert table.schema == schema and table.column("a").to_pylist() == ["=1", "x", "", "x", "y"]
+    else:
+        assert (tmp_path / "o").read_text() == '"a","n"\n"\'=1",1\n"x",2\n"",3\n"x",4\n"y",5\n'
 
 
 @pytest.mark.parametrize(
