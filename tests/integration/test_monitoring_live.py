@@ -302,6 +302,23 @@ def test_every_dashboard_query_returns_data(seen, where, expr):
     assert all(sample["metric"].get("environment", ENVIRONMENT) == ENVIRONMENT for sample in result), where
 
 
+def test_rollout_reads_from_prometheus_the_counts_the_replicas_hold(seen):
+    """What rollout and watch judge with PROMETHEUS_URL set equals what they judge from the replicas' /metrics."""
+    from pipeline.runtime.live_metrics import Prometheus, Replicas
+
+    # given: traffic has stopped, and the replicas flushed and were scraped since (every second)
+    predicted = ("api_feature_values_total", "api_score_bucket", "api_feature_expected_ratio")
+
+    def same() -> bool:
+        direct = Replicas(seen.replicas).snapshot()  # a scrape of /metrics flushes the live counts first
+        scraped = Prometheus(seen.prometheus).snapshot()
+        keys = {key for key in direct if key[0] in predicted}
+        return bool(keys) and all(scraped.get(key) == direct[key] for key in keys)
+
+    # then: the two snapshots agree on every drift bin and score bucket of every version, summed over replicas
+    eventually(same, 15, "Prometheus' sums equal the replicas' own counts")
+
+
 def test_release_moves_annotation_shows_the_promotion(seen):
     result = query(seen.prometheus, substitute(annotation("Release moves")["expr"]))
     assert [float(sample["value"][1]) for sample in result] == [2.0]  # production now serves version 2
