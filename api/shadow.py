@@ -10,10 +10,11 @@ has the CPU first, and a copy the scorer has no time for waits or is dropped.
 
 The worker's part is a non-blocking send of a length-prefixed frame on a Unix
 stream socket (a few microseconds). A copy is dropped, and counted, when
-SHADOW_QUEUE copies are already in flight or the socket cannot take it. The
-child predicts what gathered in one call (api/shadow_tally.py), acknowledges
-each batch, and sends its tallies every second; a thread of the worker adds
-them to the metrics. The child ends when its socket closes: the worker let
+SHADOW_QUEUE copies are already in flight (sent, less those the child says it
+took, in a word of memory both map) or the socket cannot take it. The child
+predicts what gathered in one call (api/shadow_tally.py) and sends its
+tallies every second; a thread of the worker, woken only then, adds them to
+the metrics. The child ends when its socket closes: the worker let
 the canary go, or died. A child that died is forked again, at most every
 RESTART_S seconds; meanwhile copies are counted failed.
 """
@@ -24,6 +25,8 @@ import contextlib
 import ctypes
 import gc
 import logging
+import math
+import mmap
 import os
 import select
 import signal
@@ -43,11 +46,15 @@ from api.shadow_tally import Tally, copy_of
 
 log = logging.getLogger("api")
 FRAME = struct.Struct("!I")  # the length of the frame's payload
+COUNT = struct.Struct("=Q")  # copies the child has taken, in memory both processes map
 BATCH = 256  # copies scored in one call at most
 BATCH_BYTES = 1 << 20  # and about this many bytes of them: the child's memory follows what it scores at once
 GATHER_S = 0.01  # after a short batch the scorer waits this long for copies to gather: one-record calls cost most
 REPORT_S = 1.0  # the scorer sends its tallies this often
 RESTART_S = 10.0
+STOP_GRACE_S = 2.0  # a child told to end that has not ended by then is killed
+READ_POLL_S = 0.5  # how often the reader looks whether its child is overdue
+SEND_BUFFER = 4 << 20
 PR_SET_PDEATHSIG = 1
 
 
@@ -57,35 +64,49 @@ class Shadow:
     def __init__(self, metrics: ServiceMetrics, stats: LiveStats, capacity: int) -> None:
         self.metrics, self.stats, self.capacity = metrics, stats, capacity
         self.scorer: ScorerProcess | None = None
+        self._stopping: list[ScorerProcess] = []  # told to end; their sockets close once their readers are done
         self._started_for: LoadedModel | None = None  # the canary the last scorer was started for, and when
         self._started_at = float("-inf")
 
     def offer(self, canary: LoadedModel, body: bytes, production: Prediction) -> None:
-        """Send a copy of a request production answered; count it dropped when the scorer cannot take it now."""
-        scorer = self.follow(canary)
-        if scorer is None:  # the scorer died, and is not due to start again yet
-            self.metrics.child(self.metrics.shadow, canary.version, "failed").inc()
-        elif not scorer.send(copy_of(body, production.labels, production.probabilities)):
-            self.metrics.child(self.metrics.shadow, canary.version, "dropped").inc()
+        """Send a copy of a request production answered; never forks, never raises, never waits.
+
+        Counted dropped when no scorer of this canary runs yet (`follow` starts
+        it within a second) or it cannot take the copy now; failed when the
+        scorer of this canary died.
+        """
+        scorer, m = self.scorer, self.metrics
+        try:
+            if scorer is None or scorer.canary is not canary:
+                m.child(m.shadow, canary.version, "dropped").inc()
+            elif not scorer.alive:
+                m.child(m.shadow, canary.version, "failed").inc()
+            elif not scorer.send(copy_of(body, production.labels, production.probabilities)):
+                m.child(m.shadow, canary.version, "dropped").inc()
+        except Exception as exc:  # a copy that cannot go is the canary's loss, never production's
+            m.child(m.shadow, canary.version, "failed").inc()
+            log.debug("shadow copy not sent: %s", type(exc).__name__)
 
     def follow(self, canary: LoadedModel | None) -> ScorerProcess | None:
-        """The scorer of `canary`, started if need be; None stops the one running (the canary is not shadowed)."""
+        """Have a scorer of `canary` running (None: none); from the flush loop, every second, off the request path."""
+        self._stopping = [s for s in self._stopping if not s.close_if_finished()]
         scorer = self.scorer
         if scorer is not None and scorer.canary is canary and scorer.alive:
             return scorer
         if scorer is not None:
-            scorer.stop()
-            self.scorer = None
             if scorer.canary is canary:
                 log.warning("the shadow scorer of version %s died", scorer.canary.version)
+            scorer.stop()
+            self._stopping.append(scorer)
+            self.scorer = None
         if canary is None:
             return None
         if canary is self._started_for and time.monotonic() < self._started_at + RESTART_S:
-            return None  # it died or could not start: not forked again at every request
+            return None  # it died or could not start: not forked again every second
         self._started_for, self._started_at = canary, time.monotonic()
         try:
             self.scorer = ScorerProcess(canary, self.capacity, self._add)
-        except OSError as exc:  # no process to be had: production is not the one to suffer
+        except (OSError, RuntimeError) as exc:  # no process or thread to be had: production is not the one to suffer
             log.warning("cannot start the shadow scorer of version %s: %s", canary.version, exc)
         return self.scorer
 
@@ -105,14 +126,25 @@ class Shadow:
 
 
 class ScorerProcess:
-    """The worker's side of one scorer child: sends copies, reads acknowledgements and tallies."""
+    """The worker's side of one scorer child: sends copies; its reader thread takes the tallies and reaps the child.
+
+    The socket is closed only by the thread that sends, and only once the
+    reader is done with it: closed under a send or a read in flight, its
+    descriptor could be reused by another connection in between.
+    """
 
     def __init__(self, canary: LoadedModel, capacity: int, on_tally: Callable[[LoadedModel, dict], None]) -> None:
         self.canary, self.capacity, self.on_tally = canary, capacity, on_tally
-        self.sent = self.done = 0  # copies sent, and acknowledged by the child: the difference is in flight
-        self.alive = True
+        self.sent = 0  # copies sent; less those the child has taken (`done`), the copies in flight
+        self._done = mmap.mmap(-1, COUNT.size)  # shared with the child, which writes how many it has taken
+        self.alive = True  # taking copies
+        self.finished = threading.Event()  # the reader is done: the child is reaped, the socket may close
+        self._stop_by = float("inf")  # past this, a child that has not ended is killed
         self._pending = b""  # the end of a frame the socket took only in part
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(OSError):  # room for copies in flight (the kernel caps it at net.core.wmem_max)
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        worker = os.getpid()
         try:
             self.pid = os.fork()  # on the thread that lives as long as the worker: the child's death signal follows it
         except OSError:
@@ -120,11 +152,16 @@ class ScorerProcess:
             theirs.close()
             raise
         if self.pid == 0:
-            _scorer_child(theirs.fileno(), canary)
+            _scorer_child(theirs.fileno(), canary, self._done, worker)
         theirs.close()
         self._socket = ours
-        self._reader = threading.Thread(target=self._read, name=f"shadow-{canary.version}", daemon=True)
-        self._reader.start()
+        try:
+            threading.Thread(target=self._read, name=f"shadow-{canary.version}", daemon=True).start()
+        except RuntimeError:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            ours.close()
+            raise
         log.info("shadow scorer of version %s started (pid %d)", canary.version, self.pid)
 
     def send(self, copy: bytes) -> bool:
@@ -147,61 +184,69 @@ class ScorerProcess:
         self.sent += 1
         return True
 
-    def stop(self) -> None:
-        """End the child: it sees its socket close, sends its last tallies and exits; the reader thread reaps it.
+    @property
+    def done(self) -> int:
+        """How many copies the child has taken so far (read from the memory it shares with this process)."""
+        return int(COUNT.unpack_from(self._done)[0])
 
-        Only this thread (the one that sends) closes the socket: closed by the
-        reader, its descriptor could be reused under a send in flight.
-        """
+    def stop(self, grace_s: float | None = None) -> None:
+        """Tell the child to end: it sees its input end, sends its last tallies and exits (killed if it cannot)."""
+        if not math.isinf(self._stop_by):
+            return
         self.alive = False
+        self._stop_by = time.monotonic() + (STOP_GRACE_S if grace_s is None else grace_s)
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_WR)
+
+    def close_if_finished(self) -> bool:
+        """Close the socket once the reader is done with it; True when closed."""
+        if not self.finished.is_set():
+            return False
         self._socket.close()
+        return True
 
     def _read(self) -> None:
+        buffer = bytearray()
         try:
-            for message in _messages(self._socket):
-                report = orjson.loads(message)
-                self.done += report.get("done", 0)
-                if "tally" in report:
-                    self.on_tally(self.canary, report["tally"])
-        except Exception as exc:  # a thread's last word: whatever ended it, the scorer is gone
+            while True:
+                if time.monotonic() > self._stop_by:  # stuck (a lock inherited mid-use, a predict that never ends)
+                    break
+                ready, _, _ = select.select([self._socket], [], [], READ_POLL_S)
+                if not ready:
+                    continue
+                chunk = self._socket.recv(1 << 20)
+                if not chunk:
+                    break
+                buffer += chunk
+                for message in _take(buffer, len(buffer), most_bytes=len(buffer) + 1):
+                    try:
+                        self.on_tally(self.canary, orjson.loads(message))
+                    except Exception as exc:  # one report the worker cannot take: the next ones still count
+                        log.warning("a shadow scorer report was not counted: %s", type(exc).__name__)
+        except OSError as exc:
             log.debug("shadow scorer reader ended: %s", type(exc).__name__)
         finally:
             self.alive = False
+            with contextlib.suppress(OSError):  # ended or not, the child goes now; a zombie takes the signal too
+                os.kill(self.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
+            self.finished.set()
 
 
-def _messages(sock: socket.socket) -> Any:
-    """The payloads of the frames read from a stream socket, until it closes."""
-    buffer = bytearray()
-    while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            return
-        buffer += chunk
-        while len(buffer) >= FRAME.size:
-            (size,) = FRAME.unpack_from(buffer)
-            if len(buffer) < FRAME.size + size:
-                break
-            yield bytes(buffer[FRAME.size : FRAME.size + size])
-            del buffer[: FRAME.size + size]
-
-
-def _scorer_child(fd: int, canary: LoadedModel) -> NoReturn:
+def _scorer_child(fd: int, canary: LoadedModel, done: mmap.mmap, worker: int) -> NoReturn:
     """The forked child's whole life: detach from the worker, score copies until the socket closes, exit."""
     code = 0
     try:
-        _detach(fd)
-        _serve(socket.socket(fileno=fd), Tally(canary))
+        _detach(fd, worker)
+        _serve(socket.socket(fileno=fd), Tally(canary), done)
     except BaseException:  # nothing of a child may run on into the worker's code
         code = 1
     finally:
         os._exit(code)
 
 
-def _detach(keep: int) -> None:
+def _detach(keep: int, worker: int) -> None:
     """Keep only the socket (and standard streams), die with the worker, yield the CPU to it, touch few pages."""
     os.closerange(3, keep)  # the worker's listening socket and connections: they must close when it does
     os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
@@ -211,15 +256,16 @@ def _detach(keep: int) -> None:
         signal.set_wakeup_fd(-1)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the worker died before the death signal was set
+    if os.getppid() != worker:  # the worker died before the death signal was set (it may itself be pid 1)
         os._exit(0)
     os.nice(19)
     gc.freeze()  # what the worker built is never walked by the collector here: its pages stay shared
 
 
-def _serve(sock: socket.socket, tally: Tally) -> None:
+def _serve(sock: socket.socket, tally: Tally, done: mmap.mmap) -> None:
     """Score copies as they come, a batch at a time; tallies every REPORT_S; return when the socket closes."""
     buffer = bytearray()
+    taken = 0
     next_report = time.monotonic() + REPORT_S
     while True:
         copies = _take(buffer, BATCH)
@@ -229,19 +275,20 @@ def _serve(sock: socket.socket, tally: Tally) -> None:
                 chunk = sock.recv(1 << 20)
                 if not chunk:  # the worker let go: its last tallies, if it still listens
                     with contextlib.suppress(OSError):
-                        _send(sock, {"tally": tally.take()})
+                        _send(sock, tally.take())
                     return
                 buffer += chunk
         else:
+            taken += len(copies)
+            COUNT.pack_into(done, 0, taken)  # the worker reads it before each send: no message, no wake-up
             tally.score(copies)
-            _send(sock, {"done": len(copies)})
             if len(copies) < BATCH:
                 time.sleep(GATHER_S)
                 with contextlib.suppress(BlockingIOError):
                     buffer += sock.recv(1 << 20, socket.MSG_DONTWAIT)
         if time.monotonic() >= next_report:
             if tally.counted:
-                _send(sock, {"tally": tally.take()})
+                _send(sock, tally.take())
             next_report = time.monotonic() + REPORT_S
 
 

@@ -11,6 +11,7 @@ those records, and the canary's own live counts (api/live_stats.py).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,8 @@ class Tally:
             "scored": self.scored, "failed": self.failed, "agreed": self.agreed, "disagreed": self.disagreed,
             "delta": self.delta, "delta_sum": self.delta_sum,
             "production": self.production, "production_sum": self.production_sum,
-            "live": {"predictions": predictions, "positives": positives, "scores": scores, "score_sum": score_sum,
+            "live": {"predictions": predictions, "positives": positives, "scores": scores,
+                     "score_sum": score_sum if math.isfinite(score_sum) else 0.0,  # JSON has no NaN
                      "bins": {name: counts for name, _, counts in bins}},
         }  # fmt: skip
         self._zero()

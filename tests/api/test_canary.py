@@ -93,6 +93,8 @@ def shadow_metrics(client, version: str = "2", until: int | None = None, timeout
 def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained, records):
     holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
     with TestClient(create_app(holder)) as client:
+        client.get("/health")
+        _scorer(client)  # started off the request path, within a second
         for _ in range(20):
             answer = client.post("/predict", json={"records": records[:5]})
             assert answer.headers["X-Model-Version"] == "1"  # production answers
@@ -112,7 +114,7 @@ def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained,
 def test_the_shadow_scorer_is_a_separate_low_priority_process_holding_only_its_socket(trained, records):
     holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
     with TestClient(create_app(holder)) as client:
-        client.post("/predict", json={"records": records[:1]})
+        client.get("/health")
         pid = _scorer(client).pid
         descriptors = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
         nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
@@ -128,19 +130,62 @@ def test_a_scorer_that_dies_costs_production_nothing_and_comes_back(trained, rec
     monkeypatch.setattr(api.shadow, "RESTART_S", 0.5)
     holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
     with TestClient(create_app(holder)) as client:
-        client.post("/predict", json={"records": records[:1]})
+        client.get("/health")
         first = _scorer(client).pid
         os.kill(first, signal.SIGKILL)
         _gone(first)
         answers = [client.post("/predict", json={"records": records[:1]}) for _ in range(20)]
-        time.sleep(0.6)
+        second = _scorer(client).pid  # forked again by the flush loop
         for _ in range(20):
             client.post("/predict", json={"records": records[:1]})
-        second = _scorer(client).pid
-        text = shadow_metrics(client, until=1)
+        text = shadow_metrics(client, until=20)
     assert all(a.status_code == 200 and a.headers["X-Model-Version"] == "1" for a in answers)
     assert second != first
-    assert re.search(r'api_shadow_requests_total\{outcome="scored",version="2"\} [1-9]', text)
+    assert re.search(r'api_shadow_requests_total\{outcome="failed",version="2"\} 20.0', text)  # while it was dead
+    assert re.search(r'api_shadow_requests_total\{outcome="scored",version="2"\} 20.0', text)
+
+
+def test_a_stopped_scorer_hands_over_its_last_tallies_and_a_stuck_one_is_killed(trained, records, monkeypatch):
+    import api.shadow
+
+    monkeypatch.setattr(api.shadow, "STOP_GRACE_S", 1.0)
+    holder, source = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    with TestClient(create_app(holder)) as client:
+        client.get("/health")
+        pid = _scorer(client).pid
+        for _ in range(15):
+            client.post("/predict", json={"records": records[:2]})
+        source.current = Target("1", "2", Traffic("canary", "2", weight=10))  # the rollout leaves shadow at once
+        asyncio.run(holder.refresh())
+        _gone(pid)
+        text = client.get("/metrics").text
+        # a scorer that cannot end (stopped) is killed once its grace is over
+        source.current = Target("1", "2", Traffic("shadow", "2", shadow_share=1.0))
+        asyncio.run(holder.refresh())
+        stuck = _scorer(client).pid
+        os.kill(stuck, signal.SIGSTOP)
+        source.current = Target("1", "2", Traffic("canary", "2", weight=10))
+        asyncio.run(holder.refresh())
+        _gone(stuck)
+    assert re.search(r'api_shadow_requests_total\{outcome="scored",version="2"\} 15.0', text)  # none lost
+    assert re.search(r'api_shadow_agreement_total\{agree="true",version="2"\} 30.0', text)
+
+
+def test_a_worker_that_is_pid_1_still_gets_its_scorer(trained, monkeypatch):
+    """In a container without an init, the worker is pid 1: its child's parent is 1, and that is no orphan."""
+    from api.shadow import ScorerProcess
+
+    model = make_model(trained, "2")
+    monkeypatch.setattr(os, "getpid", lambda: 1)  # the worker as the child sees it, and as it sees itself
+    monkeypatch.setattr(os, "getppid", lambda: 1)
+    scorer = ScorerProcess(model, 10, lambda *_: None)
+    monkeypatch.undo()
+    try:
+        time.sleep(1.0)
+        assert scorer.alive and os.path.exists(f"/proc/{scorer.pid}")
+    finally:
+        scorer.stop()
+        _gone(scorer.pid)
 
 
 def test_copies_past_the_queue_are_dropped_and_counted(trained, records):
@@ -148,7 +193,7 @@ def test_copies_past_the_queue_are_dropped_and_counted(trained, records):
 
     holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
     with TestClient(create_app(holder, Settings(shadow_queue=2))) as client:
-        client.post("/predict", json={"records": records[:1]})
+        client.get("/health")
         scorer = _scorer(client)
         os.kill(scorer.pid, signal.SIGSTOP)  # a scorer with no CPU to spare: nothing is acknowledged
         try:
@@ -164,25 +209,24 @@ def test_copies_past_the_queue_are_dropped_and_counted(trained, records):
 def test_the_scorer_stops_when_the_rollout_leaves_shadow(trained, records):
     holder, source = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
     with TestClient(create_app(holder)) as client:
-        client.post("/predict", json={"records": records[:1]})
+        client.get("/health")
         pid = _scorer(client).pid
         source.current = Target("1", "2", Traffic("canary", "2", weight=10))
         asyncio.run(holder.refresh())
         _gone(pid, timeout_s=10)  # the flush loop, every second, lets it go
 
 
-def _scorer(client):
-    """The running app's shadow scorer (the PredictRoute middleware holds the Shadow)."""
-    app = client.app
-    while app is not None and not hasattr(app, "shadow"):
-        app = getattr(app, "app", None)
-    if app is None:  # the middleware stack is built on first use: found through the built stack
-        stack = client.app.middleware_stack
-        while stack is not None and not hasattr(stack, "shadow"):
-            stack = getattr(stack, "app", None)
-        app = stack
-    assert app is not None and app.shadow.scorer is not None
-    return app.shadow.scorer
+def _scorer(client, timeout_s: float = 10.0):
+    """The running app's shadow scorer, once the flush loop (every second) has started it."""
+    stack = client.app.middleware_stack  # built on first use: the PredictRoute middleware holds the Shadow
+    while stack is not None and not hasattr(stack, "shadow"):
+        stack = getattr(stack, "app", None)
+    assert stack is not None
+    deadline = time.monotonic() + timeout_s
+    while (stack.shadow.scorer is None or not stack.shadow.scorer.alive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack.shadow.scorer is not None and stack.shadow.scorer.alive
+    return stack.shadow.scorer
 
 
 def _gone(pid: int, timeout_s: float = 10.0) -> None:
