@@ -99,7 +99,8 @@ def test_api_replicas_run_locked_down_and_sized(resolved: Path) -> None:
         writable = {entry.split(":")[0] for entry in service["tmpfs"]}
         assert {"/tmp", env["PROMETHEUS_MULTIPROC_DIR"]} <= writable
         assert int(env["PROBE_MEMORY_MB"]) == SMOKE_PROBE_MEMORY_MB
-        assert int(service["mem_limit"].rstrip("g")) * 1024 >= int(env["PROBE_MEMORY_MB"]) + API_MEMORY_MB
+        # the API, a probe child, and a shadow scorer (a fork: up to a worker's worth of pages)
+        assert int(service["mem_limit"].rstrip("g")) * 1024 >= int(env["PROBE_MEMORY_MB"]) + 2 * API_MEMORY_MB
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MODEL_ALIAS"] == "production"
         assert service["depends_on"]["mlflow"]["condition"] == "service_healthy"
 
