@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -197,15 +197,36 @@ def dispatch(args: argparse.Namespace) -> str | None:
     from pipeline.core.config import load_params
 
     module_name, call = COMMANDS[args.command]
-    if args.command in LOADS_MODELS:
-        # skops finds each scipy ufunc's module by scanning sys.modules when it is imported:
-        # before MLflow's thousands of modules are loaded, a command starts ~0.2-0.3 s sooner (measured on gate).
-        import skops.io  # noqa: F401
-    # Imported per command: `--help` loads no MLflow, `status` no scikit-learn, nothing loads matplotlib but training.
-    module = importlib.import_module(f"pipeline.stages.{module_name}")
-    redact_logging("mlflow")  # MLflow's handlers exist once it is imported
-    params = None if args.command in NO_PARAMS else load_params(args.params, args.overrides)
-    return call(module, params, args)
+    with _without_pyspark(args.command == "score" and args.engine != "spark"):
+        if args.command in LOADS_MODELS:
+            # skops finds each scipy ufunc's module by scanning sys.modules when it is imported:
+            # before MLflow's thousands of modules are loaded, a command starts ~0.2-0.3 s sooner (measured on gate).
+            import skops.io  # noqa: F401
+        # Imported per command: `--help` loads no MLflow, `status` no scikit-learn, nothing loads matplotlib but
+        # training.
+        module = importlib.import_module(f"pipeline.stages.{module_name}")
+        redact_logging("mlflow")  # MLflow's handlers exist once it is imported
+        params = None if args.command in NO_PARAMS else load_params(args.params, args.overrides)
+        return call(module, params, args)
+
+
+@contextlib.contextmanager
+def _without_pyspark(block: bool) -> Iterator[None]:
+    """While `block`: pyspark, when installed and not yet imported, cannot be imported (ImportError).
+
+    MLflow's schema module imports pyspark whenever it is installed (~0.1 s of a
+    start-up) only to recognise Spark values; the local scoring engine has none.
+    Undone afterwards, for a caller that runs commands in one process.
+    """
+    if not block or "pyspark" in sys.modules:
+        yield
+        return
+    sys.modules["pyspark"] = None  # type: ignore[assignment]  # Python's own way to make an import fail
+    try:
+        yield
+    finally:
+        if sys.modules.get("pyspark", False) is None:
+            del sys.modules["pyspark"]
 
 
 def _base_params(args: argparse.Namespace) -> Params | None:
