@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -166,6 +165,8 @@ def client_values(spec: FeatureSpec, cells: Sequence[Any]) -> list[Any]:
         else:
             out.append(text)
     if odd:
+        import pandas as pd  # rare, and pandas takes a while to import
+
         parsed = pd.to_numeric(pd.Series([out[i] for i in odd], dtype=object), errors="coerce")
         for i, number in zip(odd, parsed.tolist(), strict=True):
             if number == number:  # not NaN: pandas reads it as a number (an infinity, long text)
@@ -198,6 +199,8 @@ def _column(spec: FeatureSpec, column: pa.Array) -> tuple[Values, np.ndarray, np
     kind = column.type
     textual = _is_text(kind) or (pa.types.is_dictionary(kind) and _is_text(kind.value_type))
     if spec.numeric:
+        if textual and pa.types.is_dictionary(kind):
+            return _numbers_per_distinct_text(column)
         if textual:
             return _numbers_from_text(_decoded(column))
         if pa.types.is_integer(kind) or pa.types.is_floating(kind):
@@ -235,6 +238,15 @@ def _numbers_from_text(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.nda
     # inf, nan and 1e999 parse, and are refused; long text is for pandas to decide (client_values).
     flagged = ~missing & ~(text_ok & np.isfinite(values) & (lengths <= LONG_NUMBER))
     return values, missing, flagged
+
+
+def _numbers_per_distinct_text(column: pa.DictionaryArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_numbers_from_text of a dictionary-encoded column, run once per distinct text: a cell's verdict is its text's."""
+    dictionary = _decoded(column.dictionary)
+    values, missing, flagged = _numbers_from_text(pa.concat_arrays([dictionary, pa.nulls(1, dictionary.type)]))
+    codes = column.indices.cast(pa.int64())
+    rows = (codes.fill_null(len(dictionary)) if codes.null_count else codes).to_numpy()  # a null: the appended null
+    return values[rows], missing[rows], flagged[rows]
 
 
 def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

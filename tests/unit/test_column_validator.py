@@ -167,6 +167,9 @@ def assert_agree(rows: list[dict], old_tolerance: bool = True):
             assert same_values(want[1], have[1]), (row, rows[row], want, have)
         else:
             assert want[1] == have[1], (row, rows[row], want, have)
+    # The same batch as the CSV reader hands over a repetitive column: dictionary-encoded, each text checked once.
+    encoded = pa.RecordBatch.from_arrays([c.dictionary_encode() for c in batch.columns], names=batch.schema.names)
+    assert column_verdicts(encoded) == got
     # Before: the same verdicts and reasons; numbers within pandas' rounding (it can be 1 ulp off).
     before = verdicts(old_records(frame.astype(str)))
     for row, (old, have) in enumerate(zip(before, got, strict=True)):
@@ -227,6 +230,17 @@ def test_dictionary_encoded_and_large_string_columns_read_as_text():
     arrays = [c.dictionary_encode() if i % 2 else c.cast(pa.large_string()) for i, c in enumerate(plain.columns)]
     encoded = pa.RecordBatch.from_arrays(arrays, names=plain.schema.names)
     assert column_verdicts(encoded) == column_verdicts(plain)
+
+
+def test_a_dictionary_column_with_null_indices_and_unused_entries_reads_as_its_cells():
+    rows = [{**GOOD, "tenure": t} for t in ["5", None, " 7 ", "x", "5"]]
+    plain = pa.RecordBatch.from_pandas(pd.DataFrame(rows, dtype=object), preserve_index=False)
+    tenure = pa.DictionaryArray.from_arrays(
+        pa.array([0, None, 2, 3, 0], pa.int8()), pa.array(["5", "not a number", " 7 ", "x", "1e999", None])
+    )
+    encoded = plain.set_column(plain.schema.get_field_index("tenure"), "tenure", tenure)
+    assert column_verdicts(encoded) == column_verdicts(plain)
+    assert [ok for ok, _ in column_verdicts(encoded)] == [True, False, True, False, True]  # missing, not a number
 
 
 def test_number_grammar_is_what_pyarrow_casts_to_a_finite_number():
