@@ -198,7 +198,7 @@ def dispatch(args: argparse.Namespace) -> str | None:
 
     module_name, call = COMMANDS[args.command]
     with _without_pyspark(args.command == "score" and args.engine != "spark"):
-        if args.command in LOADS_MODELS:
+        if args.command in LOADS_MODELS and args.command != "score":  # score: once it has started reading its input
             # skops finds each scipy ufunc's module by scanning sys.modules when it is imported:
             # before MLflow's thousands of modules are loaded, a command starts ~0.2-0.3 s sooner (measured on gate).
             import skops.io  # noqa: F401

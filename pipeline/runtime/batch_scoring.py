@@ -30,21 +30,32 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from api.model.loaded_model import FLOAT32_MAX, LoadedModel
-from api.model.schema import RequestError
 from api.release.redact import plain_message
 from pipeline.ci.progress import say
 from pipeline.core.column_validator import Coded, ColumnValidator, Values
 from pipeline.core.errors import CheckFailed, DataError
-from pipeline.runtime.columnar_model import ColumnarModel, api_columns
 from pipeline.runtime.output_files import Protected, atomic_outputs, check_targets
-from pipeline.runtime.tables import CSV, Sink, Source, input_columns, open_source, output_format
+from pipeline.runtime.tables import (
+    CSV,
+    WAITING_BYTES,
+    Sink,
+    Source,
+    input_columns,
+    open_source,
+    output_format,
+)
+
+if TYPE_CHECKING:  # scikit-learn and pandas come with the model: `score` starts reading before they are imported
+    from api.model.loaded_model import LoadedModel
+    from api.model.schema import RequestError
 
 CHUNK_ROWS = 65_536  # rows per batch at most
+STARTUP_READ_AHEAD = 128 << 20  # bytes of batches read while the version loads (about 1.2M churn rows)
 ROW, REJECT_REASON = "row", "reject_reason"
 PREDICTION, PROBABILITY, MODEL_VERSION = "prediction", "probability", "model_version"
 ADDED = (PREDICTION, PROBABILITY, MODEL_VERSION)
@@ -92,12 +103,12 @@ class BatchScorer:
     """One version's validation and prediction of pyarrow batches: the same for every engine."""
 
     def __init__(self, model: LoadedModel) -> None:
+        from pipeline.runtime.columnar_model import ColumnarModel
+
         self.model = model
         self.validator = ColumnValidator(model.features, model.validator)
         self.columnar = ColumnarModel(model)
         self.labels = pa.array([_plain(c) for c in self.columnar.classes])
-        # The features validated as text (categories, booleans): a CSV reader may hand them over dictionary-encoded.
-        self.text_features = [f.name for f in model.features if not f.numeric]
 
     def check_columns(self, names: list[str], where: object) -> None:
         """DataError (exit 2) when a required feature is missing or the input has a column the output adds."""
@@ -158,6 +169,9 @@ class BatchScorer:
         first_row: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Reject the rows with numbers the model cannot take (worded by LoadedModel.unscorable), score the rest."""
+        from api.model.loaded_model import FLOAT32_MAX
+        from pipeline.runtime.columnar_model import api_columns
+
         too_large = np.zeros(int(good.sum()), dtype=bool)
         for spec in self.model.features:
             values = columns[spec.name]
@@ -177,6 +191,18 @@ class BatchScorer:
         return self.columnar.predict(rest, len(keep))
 
 
+def start_reading(input_path: Path) -> Source | None:
+    """`input_path` opened and read ahead (up to STARTUP_READ_AHEAD bytes of batches) while the version loads.
+
+    None when it cannot be opened: score_file opens it again and says why, after the
+    checks that come first. The caller closes it (score_file does not).
+    """
+    try:
+        return open_source(input_path, CHUNK_ROWS, read_ahead=STARTUP_READ_AHEAD)
+    except (DataError, OSError):
+        return None
+
+
 def score_file(
     model: LoadedModel,
     input_path: Path,
@@ -184,17 +210,21 @@ def score_file(
     fmt: str | None = None,
     chunk_rows: int | None = None,
     protected: Iterable[Protected] = (),
+    source: Source | None = None,
 ) -> ScoreSummary:
     """Score every row of `input_path` into `output` (CSV or Parquet); rows that fail validation go to the rejects file.
 
     `fmt` is the output's format (default: by its suffix). Refuses (ConfigError) an output
     or rejects file that is the input, a `protected` path or the other one; both files
-    appear only when every batch is scored.
+    appear only when every batch is scored. `source`: the input as start_reading opened
+    it, batches already read (default: opened here).
     """
     fmt, rejects = check_paths(input_path, output, fmt, protected)
     scorer = BatchScorer(model)
-    # Text features come dictionary-encoded from the CSV parser, in the reader's thread.
-    source = open_source(input_path, chunk_rows or CHUNK_ROWS, coded=scorer.text_features)
+    opened = source is None
+    if source is None:
+        source = open_source(input_path, chunk_rows or CHUNK_ROWS)
+    source.batches.limit(WAITING_BYTES)  # from here on, a few batches ahead are enough
     try:
         scorer.check_columns(source.schema.names, input_path)
         started = time.perf_counter()
@@ -221,7 +251,8 @@ def score_file(
             if bad.rows == 0:
                 staged.omit(rejects)  # and an earlier run's rejects file goes
     finally:
-        source.close()
+        if opened:
+            source.close()
     seconds = time.perf_counter() - started
     if out.rows == 0 and bad.rows:
         raise CheckFailed(f"all {bad.rows} rows failed validation; reasons in {rejects}")

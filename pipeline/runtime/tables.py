@@ -19,11 +19,12 @@ change the data a program reads).
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import csv
+import functools
 import io
 import os
-import queue
 import re
 import threading
 from collections.abc import Collection, Iterator
@@ -41,7 +42,6 @@ import pyarrow.parquet as pq
 from api.model.schema import quote
 from pipeline.core.column_validator import NUMBER
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.core.formula_cells import TRIGGERS, neutralise
 
 CSV, PARQUET = "csv", "parquet"
 FORMATS = (CSV, PARQUET)
@@ -51,8 +51,8 @@ COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4", ".br
 BLOCK_BYTES = 4 << 20  # CSV read in blocks of this size: memory stays flat whatever the file's size
 HEADER_BYTES = 1 << 20  # a header longer than this is not read whole
 CODED_TEXT = pa.dictionary(pa.int32(), pa.string())  # a CSV text column read dictionary-encoded
-_TRIGGER_BYTE = np.zeros(256, dtype=bool)  # per byte value: does a cell starting with it look like a formula
-_TRIGGER_BYTE[np.frombuffer("".join(TRIGGERS).encode(), dtype=np.uint8)] = True
+CODED_REPEATS = 4  # a CSV column is read dictionary-encoded when its first block repeats each value this often
+WAITING_BYTES = 16 << 20  # batches read ahead of the one being scored, at most (at least one)
 
 
 def format_of(path: Path) -> str:
@@ -110,17 +110,22 @@ class Source:
 class ReadAhead:
     """Batches read in a thread of their own: pyarrow parses the next ones, without the GIL, while this one is scored.
 
-    At most `depth` batches wait, so memory stays flat. An error while reading is
-    raised by the iteration after the batches read before it, as reading in the
-    caller's thread would. close() stops the thread, which closes the reader.
+    The batches waiting hold at most `limit` bytes (always at least one batch), so
+    memory stays flat; limit() changes it, e.g. from a start-up's read-ahead to a
+    couple of batches once scoring runs. An error while reading is raised by the
+    iteration after the batches read before it, as reading in the caller's thread
+    would. close() stops the thread, which closes the reader.
     """
 
     _END = object()
 
-    def __init__(self, batches: Iterator[pa.RecordBatch], depth: int = 2) -> None:
+    def __init__(self, batches: Iterator[pa.RecordBatch], limit: int = WAITING_BYTES) -> None:
         self._batches = batches
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
+        self._limit = limit
+        self._waiting: collections.deque[tuple[Any, int]] = collections.deque()
+        self._bytes = 0
+        self._changed = threading.Condition()
+        self._stop = False
         self._done = False
         self._thread = threading.Thread(target=self._read, name="reader", daemon=True)
         self._thread.start()
@@ -131,7 +136,12 @@ class ReadAhead:
     def __next__(self) -> pa.RecordBatch:
         if self._done:
             raise StopIteration
-        item = self._queue.get()
+        with self._changed:
+            while not self._waiting:
+                self._changed.wait()
+            item, size = self._waiting.popleft()
+            self._bytes -= size
+            self._changed.notify_all()
         if item is ReadAhead._END:
             self._done = True
             raise StopIteration
@@ -140,33 +150,44 @@ class ReadAhead:
             raise item
         return item
 
+    def limit(self, size: int) -> None:
+        """At most `size` bytes of batches wait from now on."""
+        with self._changed:
+            self._limit = size
+            self._changed.notify_all()
+
     def close(self) -> None:
         """Stop reading: the thread finishes the batch it is parsing, if any, closes the reader and ends."""
         self._done = True
-        self._stop.set()
+        with self._changed:
+            self._stop = True
+            self._waiting.clear()
+            self._changed.notify_all()
         self._thread.join()
 
     def _read(self) -> None:
         try:
             for batch in self._batches:
-                if not self._put(batch):
+                if not self._put(batch, batch.nbytes):
                     return
-            self._put(ReadAhead._END)
+            self._put(ReadAhead._END, 0)
         except BaseException as exc:  # handed to the caller, raised where it iterates
-            self._put(exc)
+            self._put(exc, 0)
         finally:
             close = getattr(self._batches, "close", None)
             if close is not None:
                 close()  # a generator's `finally`: the file is closed in the thread that read it
 
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _put(self, item: Any, size: int) -> bool:
+        with self._changed:
+            while not self._stop and self._waiting and self._bytes + size > self._limit:
+                self._changed.wait()
+            if self._stop:
+                return False
+            self._waiting.append((item, size))
+            self._bytes += size
+            self._changed.notify_all()
+            return True
 
 
 def input_columns(path: Path) -> list[str]:
@@ -183,20 +204,24 @@ def input_columns(path: Path) -> list[str]:
     return names
 
 
-def open_source(path: Path, batch_rows: int, coded: Collection[str] = ()) -> Source:
+def open_source(
+    path: Path, batch_rows: int, coded: Collection[str] | None = None, read_ahead: int = WAITING_BYTES
+) -> Source:
     """Open `path` for reading in batches of at most `batch_rows` rows; DataError when it cannot be read.
 
     A CSV's `coded` columns are parsed straight into dictionary arrays (the same text, each
-    distinct value held once): what the column validator would otherwise encode per batch.
+    distinct value held once), which the column validator checks and the model looks up once
+    per distinct value. By default: the columns whose first block repeats its values (repetitive).
+    Reading starts at once, in a thread of its own, up to `read_ahead` bytes of batches ahead.
     """
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
     if format_of(path) == PARQUET:
-        return _parquet(path, batch_rows)
-    return _csv(path, batch_rows, coded)
+        return _parquet(path, batch_rows, read_ahead)
+    return _csv(path, batch_rows, coded, read_ahead)
 
 
-def _parquet(path: Path, batch_rows: int) -> Source:
+def _parquet(path: Path, batch_rows: int, read_ahead: int) -> Source:
     try:
         parquet = pq.ParquetFile(path)
         schema = parquet.schema_arrow
@@ -210,11 +235,13 @@ def _parquet(path: Path, batch_rows: int) -> Source:
         except pa.ArrowException as exc:
             raise DataError(f"{path} is not a readable Parquet file: {_short(exc)}") from None
 
-    return Source(path, PARQUET, schema, ReadAhead(batches()), parquet.metadata.num_rows, 0, lambda: 0)
+    return Source(path, PARQUET, schema, ReadAhead(batches(), read_ahead), parquet.metadata.num_rows, 0, lambda: 0)
 
 
-def _csv(path: Path, batch_rows: int, coded: Collection[str] = ()) -> Source:
+def _csv(path: Path, batch_rows: int, coded: Collection[str] | None, read_ahead: int) -> Source:
     names = _header(path)
+    if coded is None:
+        coded = repetitive(path, names)
     raw = pa.OSFile(str(path), "r")
     size = raw.size()
     codec = COMPRESSION.get(path.suffix.lower())
@@ -226,13 +253,8 @@ def _csv(path: Path, batch_rows: int, coded: Collection[str] = ()) -> Source:
         return "error"
 
     try:
-        reader = pcsv.open_csv(
-            stream,
-            read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, column_names=names, skip_rows=1),
-            parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse_row),
-            convert_options=pcsv.ConvertOptions(
-                column_types={name: CODED_TEXT if name in coded else pa.string() for name in names}
-            ),
+        reader = _open_csv(
+            stream, names, {name: CODED_TEXT if name in coded else pa.string() for name in names}, refuse_row
         )
     except pa.ArrowException as exc:
         raw.close()
@@ -257,7 +279,37 @@ def _csv(path: Path, batch_rows: int, coded: Collection[str] = ()) -> Source:
             raw.close()
 
     schema = pa.schema([pa.field(name, pa.string()) for name in names])
-    return Source(path, CSV, schema, ReadAhead(batches()), None, size, lambda: read[0])
+    return Source(path, CSV, schema, ReadAhead(batches(), read_ahead), None, size, lambda: read[0])
+
+
+def _open_csv(stream: Any, names: list[str], types: dict[str, pa.DataType], refuse_row: Any = None) -> Any:
+    return pcsv.open_csv(
+        stream,
+        read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, column_names=names, skip_rows=1),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse_row),
+        convert_options=pcsv.ConvertOptions(column_types=types),
+    )
+
+
+def repetitive(path: Path, names: list[str]) -> list[str]:
+    """The columns whose first block of text holds each distinct value CODED_REPEATS times or more, on average.
+
+    Only a guess of what is worth reading dictionary-encoded (categories, small counts);
+    a wrong one costs time, never a different value. None when the first block cannot be read
+    (reading it again says why).
+    """
+    try:
+        with pa.input_stream(str(path), compression=COMPRESSION.get(path.suffix.lower())) as stream:
+            block = stream.read(BLOCK_BYTES)  # a streaming reader would read dozens of blocks ahead
+        skip = "skip"  # the block's last row may be cut short
+        first = _open_csv(pa.BufferReader(block), names, dict.fromkeys(names, pa.string()), lambda _: skip)
+        first = first.read_next_batch()
+    except (pa.ArrowException, OSError, StopIteration):
+        return []
+    rows = first.num_rows
+    return [
+        n for n, c in zip(names, first.columns, strict=True) if pc.count_distinct(c).as_py() * CODED_REPEATS <= rows
+    ]
 
 
 def _header(path: Path) -> list[str]:
@@ -416,7 +468,7 @@ def _neutralised(column: pa.Array) -> pa.Array:
         column = pc.cast(column, pa.string())
     if not pa.types.is_string(column.type):
         return column  # numbers, booleans and other typed values are never formulas
-    suspect = _TRIGGER_BYTE[_first_bytes(column)]
+    suspect = _trigger_bytes()[_first_bytes(column)]
     if not suspect.any():
         return column
     positions = np.flatnonzero(suspect)
@@ -426,6 +478,8 @@ def _neutralised(column: pa.Array) -> pa.Array:
         return column
     odd = positions[~plain]
     texts = column.take(pa.array(odd)).to_pylist()
+    from pipeline.core.formula_cells import neutralise
+
     fixed = [neutralise(t) for t in texts]  # exact: Unicode digits make a plain number too
     mask = np.zeros(len(column), dtype=bool)
     changed = [i for i, (a, b) in enumerate(zip(texts, fixed, strict=True)) if a != b]
@@ -433,6 +487,16 @@ def _neutralised(column: pa.Array) -> pa.Array:
         return column
     mask[odd[changed]] = True
     return pc.replace_with_mask(column, pa.array(mask), pa.array([fixed[i] for i in changed], type=column.type))
+
+
+@functools.cache
+def _trigger_bytes() -> np.ndarray:
+    """Per byte value: does a cell starting with it look like a formula (formula_cells.TRIGGERS)."""
+    from pipeline.core.formula_cells import TRIGGERS  # imports pandas: not before the input is being read
+
+    triggers = np.zeros(256, dtype=bool)
+    triggers[np.frombuffer("".join(TRIGGERS).encode(), dtype=np.uint8)] = True
+    return triggers
 
 
 def _first_bytes(column: pa.Array) -> np.ndarray:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from api.release.check import RefusedVersion
-from api.settings import Settings
-from api.source import RegistrySource
-from pipeline.ci import github
-from pipeline.ci.progress import say, stage
 from pipeline.core.config import Params
 from pipeline.core.errors import CheckFailed, ConfigError
-from pipeline.runtime import batch_scoring
-from pipeline.runtime.output_files import is_local_store, store_paths
-from pipeline.stages.context import Context
-from pipeline.store import registry
+
+if TYPE_CHECKING:
+    from pipeline.runtime.batch_scoring import ScoreSummary
+    from pipeline.runtime.tables import Source
 
 ENGINES = ("local", "spark")
 
@@ -39,6 +35,43 @@ def score_stage(
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if master is not None and engine != "spark":
         raise ConfigError("--master names a Spark cluster: use it with --engine spark")
+    # The local engine starts reading the input now, in a thread of its own, while scikit-learn, MLflow and the
+    # version load (seconds, mostly importing): that part of the input is parsed by the time the first row is scored.
+    from pipeline.runtime import batch_scoring
+
+    reading = batch_scoring.start_reading(Path(input_path)) if engine == "local" else None
+    try:
+        return _score(params, input_path, output, version, alias, fmt, engine, master, reading)
+    finally:
+        if reading is not None:
+            reading.close()
+
+
+def _score(
+    params: Params,
+    input_path: str,
+    output: str,
+    version: str | None,
+    alias: str | None,
+    fmt: str | None,
+    engine: str,
+    master: str | None,
+    reading: Source | None,
+) -> str:
+    import skops.io  # noqa: F401  # before MLflow: it scans sys.modules when imported (pipeline/cli.py)
+
+    from api.release.check import RefusedVersion
+    from api.release.redact import redact_logging
+    from api.settings import Settings
+    from api.source import RegistrySource
+    from pipeline.ci import github
+    from pipeline.ci.progress import say, stage
+    from pipeline.runtime import batch_scoring
+    from pipeline.runtime.output_files import is_local_store, store_paths
+    from pipeline.stages.context import Context
+    from pipeline.store import registry
+
+    redact_logging("mlflow")  # as the CLI does once a stage's imports brought MLflow's handlers: they came only now
     ctx = Context.open(params)
     registry.require_model(ctx.client, ctx.model)
     # What the output and rejects files may never be: the local tracking store, or inside its artifacts.
@@ -73,7 +106,9 @@ def score_stage(
                 model, ctx.client, input_path, output, fmt, master=master, protected=protected
             )
         else:
-            summary = batch_scoring.score_file(model, Path(input_path), Path(output), fmt, protected=protected)
+            summary = batch_scoring.score_file(
+                model, Path(input_path), Path(output), fmt, protected=protected, source=reading
+            )
         say(
             f"  {summary.scored:,} rows scored, {summary.rejected:,} rejected in {summary.seconds:.1f}s "
             f"({summary.rows_per_second:,.0f} rows/s; {summary.note})"
@@ -84,7 +119,7 @@ def score_stage(
     return output
 
 
-def _summary(model: str, input_path: str, output: str, s: batch_scoring.ScoreSummary, loaded: float) -> str:
+def _summary(model: str, input_path: str, output: str, s: ScoreSummary, loaded: float) -> str:
     rejected = f"{s.rejected:,}" + (f" (row numbers and reasons in `{s.rejects_path}`)" if s.rejects_path else "")
     rows = [
         ("model", f"`{model}` version {s.version}"),

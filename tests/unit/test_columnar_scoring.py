@@ -4,6 +4,7 @@ import gzip
 import io
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,40 @@ def test_closing_a_source_part_way_stops_its_reader_thread(tmp_path, monkeypatch
     assert not source.batches._thread.is_alive()
     assert list(source.batches) == []
     source.close()  # twice is harmless
+
+
+def test_batches_waiting_stay_within_the_read_ahead_limit_and_in_order():
+    produced = []
+
+    def batches():
+        for i in range(6):
+            produced.append(i)
+            yield pa.RecordBatch.from_pydict({"i": [i] * 1000})
+
+    def until(condition):
+        for _ in range(500):
+            if condition():
+                return
+            time.sleep(0.01)
+        raise AssertionError("the reader thread did not get there")
+
+    reading = tables.ReadAhead(batches(), limit=1)  # less than a batch: one waits, the next is held back
+    until(lambda: len(produced) == 2)
+    time.sleep(0.2)  # room for a third, were the limit not kept
+    assert produced == [0, 1] and len(reading._waiting) == 1
+    assert next(reading).column("i")[0].as_py() == 0
+    reading.limit(1 << 30)
+    until(lambda: len(produced) == 6)
+    assert [b.column("i")[0].as_py() for b in reading] == [1, 2, 3, 4, 5]
+    reading.close()
+
+
+def test_the_columns_read_dictionary_encoded_are_those_whose_first_block_repeats_its_values(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("id,kind,n\n" + "".join(f"{i},{'ab'[i % 2]},{i % 3}\n" for i in range(40)))
+    assert tables.repetitive(path, ["id", "kind", "n"]) == ["kind", "n"]
+    path.write_text("id,kind\n")
+    assert tables.repetitive(path, ["id", "kind"]) == []
 
 
 @pytest.mark.parametrize("fmt", [tables.CSV, tables.PARQUET])
