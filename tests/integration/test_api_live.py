@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 from pipeline.runtime.api_process import uvicorn_process
 
 from ..conftest import ROOT
-from .test_flow import deploy
 
 pytestmark = pytest.mark.integration
 POLL_S = 0.5
@@ -46,9 +45,8 @@ class Hammer(threading.Thread):
         raise AssertionError(f"still answering {self.answers[-1] if self.answers else None} after {timeout_s}s")
 
 
-def test_service_follows_promote_and_rollback_without_failing_a_request(project, cli):
-    deploy(cli)
-    deploy(cli)
+def test_service_follows_promote_and_rollback_without_failing_a_request(project, cli, releases):
+    releases.restore(project, versions=2)
     run_id = cli.status()["versions"][0]["run_id"]
     with open(MlflowClient().download_artifacts(run_id, "smoke/examples.json")) as f:
         record = json.load(f)["records"][0]

@@ -131,8 +131,8 @@ def test_register_is_idempotent_and_refuses_an_ungated_run(project, cli):
     assert len(cli.status()["versions"]) == 1
 
 
-def test_promote_refuses_when_a_newer_candidate_was_registered(project, cli):
-    deploy(cli)
+def test_promote_refuses_when_a_newer_candidate_was_registered(project, cli, releases):
+    releases.restore(project, versions=1)
     assert cli("train") == 0
     run_2 = cli.out.strip()
     assert cli("gate", "--run-id", run_2) == 0 and cli("register", "--run-id", run_2) == 0
@@ -146,9 +146,8 @@ def test_promote_refuses_when_a_newer_candidate_was_registered(project, cli):
     assert cli.status() == before
 
 
-def test_promote_refuses_when_production_moved_after_the_gate(project, cli):
-    deploy(cli)
-    deploy(cli)
+def test_promote_refuses_when_production_moved_after_the_gate(project, cli, releases):
+    releases.restore(project, versions=2)
     register_candidate(cli)
     assert cli("smoke", "--version", "3") == 0
     assert cli("rollback", "--reason", "incident 42") == 0  # production 2 -> 1 underneath
@@ -158,8 +157,9 @@ def test_promote_refuses_when_production_moved_after_the_gate(project, cli):
     assert cli.status() == before
 
 
-def test_promote_is_idempotent(project, cli):
-    version = deploy(cli)
+def test_promote_is_idempotent(project, cli, releases):
+    releases.restore(project, versions=1)
+    version = "1"
     moves = len(cli.status()["history"])
     assert cli("promote", "--version", version) == 0
     assert len(cli.status()["history"]) == moves
@@ -190,9 +190,8 @@ def test_smoke_starts_the_api_with_the_serving_section_of_params(project, cli):
     assert cli("smoke", "--version", "1", "--set", "serving.max_batch_size=25") == 0, cli.err
 
 
-def test_rollback_to_previous_and_to_a_named_version(project, cli):
-    for _ in range(3):
-        deploy(cli)
+def test_rollback_to_previous_and_to_a_named_version(project, cli, releases):
+    releases.restore(project, versions=3)
     assert production(cli) == "3"
     assert cli("rollback", "--reason", "latency regression") == 0
     assert cli.out.strip() == "2" and production(cli) == "2"

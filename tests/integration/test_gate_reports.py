@@ -25,8 +25,10 @@ def report(project) -> dict:
     return json.loads((project / "reports" / "gate.json").read_text())
 
 
-def test_a_retrain_of_production_passes_with_delta_zero_and_gating_it_twice_writes_the_same_bytes(project, cli):
-    deploy(cli)
+def test_a_retrain_of_production_passes_with_delta_zero_and_gating_it_twice_writes_the_same_bytes(
+    project, cli, releases
+):
+    releases.restore(project, versions=1)
     run_id = train(cli)
     assert cli("gate", "--run-id", run_id, *sets("gates.slices.columns=[Contract]")) == 0, cli.err
     first = (project / "reports" / "gate.json").read_bytes(), (project / "reports" / "gate.md").read_bytes()
@@ -41,8 +43,8 @@ def test_a_retrain_of_production_passes_with_delta_zero_and_gating_it_twice_writ
     assert Path(logged).read_bytes() == first[0]
 
 
-def test_a_candidate_that_lost_a_column_fails_naming_it_unless_the_break_is_allowed(project, cli):
-    deploy(cli)
+def test_a_candidate_that_lost_a_column_fails_naming_it_unless_the_break_is_allowed(project, cli, releases):
+    releases.restore(project, versions=1)
     frame = pd.read_csv("data/churn.csv", dtype=str, keep_default_na=False)
     frame.drop(columns=["tenure"]).to_csv("data/no-tenure.csv", index=False)
     without = "data.path=data/no-tenure.csv"
@@ -65,8 +67,8 @@ def test_a_candidate_that_lost_a_column_fails_naming_it_unless_the_break_is_allo
     assert "schema break allowed: removes field 'tenure'" in cli.status()["history"][-1]["reason"]
 
 
-def test_a_slice_that_regresses_fails_the_gate_and_is_named(project, cli):
-    deploy(cli)
+def test_a_slice_that_regresses_fails_the_gate_and_is_named(project, cli, releases):
+    releases.restore(project, versions=1)
     overrides = (WEAKER_MODEL, "gates.max_f1_drop=null", "gates.slices.columns=[Contract]")
     run_id = train(cli, *overrides)
     assert cli("gate", "--run-id", run_id, *sets(*overrides)) == 1

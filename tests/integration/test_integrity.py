@@ -69,9 +69,9 @@ def model_file(version: str) -> Path:
     return Path(mlflow.artifacts.download_artifacts(uri)).resolve()
 
 
-def test_a_forged_pickle_never_runs_anywhere(project, cli):
+def test_a_forged_pickle_never_runs_anywhere(project, cli, releases):
     # given: a released version 1, and a pickle whose loading would create a marker file
-    deploy(cli)
+    releases.restore(project, versions=1)
     marker = project / "PWNED"
     forged = forge_pickle_version(project, marker)
     # when: someone rolls production to it
@@ -115,10 +115,9 @@ def test_hand_set_verdict_tags_count_for_nothing(project, cli):
     assert cli.status()["aliases"].get("production") is None
 
 
-def test_a_model_corrupted_after_its_smoke_is_refused_everywhere(project, cli):
+def test_a_model_corrupted_after_its_smoke_is_refused_everywhere(project, cli, releases):
     # given: versions 1 and 2 released, 3 smoke-tested; then 2's and 3's model files change on the store
-    deploy(cli)
-    deploy(cli)
+    releases.restore(project, versions=2)
     register_candidate(cli)
     assert cli("smoke", "--version", "3") == 0
     stores = {v: Path(MlflowClient().get_model_version_download_uri(MODEL, v).removeprefix("file://")) for v in "23"}
@@ -139,9 +138,8 @@ def test_a_model_corrupted_after_its_smoke_is_refused_everywhere(project, cli):
     assert cli.status()["aliases"]["production"] == "1"
 
 
-def test_rollback_skips_broken_older_versions_and_names_them(project, cli):
-    for _ in range(3):
-        deploy(cli)
+def test_rollback_skips_broken_older_versions_and_names_them(project, cli, releases):
+    releases.restore(project, versions=3)
     store = Path(MlflowClient().get_model_version_download_uri(MODEL, "2").removeprefix("file://"))
     (store / "model.skops").write_bytes(b"not a model")
     assert cli("rollback", "--reason", "incident") == 0
@@ -150,9 +148,9 @@ def test_rollback_skips_broken_older_versions_and_names_them(project, cli):
     assert cli.status()["aliases"]["production"] == "1"
 
 
-def test_a_hand_moved_production_is_an_anomaly_and_the_api_keeps_serving(project, cli):
+def test_a_hand_moved_production_is_an_anomaly_and_the_api_keeps_serving(project, cli, releases):
     # given: 1 released and serving; 2 registered but never smoke-tested
-    deploy(cli)
+    releases.restore(project, versions=1)
     holder = ModelHolder(source=registry_source())
     asyncio.run(holder.refresh())
     assert holder.current.version == "1" and holder.current.info["signature"] == "unsigned"
@@ -174,16 +172,16 @@ def test_a_hand_moved_production_is_an_anomaly_and_the_api_keeps_serving(project
     assert smoke_replica.load("2").version == "2"
 
 
-def test_signed_verdicts_make_hand_edited_tags_worthless(project, cli, monkeypatch, tmp_path):
-    # given: a key pair and a release made with the signing key
-    assert cli("keygen", "--out", str(tmp_path / "keys")) == 0
-    assert cli("keygen", "--out", str(tmp_path / "keys")) == 2  # never overwrites a key
-    private = (tmp_path / "keys" / "release.key").read_text()
-    public = (tmp_path / "keys" / "release.pub").read_text()
-    assert oct((tmp_path / "keys" / "release.key").stat().st_mode & 0o777) == "0o600"
-    monkeypatch.setenv("RELEASE_SIGNING_KEY", private)
-    deploy(cli)
-    monkeypatch.delenv("RELEASE_SIGNING_KEY")
+def test_signed_verdicts_make_hand_edited_tags_worthless(project, cli, monkeypatch, tmp_path, releases):
+    # keygen makes a private key only its owner reads, and never overwrites one
+    assert cli("keygen", "--out", str(tmp_path / "new-keys")) == 0
+    assert cli("keygen", "--out", str(tmp_path / "new-keys")) == 2
+    assert oct((tmp_path / "new-keys" / "release.key").stat().st_mode & 0o777) == "0o600"
+    # given: a key pair made by keygen and a release made with its signing key (project/keys)
+    releases.restore(project, versions=1, signed=True)
+    public = (project / "keys" / "release.pub").read_text()
+    assert oct((project / "keys" / "release.key").stat().st_mode & 0o777) == "0o600"
+    monkeypatch.delenv("RELEASE_SIGNING_KEY", raising=False)
     # and version 2 released without the key (as a teammate's laptop would)
     deploy(cli)
     monkeypatch.setenv("RELEASE_VERIFY_KEY", public)
@@ -230,8 +228,8 @@ def test_nothing_writes_a_local_verdict_before_the_registry_has_it(project, cli)
     assert MlflowClient().get_run(run_id).data.tags[contract.GATE] == "pending"
 
 
-def test_the_release_lock_is_exclusive_and_an_expired_one_is_passed_over(project, cli, capsys):
-    deploy(cli)
+def test_the_release_lock_is_exclusive_and_an_expired_one_is_passed_over(project, cli, capsys, releases):
+    releases.restore(project, versions=1)
     client = MlflowClient()
     events: list[str] = []
 

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from api.release import contract
 from pipeline.core.ledger import entry_key, make_entry
 
-from .test_flow import deploy, register_candidate
+from .test_flow import register_candidate
 
 pytestmark = pytest.mark.integration
 MODEL = "churn-classifier"
@@ -21,12 +21,12 @@ def anomalies(cli) -> set[tuple[str, str | None]]:
     return {(a["kind"], a["version"]) for a in cli.status()["anomalies"]}
 
 
-def test_signed_releases_cover_baseline_image_and_ledger_and_rollback_follows_the_ledger(project, cli, monkeypatch):
-    # given: signed releases 1, 2, 3 (production 3)
-    assert cli("keygen", "--out", "keys") == 0
+def test_signed_releases_cover_baseline_image_and_ledger_and_rollback_follows_the_ledger(
+    project, cli, monkeypatch, releases
+):
+    # given: signed releases 1, 2, 3 (production 3), made with the key in project/keys
+    releases.restore(project, versions=3, signed=True)
     monkeypatch.setenv("RELEASE_SIGNING_KEY", str(project / "keys" / "release.key"))
-    for _ in range(3):
-        deploy(cli)
     client = MlflowClient()
     # then: rollback goes back along the ledger, and never forward again to what it rolled back from
     assert cli("rollback", "--reason", "3 misbehaves") == 0 and cli.out.strip() == "2"
@@ -55,10 +55,11 @@ def test_signed_releases_cover_baseline_image_and_ledger_and_rollback_follows_th
     assert "may not be released (smoke verdict is not signed" in cli.err
 
 
-def test_a_hand_move_with_a_matching_entry_and_malformed_entries_are_anomalies_never_a_crash(project, cli, monkeypatch):
-    assert cli("keygen", "--out", "keys") == 0
+def test_a_hand_move_with_a_matching_entry_and_malformed_entries_are_anomalies_never_a_crash(
+    project, cli, monkeypatch, releases
+):
+    releases.restore(project, versions=1, signed=True)
     monkeypatch.setenv("RELEASE_SIGNING_KEY", str(project / "keys" / "release.key"))
-    deploy(cli)
     register_candidate(cli)
     client = MlflowClient()
     # when: production is moved by hand and a matching, chained entry is written with another key

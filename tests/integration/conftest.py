@@ -1,0 +1,13 @@
+"""Fixtures of the integration tests: registries with released versions, deployed once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from .released import Releases
+
+
+@pytest.fixture(scope="session")
+def releases(tmp_path_factory, churn_csv, empty_mlflow_db) -> Releases:
+    """Released versions to copy into a test's project: `releases.restore(project, 2)` stands for two deploys."""
+    return Releases(tmp_path_factory.mktemp("releases"), churn_csv, empty_mlflow_db)
