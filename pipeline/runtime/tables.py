@@ -5,10 +5,10 @@ streaming reader with every column as text, exactly as written (nothing is
 guessed, trimmed or turned into a null), or a Parquet file read row group by
 row group with its own types. Which one: `.parquet` or `.pq` is Parquet, a file
 that starts with Parquet's magic bytes too; anything else is CSV. Batches are
-read in a thread of their own, a couple ahead of the one being scored (pyarrow
-parses without the GIL); the text columns the caller names (`coded`) are parsed
-straight into dictionary arrays, the same text with each distinct value once,
-and written back as plain text.
+read in a thread of their own, ahead of the one being scored (pyarrow parses
+without the GIL). A CSV's repetitive columns (categories, small counts: each
+value repeated in the first block) are parsed straight into dictionary arrays,
+the same text with each distinct value held once, and written back as plain text.
 
 Output: CSV (pyarrow's writer; text cells a spreadsheet would run as formulas
 are neutralised, pipeline/core/formula_cells.py) or Parquet (typed values as
@@ -295,14 +295,14 @@ def repetitive(path: Path, names: list[str]) -> list[str]:
     """The columns whose first block of text holds each distinct value CODED_REPEATS times or more, on average.
 
     Only a guess of what is worth reading dictionary-encoded (categories, small counts);
-    a wrong one costs time, never a different value. None when the first block cannot be read
-    (reading it again says why).
+    a wrong one costs time, never a different value. None of them when the first block cannot be read
+    (the reader opened next says why).
     """
     try:
         with pa.input_stream(str(path), compression=COMPRESSION.get(path.suffix.lower())) as stream:
-            block = stream.read(BLOCK_BYTES)  # a streaming reader would read dozens of blocks ahead
-        skip = "skip"  # the block's last row may be cut short
-        first = _open_csv(pa.BufferReader(block), names, dict.fromkeys(names, pa.string()), lambda _: skip)
+            block = stream.read(BLOCK_BYTES)  # one block: a streaming reader would read dozens ahead
+        # The block's last row may be cut short: skipped.
+        first = _open_csv(pa.BufferReader(block), names, dict.fromkeys(names, pa.string()), lambda _: "skip")
         first = first.read_next_batch()
     except (pa.ArrowException, OSError, StopIteration):
         return []
