@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,16 +36,31 @@ def score_stage(
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if master is not None and engine != "spark":
         raise ConfigError("--master names a Spark cluster: use it with --engine spark")
+    # Python's cyclic collector walks every tracked object at each full collection, and importing scikit-learn,
+    # SciPy and MLflow sets off several, each longer than the last (6 taking ~1 s in all on a 2M-row run): it is
+    # off until the version is loaded, then what was loaded is frozen out of its reach (settled) and it runs again.
+    collecting = gc.isenabled()
+    gc.disable()
     # The local engine starts reading the input now, in a thread of its own, while scikit-learn, MLflow and the
     # version load (seconds, mostly importing): that part of the input is parsed by the time the first row is scored.
     from pipeline.runtime import batch_scoring
 
     reading = batch_scoring.start_reading(Path(input_path)) if engine == "local" else None
     try:
-        return _score(params, input_path, output, version, alias, fmt, engine, master, reading)
+        return _score(params, input_path, output, version, alias, fmt, engine, master, reading, collecting)
     finally:
         if reading is not None:
             reading.close()
+        gc.unfreeze()  # a caller running more in this process collects it all again
+        if collecting:
+            gc.enable()
+
+
+def _settled(collecting: bool) -> None:
+    """Start-up is over: what it left is frozen (never walked again) and collection resumes for what comes next."""
+    gc.freeze()
+    if collecting:
+        gc.enable()
 
 
 def _score(
@@ -57,6 +73,7 @@ def _score(
     engine: str,
     master: str | None,
     reading: Source | None,
+    collecting: bool,
 ) -> str:
     import skops.io  # noqa: F401  # before MLflow: it scans sys.modules when imported (pipeline/cli.py)
 
@@ -101,6 +118,7 @@ def _score(
         except RefusedVersion as exc:
             raise CheckFailed(f"version {version} refused: {exc.reason}; nothing scored") from None
         loaded = time.perf_counter() - started
+        _settled(collecting)
         if engine == "spark":
             summary = spark_scoring.score_dataset(
                 model, ctx.client, input_path, output, fmt, master=master, protected=protected
