@@ -487,7 +487,7 @@ def test_the_job_summary_reports_rows_scored_and_rejected_rows_per_second_and_th
         "| rows scored | 38 |" in summary
         and "| rows rejected | 2 (row numbers and reasons in `p.rejects.csv`) |" in summary
     )
-    assert re.search(r"\| rows/s \| [\d,]+ \(40 rows in [\d.]+ s; loading the version [\d.]+ s\) \|", summary)
+    assert re.search(r"\| rows/s \| [\d,]+ \(40 rows in [\d.]+ s, loading the version [\d.]+ s included\) \|", summary)
     assert "| engine | local |" in summary and "\nscored<<" in Path("outputs.txt").read_text()
 
 
