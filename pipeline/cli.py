@@ -216,7 +216,9 @@ def _without_pyspark(block: bool) -> Iterator[None]:
 
     MLflow's schema module imports pyspark whenever it is installed (~0.1 s of a
     start-up) only to recognise Spark values; the local scoring engine has none.
-    Undone afterwards, for a caller that runs commands in one process.
+    Afterwards pyspark imports again (a Spark score in the same process works:
+    it imports pyspark itself), but MLflow modules imported meanwhile keep their
+    HAS_PYSPARK flags False for the life of the process.
     """
     if not block or "pyspark" in sys.modules:
         yield

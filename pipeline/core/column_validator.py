@@ -199,7 +199,7 @@ def _column(spec: FeatureSpec, column: pa.Array) -> tuple[Values, np.ndarray, np
     kind = column.type
     textual = _is_text(kind) or (pa.types.is_dictionary(kind) and _is_text(kind.value_type))
     if spec.numeric:
-        if textual and pa.types.is_dictionary(kind):
+        if textual and pa.types.is_dictionary(kind) and len(column.dictionary) <= len(column):
             return _numbers_per_distinct_text(column)
         if textual:
             return _numbers_from_text(_decoded(column))
@@ -288,6 +288,8 @@ def _coded(column: pa.Array) -> Coded:
 def _dictionary(column: pa.Array) -> tuple[list[str | None], np.ndarray]:
     """The distinct texts of a column and each row's index into them (-1 for null)."""
     encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    if len(encoded.dictionary) > len(encoded):  # Parquet hands each batch its row group's whole dictionary
+        encoded = pc.dictionary_encode(encoded.dictionary_decode())
     dictionary = pc.cast(encoded.dictionary, pa.string()).to_pylist()
     indices = encoded.indices if encoded.indices.null_count == 0 else encoded.indices.fill_null(-1)
     codes = indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)

@@ -39,21 +39,26 @@ def score_stage(
     # Python's cyclic collector walks every tracked object at each full collection, and importing scikit-learn,
     # SciPy and MLflow sets off several, each longer than the last (6 taking ~1 s in all on a 2M-row run): it is
     # off until the version is loaded, then what was loaded is frozen out of its reach (settled) and it runs again.
-    collecting = gc.isenabled()
-    gc.disable()
-    # The local engine starts reading the input now, in a thread of its own, while scikit-learn, MLflow and the
-    # version load (seconds, mostly importing): that part of the input is parsed by the time the first row is scored.
-    from pipeline.runtime import batch_scoring
-
-    reading = batch_scoring.start_reading(Path(input_path)) if engine == "local" else None
+    collecting, frozen = gc.isenabled(), gc.get_freeze_count()
+    reading = None
     try:
+        gc.disable()
+        # The local engine starts reading the input now, in a thread of its own, while scikit-learn, MLflow and the
+        # version load (seconds, mostly importing): that part of the input is parsed by the time the first row is
+        # scored.
+        from pipeline.runtime import batch_scoring
+
+        reading = batch_scoring.start_reading(Path(input_path)) if engine == "local" else None
         return _score(params, input_path, output, version, alias, fmt, engine, master, reading, collecting)
     finally:
-        if reading is not None:
-            reading.close()
-        gc.unfreeze()  # a caller running more in this process collects it all again
-        if collecting:
-            gc.enable()
+        try:
+            if reading is not None:
+                reading.close()
+        finally:  # however it ended (a second signal included), a caller running more in this process collects again
+            if not frozen:  # a caller's own freeze is not undone (Python cannot unfreeze only ours)
+                gc.unfreeze()
+            if collecting:
+                gc.enable()
 
 
 def _settled(collecting: bool) -> None:

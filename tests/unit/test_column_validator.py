@@ -243,6 +243,19 @@ def test_a_dictionary_column_with_null_indices_and_unused_entries_reads_as_its_c
     assert [ok for ok, _ in column_verdicts(encoded)] == [True, False, True, False, True]  # missing, not a number
 
 
+def test_a_row_group_dictionary_far_larger_than_its_batch_reads_as_its_cells():
+    # Parquet hands every batch its row group's whole dictionary: the work must follow the batch, not the dictionary
+    rows = [{**GOOD, "tenure": t, "gender": g} for t, g in [("5", "Male"), ("x", " Female "), (None, None)]]
+    plain = pa.RecordBatch.from_pandas(pd.DataFrame(rows, dtype=object), preserve_index=False)
+    numbers = [str(i) for i in range(50_000)] + ["x"]
+    texts = [f"g{i}" for i in range(50_000)] + ["Male", " Female "]
+    tenure = pa.DictionaryArray.from_arrays(pa.array([5, 50_000, None], pa.int32()), pa.array(numbers))
+    gender = pa.DictionaryArray.from_arrays(pa.array([50_000, 50_001, None], pa.int32()), pa.array(texts))
+    encoded = plain.set_column(plain.schema.get_field_index("tenure"), "tenure", tenure)
+    encoded = encoded.set_column(encoded.schema.get_field_index("gender"), "gender", gender)
+    assert column_verdicts(encoded) == column_verdicts(plain)
+
+
 def test_number_grammar_is_what_pyarrow_casts_to_a_finite_number():
     import pyarrow.compute as pc
 
