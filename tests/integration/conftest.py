@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from .released import Releases
@@ -10,4 +12,6 @@ from .released import Releases
 @pytest.fixture(scope="session")
 def releases(tmp_path_factory, churn_csv, empty_mlflow_db) -> Releases:
     """Released versions to copy into a test's project: `releases.restore(project, 2)` stands for two deploys."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers of this run share them (pytest-N/releases)
+        return Releases(tmp_path_factory.getbasetemp().parent / "releases", churn_csv, empty_mlflow_db)
     return Releases(tmp_path_factory.mktemp("releases"), churn_csv, empty_mlflow_db)

@@ -7,14 +7,19 @@ way (the same `deploy` of test_flow, every stage asserted), production on 2.
 The copy is the test's own (mlflow.db, the artifacts, reports/, keys/), with
 every file URI in the database pointing into the test's folder, so a test may
 corrupt, move and tag whatever it likes.
+
+Under pytest-xdist the workers of a run share the snapshots (a folder of the
+run, a file lock per chain): whichever worker first needs version N deploys it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,17 +59,29 @@ def rewrite_uris(database: Path, old: Path, new: Path) -> None:
                     f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
                     (before, after, before),
                 )
-        for table in tables:  # nothing may still point into the source folder
+    assert not naming(database, old), f"{database} still names {old}: {naming(database, old)}"
+
+
+def naming(database: Path, folder: Path) -> list[str]:
+    """The columns of the sqlite `database` holding a file URI under `folder`."""
+    prefix = f"{folder.as_uri()}/"
+    found = []
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
             for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]:
-                left = db.execute(
-                    f'SELECT count(*) FROM "{table}" WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
-                    (before,),
-                ).fetchone()[0]
-                assert left == 0, f"{table}.{column} still names {old}"
+                query = (
+                    f'SELECT count(*) FROM "{table}" WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0'
+                )
+                if db.execute(query, (prefix,)).fetchone()[0]:
+                    found.append(f"{table}.{column}")
+    return found
 
 
-def copy_store(source: Path, target: Path) -> None:
-    """`source`'s registry and what deploying left (artifacts, reports, keys) into `target`, URIs rewritten."""
+def copy_store(source: Path, target: Path, lands_in: Path | None = None) -> None:
+    """`source`'s registry and what deploying left (artifacts, reports, keys) into `target`, URIs rewritten.
+
+    The URIs point into `lands_in` instead when the copy is renamed to that afterwards.
+    """
     for item in source.iterdir():
         if item.name in PROJECT_FILES:
             continue
@@ -72,7 +89,18 @@ def copy_store(source: Path, target: Path) -> None:
             shutil.copytree(item, target / item.name, dirs_exist_ok=True)
         else:
             shutil.copy2(item, target / item.name)
-    rewrite_uris(target / "mlflow.db", source, target)
+    rewrite_uris(target / "mlflow.db", source, lands_in or target)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing) held by this process until the block ends."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Releases:
@@ -80,20 +108,25 @@ class Releases:
 
     def __init__(self, root: Path, churn_csv: Path, empty_mlflow_db: Path) -> None:
         self.root, self.churn_csv, self.empty_mlflow_db = root, churn_csv, empty_mlflow_db
-        self.deployed: dict[bool, int] = {}  # signed -> versions released so far in that chain
+        root.mkdir(parents=True, exist_ok=True)
 
     def snapshot(self, versions: int, signed: bool = False) -> Path:
         """The folder of a registry with versions 1..`versions` released (production on the last)."""
         kind = "signed" if signed else "plain"
         chain = self.root / f"{kind}-chain"
-        if signed not in self.deployed:
-            self._start(chain, signed)
-        while self.deployed[signed] < versions:
-            self._deploy(chain, signed)
-            done = self.deployed[signed] = self.deployed[signed] + 1
-            snapshot = self.root / f"{kind}-{done}"
-            snapshot.mkdir()
-            copy_store(chain, snapshot)
+        with locked(self.root / f"{kind}.lock"):  # one deployer per chain, whichever process asks first
+            if not chain.exists():
+                self._start(chain, signed)
+            done = 0
+            while (self.root / f"{kind}-{done + 1}").exists():
+                done += 1
+            while done < versions:
+                self._deploy(chain, signed, done + 1)
+                done += 1
+                snapshot, partial = self.root / f"{kind}-{done}", self.root / f"{kind}-{done}.partial"
+                partial.mkdir()
+                copy_store(chain, partial, lands_in=snapshot)
+                partial.rename(snapshot)  # complete, or not there at all
         return self.root / f"{kind}-{versions}"
 
     def restore(self, project: Path, versions: int, signed: bool = False) -> None:
@@ -102,6 +135,7 @@ class Releases:
         Signed: project/keys holds the key pair that signed them (RELEASE_SIGNING_KEY is the test's to set).
         """
         copy_store(self.snapshot(versions, signed), project)
+        assert not naming(project / "mlflow.db", self.root), "the copy would share files with the snapshots"
 
     def _start(self, chain: Path, signed: bool) -> None:
         chain.mkdir()
@@ -109,12 +143,11 @@ class Releases:
         (chain / "data").mkdir()
         shutil.copy(self.churn_csv, chain / "data" / "churn.csv")
         shutil.copy(self.empty_mlflow_db, chain / "mlflow.db")
-        self.deployed[signed] = 0
         if signed:
             cli = QuietCli()
             assert cli("keygen", "--out", str(chain / "keys")) == 0, cli.err
 
-    def _deploy(self, chain: Path, signed: bool) -> None:
+    def _deploy(self, chain: Path, signed: bool, version: int) -> None:
         with pytest.MonkeyPatch.context() as mp:
             mp.chdir(chain)
             mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{chain / 'mlflow.db'}")
@@ -126,4 +159,4 @@ class Releases:
             else:
                 mp.delenv("RELEASE_SIGNING_KEY", raising=False)
             cli = QuietCli()
-            assert deploy(cli) == str(self.deployed[signed] + 1), cli.err
+            assert deploy(cli) == str(version), cli.err
