@@ -50,11 +50,16 @@ $(CHECKOV):
 	$(PYTHON) -m venv build/checkov-venv
 	build/checkov-venv/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30
 
+# pytest-xdist workers, one test file per unit of work (its module fixtures start once), the longest files handed
+# out first (tests/conftest.py): most of the suite waits on subprocesses and servers, so workers overlap the waits.
+PYTEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP) system-deps $(CHECKOV) ## run the whole test suite (unit, integration, API, and act end-to-end with a real image)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP) system-deps $(CHECKOV) ## the tests that need no container engine or act
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_PARALLEL)
 
 test-deploy: $(STAMP) system-deps $(CHECKOV) ## offline checks of deploy/: k8s, compose, rules, alerts, dashboard
 	$(BIN)/python -m pytest tests/deploy

@@ -14,11 +14,45 @@ from pipeline.core.churn_data import generate_churn
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# With pytest-xdist (`make test`: -n 2 --dist loadfile --no-loadscope-reorder), a test file is one unit of work on
+# one worker, so its module fixtures (a tracking server, a fleet of replicas, the act run) start once; the units are
+# handed out in collection order, which on a worker is this: the longest files first (as measured, several minutes
+# down to about one), so that the many short ones fill in at the end on whichever worker is free.
+LONG_FIRST = [
+    "tests/e2e/test_workflows_act.py",
+    "tests/integration/test_flow.py",
+    "tests/integration/test_rollout_live.py",
+    "tests/integration/test_integrity.py",
+    "tests/integration/test_crafted_release.py",
+    "tests/integration/test_team_server.py",
+    "tests/integration/test_api_live.py",
+    "tests/integration/test_release_lock_live.py",
+    "tests/unit/test_model_checks.py",
+    "tests/integration/test_batch_scoring.py",
+    "tests/integration/test_monitoring_live.py",
+    "tests/integration/test_gate_reports.py",
+    "tests/integration/test_production_deploy.py",
+    "tests/integration/test_release_ledger.py",
+]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker; a plain run keeps the collection order
+        rank = {path: i for i, path in enumerate(LONG_FIRST)}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep order
+
 
 @pytest.fixture(scope="session", autouse=True)
 def probe_cache(tmp_path_factory) -> Path:
-    """One cache of probe verdicts for the session, never the user's: the same bytes are probed once."""
-    directory = tmp_path_factory.mktemp("probe-cache")
+    """One cache of probe verdicts for the session, never the user's: the same bytes are probed once.
+
+    Under pytest-xdist the workers of a run share it (pytest-N/probe-cache): a verdict is a file named by its key.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        directory = tmp_path_factory.getbasetemp().parent / "probe-cache"
+        directory.mkdir(exist_ok=True)
+    else:
+        directory = tmp_path_factory.mktemp("probe-cache")
     os.environ["PROBE_CACHE_DIR"] = str(directory)  # processes the tests start inherit it
     return directory
 
