@@ -1,9 +1,7 @@
 """`pipeline score`: a CSV or Parquet file scored by a released version, bad rows set aside with their reasons."""
 
-import contextlib
 import errno
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -16,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
 from pipeline.core.data import coerce_to_schema
 from pipeline.core.formula_cells import neutralise
 from pipeline.runtime import batch_scoring, spark_scoring, tables
 from pipeline.store.tracking import load_feature_schema
 
 from ..conftest import ROOT
+from .released import QuietCli
 from .test_flow import deploy
 
 pytestmark = pytest.mark.integration
@@ -78,17 +76,6 @@ def test_score_refuses_what_it_cannot_do_with_a_clear_exit_code(project, cli, de
 
 
 # ---- score never destroys a user's file ----
-
-
-class QuietCli:
-    """`python -m pipeline` in-process for a module fixture (capsys is per test)."""
-
-    def __call__(self, *args: str) -> int:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-        self.out, self.err = out.getvalue(), err.getvalue()
-        return code
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ what it saw:
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import re
@@ -47,13 +46,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import main
 from pipeline.runtime.api_process import uvicorn_process
 from pipeline.runtime.processes import free_port, stop, wait_for
 from pipeline.store.tracking import load_test_set
 
 from ..conftest import ROOT
 from ..deploy.test_grafana import dashboard, panels
+from .released import QuietCli
 from .test_api_live import wait_ready
 from .test_flow import deploy
 
@@ -75,19 +74,6 @@ FIRE_TIMEOUT_S = 60.0
 
 
 # --- the scenario ---------------------------------------------------------------------------------
-
-
-class QuietCli:
-    """`python -m pipeline` in-process, keeping what it printed (the `cli` fixture, for a module-scoped setup)."""
-
-    out = err = ""
-
-    def __call__(self, *args: str) -> int:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-        self.out, self.err = out.getvalue(), err.getvalue()
-        return code
 
 
 @dataclass
