@@ -118,8 +118,10 @@ def test_the_shadow_scorer_is_a_separate_low_priority_process_holding_only_its_s
         pid = _scorer(client).pid
         descriptors = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
         nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        policy = os.sched_getscheduler(pid)
         links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in descriptors if fd > 2]
     assert pid != os.getpid() and nice == 19
+    assert policy == os.SCHED_IDLE  # any runnable task of production's preempts it at once, not after a slice
     assert len(links) == 1 and links[0].startswith("socket:")  # not the worker's listening socket nor its clients
     _gone(pid)  # the app stopped: so did its scorer
 
