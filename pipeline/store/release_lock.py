@@ -46,23 +46,29 @@ def release_lock(client: MlflowClient, model: str, ttl_s: float = 120, wait_s: f
     name = lock_name(model)
     holder = f"{actor()}:{secrets.token_hex(4)}"
     _ensure_lock_model(client, name, model)
-    with interrupts.deferred():  # a ticket is never left behind by an interrupted take
-        ticket = client.create_model_version(
-            name,
-            source=TICKET_SOURCE,
-            tags={HOLDER: holder, EXPIRES: _expiry(ttl_s)},
-            description="release ticket",
-            await_creation_for=0,
-        ).version
-    renewal = _Renewal(client, name, str(ticket), ttl_s)
-    renewal.start()
+    ticket: str | None = None
+    renewal: _Renewal | None = None
     try:
+        # A signal that lands while the ticket is taken is raised as the block
+        # ends, so the ticket is known by then and the `finally` deletes it.
+        with interrupts.deferred():
+            ticket = client.create_model_version(
+                name,
+                source=TICKET_SOURCE,
+                tags={HOLDER: holder, EXPIRES: _expiry(ttl_s)},
+                description="release ticket",
+                await_creation_for=0,
+            ).version
+        renewal = _Renewal(client, name, str(ticket), ttl_s)
+        renewal.start()
         _wait_for_turn(client, name, model, int(ticket), time.monotonic() + wait_s)
         yield holder
     finally:
         with interrupts.deferred():
-            renewal.stop()
-            _delete(client, name, str(ticket))
+            if renewal is not None:
+                renewal.stop()
+            if ticket is not None:
+                _delete(client, name, str(ticket))
 
 
 def _wait_for_turn(client: MlflowClient, name: str, model: str, ticket: int, deadline: float) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from api.release import contract
 from api.release.check import RefusedVersion
 from api.settings import Settings
 from api.source import RegistrySource
+from pipeline.core import interrupts
 from pipeline.core.errors import CheckFailed
 from pipeline.store.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
 
@@ -260,3 +263,22 @@ def test_the_release_lock_is_exclusive_and_an_expired_one_is_passed_over(project
         pass
     assert "passing over the release lock of dead-runner" in capsys.readouterr().err
     assert client.search_model_versions(f"name='{lock_name(MODEL)}'") == []  # no ticket left behind
+
+
+def test_a_signal_while_the_ticket_is_taken_leaves_no_ticket_behind(project, monkeypatch):
+    client = MlflowClient()
+    take = client.create_model_version
+
+    def interrupted_take(*args, **kwargs):  # the signal lands while the store creates the ticket
+        os.kill(os.getpid(), signal.SIGTERM)
+        return take(*args, **kwargs)
+
+    monkeypatch.setattr(client, "create_model_version", interrupted_take)
+    with (
+        interrupts.handled(),
+        pytest.raises(interrupts.Interrupted, match="SIGTERM"),
+        release_lock(client, MODEL),
+    ):
+        pytest.fail("the lock was taken past a signal")
+    # then: the ticket that was created is deleted, so the next release goes ahead at once
+    assert client.search_model_versions(f"name='{lock_name(MODEL)}'") == []
