@@ -116,9 +116,12 @@ def test_the_shadow_scorer_is_a_separate_low_priority_process_holding_only_its_s
     with TestClient(create_app(holder)) as client:
         client.get("/health")
         pid = _scorer(client).pid
+        deadline = time.monotonic() + 10  # the child detaches itself just after the fork: the policy is set last
+        while os.sched_getscheduler(pid) != os.SCHED_IDLE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        policy = os.sched_getscheduler(pid)
         descriptors = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
         nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-        policy = os.sched_getscheduler(pid)
         links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in descriptors if fd > 2]
     assert pid != os.getpid() and nice == 19
     assert policy == os.SCHED_IDLE  # any runnable task of production's preempts it at once, not after a slice
