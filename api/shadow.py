@@ -190,12 +190,12 @@ class ScorerProcess:
         """How many copies the child has taken so far (read from the memory it shares with this process)."""
         return int(COUNT.unpack_from(self._done)[0])
 
-    def stop(self, grace_s: float | None = None) -> None:
+    def stop(self) -> None:
         """Tell the child to end: it sees its input end, sends its last tallies and exits (killed if it cannot)."""
         if not math.isinf(self._stop_by):
             return
         self.alive = False
-        self._stop_by = time.monotonic() + (STOP_GRACE_S if grace_s is None else grace_s)
+        self._stop_by = time.monotonic() + STOP_GRACE_S
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_WR)
 

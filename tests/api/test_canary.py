@@ -12,8 +12,11 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.holder import ModelHolder
 from api.release.traffic import Target, Traffic
+from api.shadow import FRAME, ScorerProcess, _take
 
 from .conftest import make_model
+
+SHADOW_ALL = Target("1", "2", Traffic("shadow", "2", shadow_share=1.0))  # production 1; 2 scores a copy of each request
 
 
 class RolloutSource:
@@ -91,7 +94,7 @@ def shadow_metrics(client, version: str = "2", until: int | None = None, timeout
 
 
 def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained, records):
-    holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    holder, _ = serving(trained, SHADOW_ALL)
     with TestClient(create_app(holder)) as client:
         client.get("/health")
         _scorer(client)  # started off the request path, within a second
@@ -112,7 +115,7 @@ def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained,
 
 
 def test_the_shadow_scorer_is_a_separate_low_priority_process_holding_only_its_socket(trained, records):
-    holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    holder, _ = serving(trained, SHADOW_ALL)
     with TestClient(create_app(holder)) as client:
         client.get("/health")
         pid = _scorer(client).pid
@@ -130,10 +133,8 @@ def test_the_shadow_scorer_is_a_separate_low_priority_process_holding_only_its_s
 
 
 def test_a_scorer_that_dies_costs_production_nothing_and_comes_back(trained, records, monkeypatch):
-    import api.shadow
-
-    monkeypatch.setattr(api.shadow, "RESTART_S", 0.5)
-    holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    monkeypatch.setattr("api.shadow.RESTART_S", 0.5)
+    holder, _ = serving(trained, SHADOW_ALL)
     with TestClient(create_app(holder)) as client:
         client.get("/health")
         first = _scorer(client).pid
@@ -151,10 +152,8 @@ def test_a_scorer_that_dies_costs_production_nothing_and_comes_back(trained, rec
 
 
 def test_a_stopped_scorer_hands_over_its_last_tallies_and_a_stuck_one_is_killed(trained, records, monkeypatch):
-    import api.shadow
-
-    monkeypatch.setattr(api.shadow, "STOP_GRACE_S", 1.0)
-    holder, source = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    monkeypatch.setattr("api.shadow.STOP_GRACE_S", 1.0)
+    holder, source = serving(trained, SHADOW_ALL)
     with TestClient(create_app(holder)) as client:
         client.get("/health")
         pid = _scorer(client).pid
@@ -165,7 +164,7 @@ def test_a_stopped_scorer_hands_over_its_last_tallies_and_a_stuck_one_is_killed(
         _gone(pid)
         text = client.get("/metrics").text
         # a scorer that cannot end (stopped) is killed once its grace is over
-        source.current = Target("1", "2", Traffic("shadow", "2", shadow_share=1.0))
+        source.current = SHADOW_ALL
         asyncio.run(holder.refresh())
         stuck = _scorer(client).pid
         os.kill(stuck, signal.SIGSTOP)
@@ -178,8 +177,6 @@ def test_a_stopped_scorer_hands_over_its_last_tallies_and_a_stuck_one_is_killed(
 
 def test_a_worker_that_is_pid_1_still_gets_its_scorer(trained, monkeypatch):
     """In a container without an init, the worker is pid 1: its child's parent is 1, and that is no orphan."""
-    from api.shadow import ScorerProcess
-
     model = make_model(trained, "2")
     monkeypatch.setattr(os, "getpid", lambda: 1)  # the worker as the child sees it, and as it sees itself
     monkeypatch.setattr(os, "getppid", lambda: 1)
@@ -196,7 +193,7 @@ def test_a_worker_that_is_pid_1_still_gets_its_scorer(trained, monkeypatch):
 def test_copies_past_the_queue_are_dropped_and_counted(trained, records):
     from api.settings import Settings
 
-    holder, _ = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    holder, _ = serving(trained, SHADOW_ALL)
     with TestClient(create_app(holder, Settings(shadow_queue=2))) as client:
         client.get("/health")
         scorer = _scorer(client)
@@ -212,7 +209,7 @@ def test_copies_past_the_queue_are_dropped_and_counted(trained, records):
 
 
 def test_the_scorer_stops_when_the_rollout_leaves_shadow(trained, records):
-    holder, source = serving(trained, Target("1", "2", Traffic("shadow", "2", shadow_share=1.0)))
+    holder, source = serving(trained, SHADOW_ALL)
     with TestClient(create_app(holder)) as client:
         client.get("/health")
         pid = _scorer(client).pid
@@ -256,8 +253,6 @@ def test_a_refused_canary_leaves_production_answering_everything(trained, record
 
 
 def test_the_scorer_takes_whole_frames_only_and_bounds_a_batch_by_bytes():
-    from api.shadow import FRAME, _take
-
     buffer = bytearray()
     for size in (10, 700_000, 700_000, 10):
         buffer += FRAME.pack(size) + b"x" * size
