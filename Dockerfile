@@ -30,11 +30,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
     MODEL_ALIAS=production
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin api
+# LightGBM loads the system's OpenMP runtime (XGBoost's wheel bundles its own). The offline base built with
+# debootstrap has it; a slim base gets it from apt, at the version its Debian release ships (a pinned version
+# would stop the build at the release's next security update).
+# hadolint ignore=DL3008
+RUN python3 -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('gomp') is None)" \
+        || { apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*; }; \
+    useradd --create-home --uid 10001 --shell /usr/sbin/nologin api
 COPY --from=builder /opt/venv /opt/venv
 
 WORKDIR /srv
-COPY --chown=10001:10001 api ./api
+# The code is root's: the API (uid 10001) reads it and cannot change it. families/ and features/ are the
+# model families and the team's feature code a version's pipeline names (docs/DESIGN.md, the trust rule).
+COPY api ./api
+COPY families ./families
+COPY features ./features
 USER 10001
 EXPOSE 8000
 

@@ -8,6 +8,7 @@ RELOAD_INTERVAL_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, RELEASE_VERIFY_KEY).
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,22 +16,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.body_limit import BodyLimitMiddleware
+from api.client_budget import ClientBudget
+from api.decisions import Decisions
 from api.holder import ModelHolder
-from api.limits import BodyLimitMiddleware
+from api.http_protocol import budget
+from api.invocation_route import InvocationRoute
 from api.live_stats import LiveStats
 from api.metrics import VERSION_HEADER, MetricsMiddleware, ServiceMetrics
 from api.model.loaded_model import LoadedModel
+from api.model.online_store import Lookup, open_store
 from api.model.schema import RequestError
-from api.model.scoring import score, score_well_formed, score_with_mlflow
 from api.openapi import document
 from api.predict_route import PredictRoute
 from api.release.redact import redact, redact_logging
-from api.settings import Settings, apply_mlflow_http_defaults
+from api.request_path import RequestPath
+from api.settings import Settings, apply_mlflow_http_defaults, current
 from api.shadow import Shadow
-
-# /invocations bodies up to this size are answered on the event loop, as /predict's
-# batches up to INLINE_RECORDS are (api/predict_route.py says why).
-INLINE_BODY_BYTES = 256 * 1024
 
 
 class NotReady(Exception):
@@ -40,15 +42,32 @@ class NotReady(Exception):
 def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI:
     """The app serving `holder`'s model: its middlewares, routes and metrics (`settings` from the defaults if None)."""
     settings = settings or Settings()
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(settings.shared_metrics)
     stats = LiveStats(metrics)
     shadow = Shadow(metrics, stats, settings.shadow_queue)
-    holder.on_serve = stats.counts  # a version's series exist from its first moment, at zero
+    decisions = Decisions(metrics, ClientBudget(settings.decision_client_budget), settings.trusted_proxy_hops)
+    timeout_s = settings.feature_lookup_timeout_ms / 1000
+    store = open_store(settings.feature_store_url, timeout_s) if settings.feature_store_url else None
+    lookup = Lookup(store, settings.feast_project, timeout_s)  # records by customer id (api/model/online_store.py)
+    path = RequestPath(stats, shadow, decisions, lookup, metrics)  # the one step both doors share
+    invocation_route = InvocationRoute(holder, path)
+
+    def serving(model: LoadedModel) -> None:
+        """A version's series exist from its first moment, at zero."""
+        stats.counts(model)
+        decisions.series(model.version)
+
+    holder.on_serve = serving
     holder.watch(metrics)
+
+    def flush() -> None:
+        stats.flush(serving=(holder.current, holder.canary))  # and let go of the versions swapped out
+        decisions.flush()
+        metrics.body_budget(budget().in_flight, budget().refused)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_flush_forever(stats, lambda: shadow.follow(holder.shadowed)))]
+        tasks = [asyncio.create_task(_flush_forever(flush, lambda: shadow.follow(holder.shadowed)))]
         if holder.source is not None:
             # Load in the background: /health answers at once, /ready once a model is in.
             # A pinned version is polled too, so a first load that failed is retried.
@@ -59,10 +78,12 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         shadow.follow(None)
+        if store is not None:
+            store.close()
 
     app = FastAPI(title="churn prediction API", lifespan=lifespan)
     # Innermost first: POST /predict is answered inside the body limit and the metrics.
-    app.add_middleware(PredictRoute, holder=holder, stats=stats, shadow=shadow)
+    app.add_middleware(PredictRoute, holder=holder, path=path)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -96,29 +117,12 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
         """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances (JSON), or CSV."""
-        model = holder.current  # read once, as serving_model() does
-        canary, traffic = holder.canary, holder.traffic
-        if model is not None and canary is not None and traffic.to_canary(request.headers.get("x-request-id")):
-            model = canary
-        if model is None:
-            unavailable = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": holder.not_ready_reason}
-            return JSONResponse(unavailable, status_code=503)
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")
-        answer: tuple[int, bytes | str, int] | None  # (status, response text, rows predicted)
-        if len(body) <= INLINE_BODY_BYTES:  # small and well formed: answered without a thread hop
-            answer = score_well_formed(model, body, content_type)
-            if answer is None:  # not `answer or ...`: mypy would type the thread's result as the left side, None too
-                answer = await asyncio.to_thread(score_with_mlflow, model, body, content_type)
-        else:
-            answer = await asyncio.to_thread(score, model, body, content_type)
-        status, text, rows = answer
-        if status == 200:
-            metrics.child(metrics.predictions, model.version).inc(rows)
-        # Errors too: MLflow's {"error_code", "message"} shape, a 415 included (api/invocation_input.py).
-        return Response(
-            text, status_code=status, media_type="application/json", headers={VERSION_HEADER: model.version}
-        )
+        status, text, version = await invocation_route.answer(body, content_type, request.scope)
+        # Errors too: MLflow's {"error_code", "message"} shape, a 415 included (api/model/invocation_input.py).
+        headers = {VERSION_HEADER: version} if version else None
+        return Response(text, status_code=status, media_type="application/json", headers=headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -127,45 +131,73 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     @app.get("/ready")
     async def ready() -> dict[str, str]:
-        """200 only with a model loaded."""
+        """200 only with a model loaded, and the online store answering if that model reads one.
+
+        The store is asked at most every Lookup.CHECK_S; any lookup in between tells as much.
+        """
         model = serving_model()
+        if model.plan is not None:
+            down = lookup.health()
+            if down is not None:
+                raise NotReady(f"feature store unavailable ({down.reason}): {down.message}")
         return {"status": "ready", "version": model.version}
 
     @app.get("/model")
-    async def model_info() -> JSONResponse:
-        """What is serving (production, and a canary with its traffic during a rollout), and the last reload failure."""
+    async def model_info(request: Request) -> JSONResponse:
+        """What is serving (production), and the last reload failure; a rollout's canary and traffic for the operator.
+
+        The canary's details go only to a caller presenting MODEL_INFO_TOKEN as
+        a bearer token: anyone else learns nothing of a rollout in progress.
+        """
         model = serving_model()
-        canary, traffic = holder.canary, holder.traffic
         reload = {
             "last_reload_error": holder.last_error,
             "last_reload_error_at": holder.last_error_at,
             "refused": holder.refused,
         }
-        rollout = {
-            "canary": None if canary is None else {**canary.info, "refused": None},
-            "traffic": {"mode": traffic.mode, "weight": traffic.weight, "shadow_share": traffic.shadow_share},
-            "refused_canary": holder.refused_canary,
-        }
-        body = {**model.info, "target": redact(settings.target), **reload, **rollout}
+        body = {**model.info, "target": redact(settings.target), **reload}
+        reader = getattr(holder.source, "traffic_reader", None)  # api/release/traffic_reading.py
+        if reader is not None:
+            body["canary_states"] = reader.control  # who steers traffic: said to everyone, unsigned or not
+        if _operator(request.headers.get("authorization"), settings.model_info_token):
+            canary, traffic = holder.canary, holder.traffic
+            body |= {
+                "canary": None if canary is None else {**canary.info, "refused": None},
+                "traffic": traffic.describe(),
+                "refused_canary": holder.refused_canary,
+                "refused_traffic": None if reader is None else reader.report(),
+            }
         return JSONResponse(body, headers={VERSION_HEADER: model.version})
 
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        """Prometheus text format."""
-        stats.flush()  # what was answered until now, binned
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:  # else served on that port only (api/__main__.py): 404 here
+
+        @app.get("/metrics")
+        async def prometheus() -> Response:
+            """Prometheus text format."""
+            flush()  # what was answered until now, binned
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
-async def _flush_forever(stats: LiveStats, tidy: Callable[[], object], interval_s: float = 1.0) -> None:
+def _operator(authorization: str | None, token: str | None) -> bool:
+    """Whether an Authorization header presents the configured bearer token (none configured: nobody does)."""
+    if not token or not authorization:
+        return False
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+async def _flush_forever(flush: Callable[[], object], tidy: Callable[[], object], interval_s: float = 1.0) -> None:
     """Bin what was answered every second, off the request path (every worker does it for its own answers).
 
     `tidy` runs beside it: the shadow scorer follows the canary being shadowed (and stops when none is).
     """
     while True:
         await asyncio.sleep(interval_s)
-        stats.flush()
+        flush()
         tidy()
 
 
@@ -174,7 +206,7 @@ def _app_from_env() -> FastAPI:
 
     redact_logging("uvicorn", "uvicorn.error", "api", "mlflow")
     apply_mlflow_http_defaults()
-    settings = Settings.from_env()
+    settings = current()
     source = RegistrySource(settings, verify_key=settings.verify_key())
     return create_app(ModelHolder(source=source), settings)
 

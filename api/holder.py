@@ -58,10 +58,12 @@ class ModelHolder:
         self._retry: dict[str, tuple[float, float]] = {}  # version -> (not before, next delay)
 
     def watch(self, metrics: ServiceMetrics) -> None:
-        """Report into `metrics` from now on (the app's metrics), starting with what serves now."""
+        """Report into `metrics` from now on (the app's metrics), starting with what serves now (a canary too)."""
         self.metrics = metrics
         metrics.registry_up.set(1)
         self._serving("production", self.current, None)
+        if self.canary is not None:
+            self._serving("canary", self.canary, None)
 
     @property
     def shadowed(self) -> LoadedModel | None:

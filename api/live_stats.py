@@ -7,22 +7,31 @@ falls in, and which training-profile bin each feature value falls in
 a later flush filled the garbage collector's old generations: full passes
 paused the service for hundreds of milliseconds). `flush`, every second and
 before each scrape, hands the counts to the Prometheus metrics.
+
+A version no longer serving is let go at the first flush that finds nothing
+new of it (so a request still in flight on it when it was swapped out is
+counted): its counts, and with them its loaded model, are released. Its
+metric series stay exported until RETIRED_SERIES_KEPT later versions have
+retired too; then they are removed (in one process; with several workers
+the shared files keep them until the workers restart).
 """
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from api.metrics import SCORE_BUCKETS, ServiceMetrics
+from api.model.columns import Columns
 from api.model.loaded_model import LoadedModel
-from api.release.frames import Columns
 
 VECTOR_FROM = 64  # answers longer than this are bucketed with numpy, shorter ones value by value
+RETIRED_SERIES_KEPT = 2  # versions let go whose metric series are still exported (a rollback's previous one)
 
 
 class VersionCounts:
@@ -116,6 +125,7 @@ class LiveStats:
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.metrics = metrics
         self._versions: dict[str, VersionCounts] = {}
+        self._retired: deque[str] = deque()  # versions let go, oldest first, whose series are still exported
         self._lock = threading.Lock()
 
     def counts(self, model: LoadedModel) -> VersionCounts:
@@ -142,14 +152,39 @@ class LiveStats:
         """Add counts of `model`'s answers made in another process (VersionCounts.merge)."""
         self.counts(model).merge(counted)
 
-    def flush(self) -> None:
-        """Hand everything counted to the metrics."""
+    def flush(self, serving: Collection[LoadedModel | None] | None = None) -> None:
+        """Hand everything counted to the metrics; with `serving` given, let go of idle versions not in it."""
         with self._lock:
             versions = list(self._versions.values())
         for counts in versions:
-            self._flush(counts)
+            counted = self._flush(counts)
+            if serving is not None and not counted and not any(counts.model is model for model in serving):
+                self._let_go(counts, serving)
 
-    def _flush(self, counts: VersionCounts) -> None:
+    @property
+    def versions(self) -> list[str]:
+        """The versions counted now (serving, or retired since less than a flush)."""
+        return list(self._versions)
+
+    def _let_go(self, counts: VersionCounts, serving: Collection[LoadedModel | None]) -> None:
+        version = counts.model.version
+        with self._lock:
+            if self._versions.get(version) is not counts:
+                return
+            del self._versions[version]
+            if version not in self._retired:
+                self._retired.append(version)
+            live = {model.version for model in serving if model is not None} | set(self._versions)
+            forget = []
+            while len(self._retired) > RETIRED_SERIES_KEPT:
+                oldest = self._retired.popleft()
+                if oldest not in live:
+                    forget.append(oldest)
+        for old in forget:
+            self.metrics.forget(old)
+
+    def _flush(self, counts: VersionCounts) -> bool:
+        """Hand one version's counts to the metrics; whether there were any."""
         m, version = self.metrics, counts.model.version
         predictions, positives, scores, score_sum, bins = counts.take()
         if predictions:
@@ -161,6 +196,7 @@ class LiveStats:
             for label, count in zip(labels, taken, strict=True):
                 if count:
                     m.child(m.feature_values, version, feature, label).inc(count)
+        return bool(predictions or any(scores))
 
     def _series(self, model: LoadedModel) -> None:
         """Every series of a version from its first answer on, at zero, and the training share of each bin.

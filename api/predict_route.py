@@ -12,35 +12,40 @@ method. Its OpenAPI entry is written in api/openapi.py.
 
 from __future__ import annotations
 
-import asyncio
-import random
+import time
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.decisions import Decisions
 from api.holder import ModelHolder
-from api.live_stats import LiveStats
 from api.metrics import VERSION_HEADER
+from api.model.loaded_model import LoadedModel
+from api.model.online_store import StoreUnavailable
 from api.model.schema import RequestError
-from api.release.frames import Columns
 from api.release.redact import redact
+from api.request_path import Refused, RequestPath
 from api.shadow import Shadow
 
 PATH = "/predict"
-# Batches up to this size are predicted on the event loop: a thread hop plus GIL
-# contention costs more than the few milliseconds they take (measured: 1,000-row
-# batches ran at 44 req/s through a thread, 81 req/s inline). Larger batches go
-# to a worker thread so one huge request cannot stall the others for long.
-INLINE_RECORDS = 2000
-# sklearn refusing the values it was given: a client's input, answered 422 by name.
-UNSCORABLE = (ValueError, TypeError, OverflowError, FloatingPointError)
+_decode = LoadedModel.request_columns  # a /predict body as one model's columns (its own schema)
 
 
 class PredictRoute:
     """ASGI middleware answering POST /predict from the holder's current model."""
 
-    def __init__(self, app: ASGIApp, holder: ModelHolder, stats: LiveStats, shadow: Shadow) -> None:
-        self.app, self.holder, self.stats, self.shadow = app, holder, stats, shadow
+    def __init__(self, app: ASGIApp, holder: ModelHolder, path: RequestPath) -> None:
+        self.app, self.holder, self.path = app, holder, path
+
+    @property
+    def shadow(self) -> Shadow:
+        """The shadow the request path offers copies to (what a test finds in the middleware stack)."""
+        return self.path.shadow
+
+    @property
+    def decisions(self) -> Decisions:
+        """The release decisions the request path counts (what a test finds in the middleware stack)."""
+        return self.path.decisions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer POST /predict (405 for another method on it); pass everything else on."""
@@ -51,50 +56,38 @@ class PredictRoute:
         body = await _read_body(receive)
         if body is None:  # the client went away
             return None
-        status, payload, version = await self.answer(body, request_id(scope))
+        status, payload, version = await self.answer(body, scope, time.perf_counter())
         return await _send(
             send, status, payload, [(VERSION_HEADER.lower().encode(), version.encode())] if version else []
         )
 
-    async def answer(self, body: bytes, request: str | None = None) -> tuple[int, bytes, str | None]:
-        """(status, JSON body, model version for the header) for one request body (`request`: its X-Request-Id)."""
+    async def answer(
+        self, body: bytes, scope: Scope | None = None, read_at: float | None = None
+    ) -> tuple[int, bytes, str | None]:
+        """(status, JSON body, model version for the header) for one request body, read whole at `read_at`.
+
+        The records decoded, the side chosen, predicted and counted by the
+        request path both doors share (api/request_path.py).
+        """
         # Read once: this request keeps these models even if a swap happens.
-        model, canary, traffic = self.holder.current, self.holder.canary, self.holder.traffic
-        if model is None:
+        production, canary, traffic = self.holder.current, self.holder.canary, self.holder.traffic
+        if production is None:
             return 503, orjson.dumps({"detail": redact(self.holder.not_ready_reason)}), None
+        started = time.perf_counter() if read_at is None else read_at
         try:
-            columns = model.request_columns(body)
-            if canary is not None and traffic.to_canary(_customer(columns, model.entity_field) or request):
-                model, columns = canary, canary.request_columns(body)  # decoded with the canary's own schema
-            rows = len(next(iter(columns.values())))
-            try:
-                if rows <= INLINE_RECORDS:
-                    result = model.predict_columns(columns)
-                else:
-                    result = await asyncio.to_thread(model.predict_columns, columns)
-            except UNSCORABLE as exc:
-                raise model.unscorable(columns, exc) from None
-        except RequestError as exc:
-            return exc.status, orjson.dumps(exc.answer()), model.version  # the version that refused it, for metrics
-        self.stats.record(model, columns, result.labels, result.probabilities)
-        if canary is not None and traffic.mode == "shadow" and random.random() < traffic.shadow_share:
-            self.shadow.offer(canary, body, result)
-        answer = {"model_version": model.version, "predictions": result.labels, "probabilities": result.probabilities}
+            served = await self.path.answer(production, canary, traffic, _decode, body, scope, started)
+        except RequestError as exc:  # production cannot read it: no side decided, nothing counted
+            return exc.status, orjson.dumps(exc.answer()), production.version
+        except Refused as refused:  # the version that refused it, for metrics
+            return refused.error.status, orjson.dumps(refused.error.answer()), refused.model.version
+        except StoreUnavailable as exc:  # records by id, the online store down or slow: never the version's error
+            return 503, orjson.dumps({"detail": redact(exc.message), "reason": exc.reason}), production.version
+        model, prediction = served.model, served.prediction
+        answer: dict[str, object] = {"model_version": model.version, "predictions": prediction.labels,
+                                     "probabilities": prediction.probabilities}  # fmt: skip
+        if served.warnings:  # stale features served (the version's feature service says warn)
+            answer["warnings"] = served.warnings
         return 200, orjson.dumps(answer), model.version
-
-
-def request_id(scope: Scope) -> str | None:
-    """The request's X-Request-Id header, if it has one (a canary split keys on it when records name no customer)."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            return value.decode("latin-1")
-    return None
-
-
-def _customer(columns: Columns, field: str | None) -> object | None:
-    """The first record's customer id, when records carry one (ENTITY_ID_FIELD)."""
-    values = columns.get(field) if field else None
-    return values[0] if values is not None and len(values) else None
 
 
 async def _read_body(receive: Receive) -> bytes | None:

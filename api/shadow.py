@@ -22,6 +22,7 @@ RESTART_S seconds; meanwhile copies are counted failed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import gc
@@ -41,7 +42,7 @@ from typing import Any, NoReturn
 import orjson
 
 from api.live_stats import LiveStats, add_to_histogram
-from api.metrics import ServiceMetrics
+from api.metrics import SHADOW_DECISION_EVENTS, ServiceMetrics
 from api.model.loaded_model import LoadedModel, Prediction
 from api.shadow_tally import Tally, copy_of
 
@@ -69,24 +70,43 @@ class Shadow:
         self._started_for: LoadedModel | None = None  # the canary the last scorer was started for, and when
         self._started_at = float("-inf")
 
-    def offer(self, canary: LoadedModel, body: bytes, production: Prediction) -> None:
+    def offer(self, canary: LoadedModel, body: bytes | Callable[[], bytes], production: Prediction) -> None:
         """Send a copy of a request production answered; never forks, never raises, never waits.
 
-        Counted dropped when no scorer of this canary runs yet (`follow` starts
-        it within a second) or it cannot take the copy now; failed when the
-        scorer of this canary died.
+        `body` is the request as /predict reads it, or what makes it: made
+        only when the copy can go, and within this guard. Counted dropped when
+        no scorer of this canary runs yet (`follow` starts it within a second)
+        or it cannot take the copy now; failed when the scorer of this canary
+        died or the copy cannot be made.
         """
+        self._send(canary, lambda: _copy(body, production))
+
+    async def offer_built_in_thread(
+        self, canary: LoadedModel, body: bytes | Callable[[], bytes], production: Prediction
+    ) -> None:
+        """`offer`, the copy made in a worker thread: a large request's would hold up the event loop."""
+        try:
+            copy = await asyncio.to_thread(_copy, body, production)
+        except Exception as exc:  # a copy that cannot be made is the canary's loss, never production's
+            self._lost(canary, exc)
+            return
+        self._send(canary, lambda: copy)
+
+    def _send(self, canary: LoadedModel, make_copy: Callable[[], bytes]) -> None:
         scorer, m = self.scorer, self.metrics
         try:
             if scorer is None or scorer.canary is not canary:
                 m.child(m.shadow, canary.version, "dropped").inc()
             elif not scorer.alive:
                 m.child(m.shadow, canary.version, "failed").inc()
-            elif not scorer.send(copy_of(body, production.labels, production.probabilities)):
+            elif not scorer.send(make_copy()):
                 m.child(m.shadow, canary.version, "dropped").inc()
         except Exception as exc:  # a copy that cannot go is the canary's loss, never production's
-            m.child(m.shadow, canary.version, "failed").inc()
-            log.debug("shadow copy not sent: %s", type(exc).__name__)
+            self._lost(canary, exc)
+
+    def _lost(self, canary: LoadedModel, exc: Exception) -> None:
+        self.metrics.child(self.metrics.shadow, canary.version, "failed").inc()
+        log.debug("shadow copy not sent: %s", type(exc).__name__)
 
     def follow(self, canary: LoadedModel | None) -> ScorerProcess | None:
         """Have a scorer of `canary` running (None: none); from the flush loop, every second, off the request path."""
@@ -123,7 +143,14 @@ class Shadow:
             add_to_histogram(m.child(m.shadow_delta, version), taken["delta"], taken["delta_sum"])
         if any(taken["production"]):
             add_to_histogram(m.child(m.shadow_production_score, version), taken["production"], taken["production_sum"])
+        for event, count in taken.get("decision", {}).items():
+            if event in SHADOW_DECISION_EVENTS and count:
+                m.child(m.shadow_decision, version, event).inc(count)
         self.stats.merge(canary, taken["live"])
+
+
+def _copy(body: bytes | Callable[[], bytes], production: Prediction) -> bytes:
+    return copy_of(body() if callable(body) else body, production.labels, production.probabilities)
 
 
 class ScorerProcess:

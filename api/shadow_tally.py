@@ -6,21 +6,26 @@ request body it answered, joined by a line break (JSON never holds a raw one).
 in one call, and counts how often the canary agrees with production on the
 same records, how far apart their probabilities are, production's scores on
 those records, and the canary's own live counts (api/live_stats.py).
+For release decisions it also counts, per copy, ONE record drawn at random
+(`decision`): whether the canary's label differs from production's there and
+whether their probabilities moved by more than MOVED_DELTA, or that the canary
+refused or failed the copy. One unit per copy, whatever its size.
 `take` hands everything over as plain JSON-ready numbers and starts again.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import numpy as np
 import orjson
 
 from api.live_stats import VersionCounts
-from api.metrics import DELTA_BUCKETS, SCORE_BUCKETS
+from api.metrics import DELTA_BUCKETS, MOVED_DELTA, SCORE_BUCKETS, SHADOW_DECISION_EVENTS
+from api.model.columns import Columns, Values
 from api.model.loaded_model import LoadedModel
-from api.release.frames import Columns, Values
 
 
 def copy_of(body: bytes, labels: list[object], probabilities: list[float]) -> bytes:
@@ -42,6 +47,13 @@ class Tally:
         self.delta = [0] * (len(DELTA_BUCKETS) + 1)
         self.production = [0] * (len(SCORE_BUCKETS) + 1)
         self.delta_sum = self.production_sum = 0.0
+        self.decision = dict.fromkeys(SHADOW_DECISION_EVENTS, 0)  # counted, disagreed, moved, refused
+
+    def _failed(self) -> None:
+        """A copy the canary refused or could not score."""
+        self.failed += 1
+        self.decision["counted"] += 1
+        self.decision["refused"] += 1
 
     def score(self, copies: list[bytes]) -> None:
         """Score copies with the canary; one the canary refuses or cannot score is counted failed on its own."""
@@ -52,20 +64,20 @@ class Tally:
                 labels, probabilities = orjson.loads(head)
                 decoded.append((self.canary.request_columns(body), labels, probabilities))
             except Exception:
-                self.failed += 1
+                self._failed()
         if not decoded:
             return
         try:
             self._score(decoded)
         except Exception:  # one copy the canary cannot score: find it, score the rest
             if len(decoded) == 1:
-                self.failed += 1
+                self._failed()
                 return
             for one in decoded:
                 try:
                     self._score([one])
                 except Exception:
-                    self.failed += 1
+                    self._failed()
 
     def _score(self, decoded: list[tuple[Columns, list[object], list[float]]]) -> None:
         requests = [columns for columns, _, _ in decoded]
@@ -86,11 +98,26 @@ class Tally:
         self.delta_sum += _bin(self.delta, delta, DELTA_BUCKETS)
         self.production_sum += _bin(self.production, production, SCORE_BUCKETS)
         self.scored += len(decoded)
+        self._decide(sizes, result.labels, theirs, result.probabilities, production)
+
+    def _decide(
+        self, sizes: list[int], labels: list[object], theirs: list[object], ours: list[float], production: np.ndarray
+    ) -> None:
+        """Count one record of each copy, drawn at random: whether the canary's label or probability moved."""
+        decision, start = self.decision, 0
+        for size in sizes:
+            i = start + int(random.random() * size)
+            decision["counted"] += 1
+            if labels[i] != theirs[i]:
+                decision["disagreed"] += 1
+            if abs(ours[i] - float(production[i])) > MOVED_DELTA:
+                decision["moved"] += 1
+            start += size
 
     @property
     def counted(self) -> bool:
         """Whether anything was counted since the last take."""
-        return bool(self.scored or self.failed)
+        return bool(self.scored or self.failed or self.decision["counted"])
 
     def take(self) -> dict[str, Any]:
         """Everything counted since the last take, as JSON-ready values; counting starts again from zero."""
@@ -99,6 +126,7 @@ class Tally:
             "scored": self.scored, "failed": self.failed, "agreed": self.agreed, "disagreed": self.disagreed,
             "delta": self.delta, "delta_sum": self.delta_sum,
             "production": self.production, "production_sum": self.production_sum,
+            "decision": dict(self.decision),
             "live": {"predictions": predictions, "positives": positives, "scores": scores,
                      "score_sum": score_sum if math.isfinite(score_sum) else 0.0,  # JSON has no NaN
                      "bins": {name: counts for name, _, counts in bins}},

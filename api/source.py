@@ -22,7 +22,8 @@ from api.model.schema import FeatureSpec
 from api.release.check import check_release, stored_json
 from api.release.contract import DATA_PROFILE, FEATURE_SCHEMA, GIT_SHA, METRIC_TAG_PREFIX
 from api.release.frames import typed_frame
-from api.release.traffic import Target, read_traffic
+from api.release.traffic import Target
+from api.release.traffic_reading import TrafficReader
 from api.release.verdicts import signature_state
 from api.settings import Settings
 
@@ -37,6 +38,9 @@ class RegistrySource:
         self.client = client or MlflowClient()
         self.verify_key = verify_key
         self.accepted: set[str] = set()  # digests a probe child accepted: a swap back needs no new probe
+        # The canary state's check, with what it refused (shown on /model): bound to a running rollout, and
+        # only shadow without a verify key.
+        self.traffic_reader = TrafficReader(settings.model_name, settings.canary_alias, verify_key)
 
     def target_version(self) -> str:
         """The version that should be serving now; a cheap registry call."""
@@ -52,7 +56,7 @@ class RegistrySource:
         if s.model_alias not in aliases:
             raise LookupError(f"model {s.model_name!r} has no alias @{s.model_alias}")
         canary = aliases.get(s.canary_alias)
-        traffic = read_traffic(model.tags, canary, s.model_name, self.verify_key)
+        traffic = self.traffic_reader.read(model.tags, canary)
         return Target(aliases[s.model_alias], canary if traffic.mode != "off" else None, traffic)
 
     def load(self, version: str) -> LoadedModel:
@@ -67,7 +71,9 @@ class RegistrySource:
                 Path(tmp),
                 self.verify_key,
                 require_smoke=s.requires_smoke,
+                limits=s.probe_limits,
                 accepted=self.accepted,
+                cache=s.probe_cache,
             )
             files, pipeline = verified.files, verified.pipeline
             metadata = Model.load(files.model_dir)

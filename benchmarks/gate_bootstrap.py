@@ -13,25 +13,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from gates.bootstrap import METRICS, Scored, paired_bootstrap
+from families import FAMILIES
+from gates.bootstrap import METRICS, HeldOutAnswers, paired_bootstrap
 from pipeline.core.churn_data import generate_churn
-from pipeline.core.config import load_params
 from pipeline.core.data import load_dataset
+from pipeline.core.params_file import load_params
 from pipeline.core.train import train
 
 CANDIDATES = {
     "retrain of itself": {},
     "C=0.01 (a close retrain)": {"model.logistic_regression.C": "0.01"},
-    "random_forest": {"model.type": "random_forest"},
-    "hist_gradient_boosting": {"model.type": "hist_gradient_boosting"},
+    **{name: {"model.type": name} for name in FAMILIES if name != "logistic_regression"},  # every other family
     "class_weight=null (weaker)": {"model.logistic_regression.class_weight": "null"},
 }
 
 
-def answers(result, positive: str) -> Scored:
+def answers(result, positive: str) -> HeldOutAnswers:
     X = result.split.X_test
     column = list(result.model.classes_).index(positive)
-    return Scored(result.model.predict(X) == positive, result.model.predict_proba(X)[:, column])
+    return HeldOutAnswers(result.model.predict(X) == positive, result.model.predict_proba(X)[:, column])
 
 
 def main() -> None:

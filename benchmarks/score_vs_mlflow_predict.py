@@ -5,7 +5,7 @@ Usage (after `make demo`, from the project root):
     .venv/bin/python benchmarks/score_vs_mlflow_predict.py --rows 50000 --big-rows 200000   # a quick run
     .venv/bin/python benchmarks/score_vs_mlflow_predict.py --no-spark                       # without the Spark line
 
-Input: churn-shaped customers from pipeline/core/churn_data.generate_churn (an id
+Input: churn-shaped customers from pipeline/core/churn_data.py::generate_churn (an id
 column and the features, typed as training types them: numbers as decimals,
 blank TotalCharges empty; no target), generated a chunk at a time and appended
 to the CSVs in this process before anything is timed, so no process needs the
@@ -64,7 +64,7 @@ SEED = 7  # of the first chunk (each chunk: SEED + its index)
 MB = 1_000_000
 
 # The floor, run as `python -c FLOOR IN OUT BLOCK_BYTES`: pyarrow only, read and written as `score` does
-# (pipeline/runtime/tables.py: streaming reader, every column text, a quoted line break allowed; CSVWriter).
+# (pipeline/scoring/csv_reader.py: streaming reader, every column text, a quoted line break allowed; CSVWriter).
 FLOOR = """
 import csv, sys
 import numpy as np, pyarrow as pa, pyarrow.csv as pcsv
@@ -249,7 +249,7 @@ def rejected_rows(output: Path) -> list[int]:
     """Row numbers (1 = the first data row) `score` put in the rejects file, if it wrote one."""
     import pyarrow.csv as pcsv
 
-    from pipeline.runtime.batch_scoring import rejects_path_for
+    from pipeline.scoring.batch_scorer import rejects_path_for
 
     rejects = rejects_path_for(output)
     if not rejects.exists():
@@ -287,7 +287,7 @@ def spark_available() -> str:
 def measure(
     csv: Path, rows: int, work: Path, version: str, model: str, with_mlflow: bool, spark_master: str | None
 ) -> tuple[list[Line], dict[str, object]]:
-    from pipeline.runtime.tables import BLOCK_BYTES
+    from pipeline.scoring.csv_reader import BLOCK_BYTES
 
     python = sys.executable
     tag = f"{rows}"

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.runtime.api_process import uvicorn_process  # noqa: E402
 from pipeline.runtime.processes import free_port, stop, wait_for  # noqa: E402
-from pipeline.store.tracking import load_test_set  # noqa: E402
+from pipeline.store.training_runs import load_test_set  # noqa: E402
 
 # (case, what is compared, the least ratio): the goals on a 2-core machine, one worker.
 GOALS = {
@@ -286,7 +286,8 @@ def in_process_cost(model: str, version: str, records: list[dict], per_flush: in
     from api.settings import Settings
     from api.source import RegistrySource
 
-    loaded = RegistrySource(Settings(model_name=model, model_version=version)).load(version)
+    settings = Settings.probing_as_the_environment_says(model_name=model, model_version=version)
+    loaded = RegistrySource(settings).load(version)
     bodies = [json.dumps({"records": [record]}).encode() for record in records]
     bins = loaded.drift_bins
     passes: list[tuple[int, float]] = []  # (generation, seconds)

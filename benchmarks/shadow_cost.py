@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -41,10 +42,13 @@ from serve_vs_mlflow import serving, wrk  # noqa: E402
 
 from api.release.traffic import Traffic  # noqa: E402
 from pipeline.runtime.processes import free_port  # noqa: E402
-from pipeline.store import registry  # noqa: E402
-from pipeline.store.tracking import load_test_set  # noqa: E402
+from pipeline.store import alias_moves  # noqa: E402
+from pipeline.store.training_runs import load_test_set  # noqa: E402
 
 SHADOW_MAX_P99_RISE = 0.10  # production's one-record p99 at 8 connections, shadowing against not
+
+
+TOKEN = "shadow-bench"  # MODEL_INFO_TOKEN of both sides
 
 
 def copy_store(source: Path, folder: Path) -> str:
@@ -84,12 +88,19 @@ def main() -> int:
         uri = copy_store(Path(args.store), Path(tmp))
         client = MlflowClient(uri)
         version = client.get_model_version_by_alias(args.model, "production").version
-        client.set_registered_model_alias(args.model, "canary", version)
-        registry.set_traffic(client, args.model, Traffic("shadow", str(version), 0, args.share), None)
+        # A shadow state as rollout writes one: bound to a rollout started in the ledger, valid for an hour.
+        rollout = alias_moves.start_rollout(client, args.model, "canary", str(version), "bench: shadow", None)
+        expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat(timespec="seconds")
+        shadow = Traffic("shadow", str(version), 0, args.share, rollout=rollout, expires=expires)
+        alias_moves.set_traffic(client, args.model, shadow, None)
         X, _ = load_test_set(client, client.get_model_version(args.model, version).run_id)
         body = json.dumps({"records": json.loads(X.head(1).to_json(orient="records"))})
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASE_", "MLFLOW_TRACKING_"))}
-        env.update(MLFLOW_TRACKING_URI=uri, MODEL_NAME=args.model, HOST="127.0.0.1", PYTHONPATH=str(ROOT))
+        env.update(MLFLOW_TRACKING_URI=uri, MODEL_NAME=args.model, HOST="127.0.0.1", PYTHONPATH=str(ROOT),
+                   MODEL_INFO_TOKEN=TOKEN,  # /model shows the canary's traffic only with it
+                   # wrk is one client: without a larger budget only its first 20 requests a second would count,
+                   # and only counted requests are shadowed (the worst case is every request copied).
+                   DECISION_CLIENT_BUDGET=str(10**9))  # fmt: skip
         aliases = {"shadow": "canary", "off": "no-canary-in-this-bench"}
         figures: dict[str, list[dict]] = {side: [] for side in aliases}
         with contextlib.ExitStack() as stack:
@@ -101,7 +112,11 @@ def main() -> int:
                     serving(command, "/ready", port, env={**env, "PORT": str(port), "CANARY_ALIAS": alias})
                 )
             deadline = time.monotonic() + 60
-            while httpx.get(urls["shadow"] + "/model", timeout=10).json().get("traffic", {}).get("mode") != "shadow":
+            info = {"Authorization": f"Bearer {TOKEN}"}
+            while (
+                httpx.get(urls["shadow"] + "/model", headers=info, timeout=10).json().get("traffic", {}).get("mode")
+                != "shadow"
+            ):
                 if time.monotonic() > deadline:
                     print("the shadow side never loaded its canary: nothing to measure", file=sys.stderr)
                     return 3

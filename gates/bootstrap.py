@@ -21,7 +21,7 @@ CHUNK_CELLS = 4_000_000
 
 
 @dataclass(frozen=True)
-class Scored:
+class HeldOutAnswers:
     """One model's answers on the test rows."""
 
     predicted: NDArray[np.bool_]  # predicted the positive class
@@ -54,27 +54,27 @@ def _ratio(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.flo
     return out
 
 
-def _f1(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
+def _f1(W: NDArray[np.float64], y: NDArray[np.bool_], s: HeldOutAnswers) -> NDArray[np.float64]:
     tp, fp, fn, _ = _counts(W, y, s.predicted)
     return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def _precision(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
+def _precision(W: NDArray[np.float64], y: NDArray[np.bool_], s: HeldOutAnswers) -> NDArray[np.float64]:
     tp, fp, _, _ = _counts(W, y, s.predicted)
     return _ratio(tp, tp + fp)
 
 
-def _recall(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
+def _recall(W: NDArray[np.float64], y: NDArray[np.bool_], s: HeldOutAnswers) -> NDArray[np.float64]:
     tp, _, fn, _ = _counts(W, y, s.predicted)
     return _ratio(tp, tp + fn)
 
 
-def _accuracy(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
+def _accuracy(W: NDArray[np.float64], y: NDArray[np.bool_], s: HeldOutAnswers) -> NDArray[np.float64]:
     tp, fp, fn, tn = _counts(W, y, s.predicted)
     return _ratio(tp + tn, tp + fp + fn + tn)
 
 
-def _roc_auc(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray[np.float64]:
+def _roc_auc(W: NDArray[np.float64], y: NDArray[np.bool_], s: HeldOutAnswers) -> NDArray[np.float64]:
     """Weighted Mann-Whitney AUC (ties count half), equal to scikit-learn's roc_auc_score."""
     order = np.argsort(s.score, kind="stable")
     sorted_scores = s.score[order]
@@ -90,7 +90,7 @@ def _roc_auc(W: NDArray[np.float64], y: NDArray[np.bool_], s: Scored) -> NDArray
 
 
 # A metric: weights (resamples x rows), labels (True: positive class), a model's answers -> one value per resample.
-Metric = Callable[[NDArray[np.float64], NDArray[np.bool_], Scored], NDArray[np.float64]]
+Metric = Callable[[NDArray[np.float64], NDArray[np.bool_], HeldOutAnswers], NDArray[np.float64]]
 
 METRICS: dict[str, Metric] = {
     "f1": _f1,
@@ -115,8 +115,8 @@ def resample_weights(rows: int, samples: int, seed: int) -> Iterator[NDArray[np.
 
 def paired_bootstrap(
     y_true: NDArray[np.bool_],
-    candidate: Scored,
-    production: Scored | None,
+    candidate: HeldOutAnswers,
+    production: HeldOutAnswers | None,
     metrics: list[str],
     samples: int,
     confidence: float | None,
@@ -132,7 +132,7 @@ def paired_bootstrap(
     y = np.asarray(y_true, dtype=bool)
     keep = np.ones(len(y), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
     models = [candidate] if production is None else [candidate, production]
-    sliced = [Scored(m.predicted[keep], m.score[keep]) for m in models]
+    sliced = [HeldOutAnswers(m.predicted[keep], m.score[keep]) for m in models]
     y_kept = y[keep]
     ones = np.ones((1, int(keep.sum())))
     point = {name: [float(METRICS[name](ones, y_kept, m)[0]) for m in sliced] for name in metrics}

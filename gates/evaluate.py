@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from gates.bootstrap import METRICS, Comparison, Scored, paired_bootstrap
+from gates.bootstrap import METRICS, Comparison, HeldOutAnswers, paired_bootstrap
 from gates.profile import Drift
 from gates.rules import (
     Baseline,
@@ -103,7 +103,7 @@ class Production:
     """Production as the gate sees it: its answers on the candidate's test rows, if it could give them."""
 
     version: str
-    scored: Scored | None
+    scored: HeldOutAnswers | None
     error: str | None = None
     logged: dict[str, float] | None = None  # metrics recorded on the version (for metrics not recomputed)
 
@@ -130,7 +130,7 @@ def evaluate(
     seed: int,
     y_true: NDArray[np.bool_],
     frame: pd.DataFrame,
-    candidate: Scored,
+    candidate: HeldOutAnswers,
     logged: dict[str, float],
     production: Production | None,
     schema: SchemaDiff | None = None,
@@ -180,8 +180,8 @@ def _slice_result(
     label: str,
     rows: NDArray[np.bool_],
     y_true: NDArray[np.bool_],
-    candidate: Scored,
-    production: Scored | None,
+    candidate: HeldOutAnswers,
+    production: HeldOutAnswers | None,
     gates: GateSettings,
     seed: int,
 ) -> SliceResult:

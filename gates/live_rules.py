@@ -13,12 +13,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gates.rules import RuleResult
+from gates.psi import psi
 
 Labels = tuple[tuple[str, str], ...]
 Snapshot = dict[tuple[str, Labels], float]
 TRAFFIC = ("/predict", "/invocations")
-PSI_FLOOR = 1e-4
 GAUGES = ("api_feature_expected_ratio",)
 
 
@@ -88,14 +87,6 @@ def shares(cumulative: list[tuple[float, float]]) -> list[float]:
     return [c / whole for c in counts] if whole else []
 
 
-def psi(expected: list[float], actual: list[float]) -> float:
-    """Population stability index of two distributions over the same bins, shares floored at 1e-4."""
-    return sum(
-        (max(a, PSI_FLOOR) - max(e, PSI_FLOOR)) * math.log(max(a, PSI_FLOOR) / max(e, PSI_FLOOR))
-        for e, a in zip(expected, actual, strict=True)
-    )
-
-
 @dataclass(frozen=True)
 class VersionWindow:
     """One version's traffic in a window: requests, errors, p99 and its score distribution."""
@@ -134,19 +125,6 @@ class VersionWindow:
         return self.errors_4xx / self.requests if self.requests else None
 
 
-def shadow_counts(snapshot: Snapshot, version: str) -> tuple[float, float]:
-    """(records the shadow version scored, records on which it disagreed with production)."""
-    agreed = total(snapshot, "api_shadow_agreement_total", version=version, agree="true")
-    disagreed = total(snapshot, "api_shadow_agreement_total", version=version, agree="false")
-    return agreed + disagreed, disagreed
-
-
-def shadow_score_shares(snapshot: Snapshot, version: str) -> tuple[list[float], list[float]]:
-    """(production's, the shadow version's) score shares per bucket, on the same shadowed records."""
-    production = shares(buckets(snapshot, "api_shadow_production_score", version=version))
-    return production, shares(buckets(snapshot, "api_score", version=version))
-
-
 def feature_psi(snapshot: Snapshot, version: str) -> dict[str, float]:
     """Each feature's PSI in the window: its served values' bin shares against its training shares."""
     counts: dict[str, dict[str, float]] = {}
@@ -168,14 +146,3 @@ def feature_psi(snapshot: Snapshot, version: str) -> dict[str, float]:
             [expected.get(feature, {}).get(b, 0.0) for b in bins], [served.get(b, 0.0) / whole for b in bins]
         )
     return out
-
-
-def ceiling(rule: str, metric: str, limit: float | None, value: float | None, what: str) -> RuleResult | None:
-    """`value` must not exceed `limit` (None: the rule is off, None value: nothing to judge fails it)."""
-    if limit is None:
-        return None
-    if value is None:
-        return RuleResult(rule, metric, limit, None, False, f"no {what} measured in the window")
-    passed = value <= limit
-    detail = f"{what} {value:.4g} {'≤' if passed else '>'} {limit:g}"
-    return RuleResult(rule, metric, limit, round(value, 6), passed, detail)

@@ -108,10 +108,15 @@ def policy_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list[
     return sorted(found, key=lambda c: order[c.direction])  # stable: params order within a direction
 
 
+# Rollout rule parameters where a higher value lets more through (gates/sequential.py's tolerated and effect).
+ALLOWANCES = frozenset({"tolerated", "tolerated_ratio", "effect", "effect_ratio", "min_rate", "slow_ms"})
+
+
 def rollout_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list[PolicyChange]:
     """Every rollout threshold that differs between the base params' `rollout` and these, loosened first.
 
-    By name: `max_*` is an allowance (higher is looser); `min_*` and a bake's
+    By name: `max_*` and a rule's tolerance, effect, minimum rate and slow threshold are allowances (higher
+    is looser: more is let through, or only larger harm is caught); `min_*`, `power` and a bake's
     `duration_s` are floors (higher is tighter: more evidence before a verdict);
     anything else that differs (the alias, shares, the canary weights) is shown as changed.
     """
@@ -140,11 +145,102 @@ def _walk(key: str, before: Any, after: Any, changes: list[PolicyChange | None])
         return
     name = key.rsplit(".", 1)[-1]
     what = f"{key.removeprefix('rollout.').replace('.', ' ').replace('_', ' ')}"
-    if name.startswith("max_"):
+    if name.startswith("max_") or name in ALLOWANCES:
         changes.append(_threshold(key, f"rollout's {what}", before, after, floor=False))
-    elif name.startswith("min_") or name == "duration_s":
+    elif name.startswith("min_") or name in ("duration_s", "power"):
         changes.append(_threshold(key, f"rollout's {what}", before, after, floor=True))
     else:
         changes.append(
             PolicyChange(key, before, after, CHANGED, f"changes the rollout's {what} from {before} to {after}")
         )
+
+
+def feature_store_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list[PolicyChange]:
+    """What a params change does to the feature store's settings (`feature_store`), loosened first.
+
+    The service and repository are shown as changed; a longer max age, `stale: warn` and a wider skew
+    tolerance loosen; a larger skew sample tightens.
+    """
+    changes: list[PolicyChange | None] = []
+    for name in ("service", "repo", "entities"):
+        if base.get(name) != current.get(name):
+            before, after = base.get(name), current.get(name)
+            message = f"changes the feature store's {name} from {before!r} to {after!r}"
+            changes.append(PolicyChange(f"feature_store.{name}", before, after, CHANGED, message))
+    old_ages, new_ages = base.get("max_age_s") or {}, current.get("max_age_s") or {}
+    for view in [*new_ages, *(v for v in old_ages if v not in new_ages)]:
+        what = f"max age of view {view!r} (s)"
+        changes.append(
+            _threshold(f"feature_store.max_age_s.{view}", what, old_ages.get(view), new_ages.get(view), False)
+        )
+    old_stale, new_stale = base.get("stale"), current.get("stale")
+    if old_stale != new_stale:
+        direction = LOOSENED if new_stale == "warn" else TIGHTENED
+        message = f"{'serves' if new_stale == 'warn' else 'refuses'} stale features (stale: {old_stale} -> {new_stale})"
+        changes.append(PolicyChange("feature_store.stale", old_stale, new_stale, direction, message))
+    old_skew, new_skew = base.get("skew") or {}, current.get("skew") or {}
+    what = "online/offline skew tolerance"
+    changes.append(
+        _threshold("feature_store.skew.tolerance", what, old_skew.get("tolerance"), new_skew.get("tolerance"), False)
+    )
+    what = "number of entities the skew check samples"
+    changes.append(_threshold("feature_store.skew.sample", what, old_skew.get("sample"), new_skew.get("sample"), True))
+    found = [c for c in changes if c is not None]
+    order = {LOOSENED: 0, TIGHTENED: 1, CHANGED: 2}
+    return sorted(found, key=lambda c: order[c.direction])
+
+
+def feature_changes(
+    base: Mapping[str, Any] | None, current: Mapping[str, Any] | None, against: str
+) -> list[PolicyChange]:
+    """How the features a candidate was trained from differ from `against`'s (e.g. production v3).
+
+    Each side: {"service", "definitions_hash", "views": {view: [[feature, type], ...]}}, or None when it was
+    trained from a CSV. A changed definitions hash is shown even when no feature list changed (a new
+    transformation, source or TTL); each view's added, removed and retyped features are named.
+    """
+    if base is None and current is None:
+        return []
+    if current is None:
+        assert base is not None
+        message = f"trains from the CSV, not feature service {base['service']!r} as {against} did"
+        return [PolicyChange("feature_store.service", base["service"], None, CHANGED, message)]
+    if base is None:
+        message = (
+            f"trains from feature service {current['service']!r} (definitions {current['definitions_hash'][:12]}); "
+            f"{against} was trained from a CSV"
+        )
+        return [PolicyChange("feature_store.service", None, current["service"], CHANGED, message)]
+    changes = []
+    if base["service"] != current["service"]:
+        message = f"trains from feature service {current['service']!r} instead of {base['service']!r} ({against})"
+        changes.append(PolicyChange("feature_store.service", base["service"], current["service"], CHANGED, message))
+    old_hash, new_hash = base.get("definitions_hash", ""), current.get("definitions_hash", "")
+    if old_hash != new_hash:
+        message = f"changes the feature definitions from {old_hash[:12]} ({against}) to {new_hash[:12]}"
+        changes.append(PolicyChange("feature_store.definitions_hash", old_hash, new_hash, CHANGED, message))
+    old_views, new_views = base.get("views") or {}, current.get("views") or {}
+    for view in [*new_views, *(v for v in old_views if v not in new_views)]:
+        before = {name: kind for name, kind in old_views.get(view, [])}
+        after = {name: kind for name, kind in new_views.get(view, [])}
+        if list(before.items()) == list(after.items()):
+            continue
+        parts = []
+        if view not in old_views:
+            parts.append("is new")
+        elif view not in new_views:
+            parts.append("is no longer read")
+        added = [n for n in after if n not in before]
+        removed = [n for n in before if n not in after]
+        retyped = [f"{n} {before[n]} -> {after[n]}" for n in after if n in before and before[n] != after[n]]
+        parts += [f"adds {', '.join(added)}"] if added and view in old_views else []
+        parts += [f"removes {', '.join(removed)}"] if removed and view in new_views else []
+        parts += [f"retypes {', '.join(retyped)}"] if retyped else []
+        if not parts:
+            parts.append("reorders its features")
+        message = f"feature view {view!r} {'; '.join(parts)} (against {against})"
+        key = f"feature_store.views.{view}"
+        old_list = [f"{n}:{k}" for n, k in before.items()]
+        new_list = [f"{n}:{k}" for n, k in after.items()]
+        changes.append(PolicyChange(key, old_list or None, new_list or None, CHANGED, message))
+    return changes

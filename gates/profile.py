@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from gates.psi import psi
+
 MAX_CATEGORIES = 100  # the most frequent categories are kept; the rest count as "other"
-PSI_FLOOR = 1e-4  # share used for an empty bin, so the logarithm stays finite
 
 
 class ColumnProfile(TypedDict):
@@ -117,7 +118,7 @@ def compare_profiles(production: Profile, candidate: Profile, missing_change: fl
             drift.missing_share[column] = {"production": old["missing_share"], "candidate": new["missing_share"]}
         if new["kind"] == "numeric":
             if old["percentiles"] and new["percentiles"]:
-                drift.psi[column] = round(psi(old["percentiles"], new["percentiles"]), 6)
+                drift.psi[column] = round(percentile_psi(old["percentiles"], new["percentiles"]), 6)
         else:
             unseen = {v: s for v, s in new["categories"].items() if v not in old["categories"]}
             if unseen:
@@ -125,17 +126,16 @@ def compare_profiles(production: Profile, candidate: Profile, missing_change: fl
     return drift
 
 
-def psi(expected_percentiles: list[float], actual_percentiles: list[float]) -> float:
-    """Population stability index over the deciles of the expected (production) distribution."""
+def percentile_psi(expected_percentiles: list[float], actual_percentiles: list[float]) -> float:
+    """Population stability index over the deciles of the expected (production) distribution, from percentiles."""
     expected = np.asarray(expected_percentiles, dtype=float)
     actual = np.asarray(actual_percentiles, dtype=float)
     edges = np.unique(expected[10:100:10])
-    e, a = _bin_shares(expected, edges), _bin_shares(actual, edges)
-    return float(np.sum((a - e) * np.log(a / e)))
+    return psi(_bin_shares(expected, edges).tolist(), _bin_shares(actual, edges).tolist())
 
 
 def _bin_shares(percentiles: NDArray[np.float64], edges: NDArray[np.float64]) -> NDArray[np.float64]:
     """Share of the distribution in (-inf, e1], (e1, e2], ..., (ek, inf), read off its percentiles."""
     cdf = np.searchsorted(percentiles, edges, side="right") / len(percentiles)
     shares: NDArray[np.float64] = np.diff(np.r_[0.0, cdf, 1.0])  # numpy's stubs type np.r_[...] as Any
-    return np.maximum(shares, PSI_FLOOR)
+    return shares

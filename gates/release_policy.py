@@ -1,12 +1,14 @@
 """Pure release rules: may a version be promoted, where does a rollback go.
 
 These functions see plain values read from the registry and decide; the
-registry adapter (pipeline/registry.py) does the reading and the moving. A
-rule that says no raises ReleaseRefused, which the CLI exits 1 on.
+registry adapters (pipeline/store/model_versions.py and
+pipeline/store/alias_moves.py) do the reading and the moving. A rule that
+says no raises ReleaseRefused, which the CLI exits 1 on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -29,14 +31,24 @@ class VersionState:
         return self.gate == "passed" and self.smoke == "passed"
 
 
-def check_promotion(state: VersionState, candidate: str | None, production: str | None) -> bool:
+def check_promotion(
+    state: VersionState, candidate: str | None, production: str | None, rolled_back: Collection[str] = ()
+) -> bool:
     """Compare-and-set precondition (docs/DESIGN.md invariants 1 and 3).
 
     Returns False when production already points at the version (nothing to
     do), True when the move may go ahead, and raises ReleaseRefused otherwise.
+    `rolled_back`: the versions production was rolled back away from (the
+    verified ledger); a re-run deploy never promotes one of them again.
     """
     if production == state.version:
         return False
+    if state.version in rolled_back:
+        raise ReleaseRefused(
+            f"version {state.version} was rolled back out of production (the release ledger says why): it is not "
+            f"promoted again; release a new version, or return to it deliberately with "
+            f"`rollback --to {state.version} --reason ...`"
+        )
     if state.gate != "passed":
         raise ReleaseRefused(f"version {state.version} did not pass its gates (gate: {state.gate})")
     if state.smoke != "passed":

@@ -57,6 +57,7 @@ class RolloutReport:
     phases: list[Phase] = field(default_factory=list)
     verdict: str = "pending"  # passed | aborted (rollout); passed | rolled back | not judged (watch)
     reason: str = ""
+    rollout: str = ""  # the rollout's id (its ledger entries and signed traffic states name it); "" for a bake
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data."""
@@ -68,6 +69,7 @@ class RolloutReport:
             "metrics_source": self.source,
             "verdict": self.verdict,
             "reason": self.reason,
+            "rollout": self.rollout,
             "phases": [phase.to_dict() for phase in self.phases],
         }
 
@@ -82,7 +84,8 @@ class RolloutReport:
         lines = [
             f"## {mark} {title} of `{self.model}` version {self.version}: {self.verdict}",
             "",
-            f"Production was {self.production or 'nothing'}; metrics from {self.source}.",
+            f"Production was {self.production or 'nothing'}; metrics from {self.source}."
+            + (f" Rollout id `{self.rollout}`." if self.rollout else ""),
         ]
         if self.reason:
             lines += ["", f"> {self.reason}"]

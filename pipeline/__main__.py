@@ -17,7 +17,7 @@ for _signum in (signal.SIGINT, signal.SIGTERM):
 
 from pipeline.cli import main  # noqa: E402
 
-code = main()
+code = main(process_ends=True)
 # Everything the command made is closed, written and renamed by now. Frozen, the millions of objects MLflow,
 # scikit-learn and SciPy left are not walked by the collections the interpreter runs while it shuts down:
 # exit takes ~0.1 s instead of 1-2 s (atexit handlers still run, as before).

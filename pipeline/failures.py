@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
+
+from pipeline.core.environment import PipelineEnv
 
 # MLflow error codes that mean the request itself was wrong, not the service.
 BAD_INPUT_CODES = {
@@ -22,10 +23,13 @@ def classify(exc: BaseException) -> tuple[int, str]:
     """(exit code, message) for an exception that is not a PipelineError."""
     from mlflow.exceptions import MlflowException
 
+    from api.release.env_settings import SettingsError
     from gates.release_policy import ReleaseRefused
 
     if isinstance(exc, ReleaseRefused):
         return 1, str(exc)
+    if isinstance(exc, SettingsError):  # a setting shared with the API (PROBE_*): its one line names it
+        return 2, str(exc)
 
     if isinstance(exc, MlflowException):
         text = _first_line(exc.message)
@@ -49,11 +53,12 @@ def classify(exc: BaseException) -> tuple[int, str]:
 
 def _credentials_refused(error_code: str, text: str) -> str:
     """Which of: no credentials, wrong credentials, or a user without the permission (never the password)."""
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    auth = PipelineEnv.read().mlflow_auth
+    user = auth.get("MLFLOW_TRACKING_USERNAME")
     if error_code == "PERMISSION_DENIED" or " 403" in text:
         who = f"user {user!r}" if user else "this client"
         return f"tracking server denied {who} the permission for this request (403): {text}"
-    if not user and not os.environ.get("MLFLOW_TRACKING_TOKEN"):
+    if not user and not auth.get("MLFLOW_TRACKING_TOKEN"):
         return "tracking server requires credentials (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     if not user:
         return "tracking server rejected MLFLOW_TRACKING_TOKEN (401)"

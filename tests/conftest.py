@@ -14,19 +14,24 @@ from pipeline.core.churn_data import generate_churn
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# With pytest-xdist (`make test`: -n 2 --dist loadfile --no-loadscope-reorder), a test file is one unit of work on
+# With pytest-xdist (`make test`: -n 3 --dist loadfile --no-loadscope-reorder), a test file is one unit of work on
 # one worker, so its module fixtures (a tracking server, a fleet of replicas, the act run) start once; the units are
 # handed out in collection order, which on a worker is this: the longest files first (as measured, several minutes
-# down to about one), so that the many short ones fill in at the end on whichever worker is free.
+# down to about one), so that the many short ones fill in at the end on whichever worker is free. test_flow, early,
+# also builds the released-version snapshots most integration files copy (tests/integration/released.py, candidate.py).
 LONG_FIRST = [
     "tests/e2e/test_workflows_act.py",
     "tests/integration/test_flow.py",
     "tests/integration/test_rollout_live.py",
-    "tests/integration/test_integrity.py",
-    "tests/integration/test_crafted_release.py",
+    "tests/integration/test_families_flow.py",
     "tests/integration/test_team_server.py",
+    "tests/integration/test_crafted_release.py",
+    "tests/integration/test_integrity.py",
     "tests/integration/test_api_live.py",
     "tests/integration/test_release_lock_live.py",
+    "tests/integration/test_feature_store.py",
+    "tests/integration/test_feature_training.py",
+    "tests/api/test_feature_lookup.py",
     "tests/unit/test_model_checks.py",
     "tests/integration/test_batch_scoring.py",
     "tests/integration/test_monitoring_live.py",

@@ -1,10 +1,10 @@
 """/invocations: the answers of `mlflow models serve`, faster, and closed to hostile input.
 
 A well-formed JSON request (every column present with values of exactly the
-schema's types, see api.model.columnar) is parsed with orjson and predicted on the
+schema's types, see api.model.fast_decoders) is parsed with orjson and predicted on the
 compiled path: MLflow's enforcement would pass it through unchanged. Anything
 else (CSV, params, nulls where MLflow decides, odd types, errors) is read and
-checked by api.model.invocation_input (content type, numbers, duplicated keys,
+checked by api.model.invocation_input, _json and _csv (content type, numbers, duplicated keys,
 lists as values, CSV structure, the batch limit), then goes through MLflow's
 own scoring-server functions, so what is accepted and how it is predicted stay
 those of `mlflow models serve`. Every error is answered as MLflow's
@@ -15,6 +15,7 @@ this path is caught: none is a 5xx, none shows a traceback, path or class name.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,28 +24,26 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.utils import _enforce_schema
 from mlflow.pyfunc import scoring_server
 
+from api.model.columns import Columns
+from api.model.invocation_csv import CsvTable, explain_csv, read_csv
 from api.model.invocation_input import (
     BAD_REQUEST,
     CSV_TYPE,
-    CsvTable,
     Refusal,
     batch_limit,
-    explain_csv,
-    explain_json,
     media_type,
     problem,
-    read_csv,
-    read_json,
     refuse,
     refuse_infinite,
     safe_message,
 )
+from api.model.invocation_json import explain_json, read_json
 from api.model.loaded_model import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 RECORD_KEYS = ("dataframe_records", "inputs", "instances")
-# sklearn refusing the values it was given: a client's input, named field by field (as on /predict).
+# sklearn refusing the values it was given: a client's input, answered by name on both doors (422 on /predict).
 UNSCORABLE = (ValueError, TypeError, OverflowError, FloatingPointError)
 # MLflow's own words when a model fails on a frame it accepted.
 UNEXPECTED = (
@@ -62,7 +61,11 @@ class _PyfuncView:
         self.metadata = model.mlflow_model
         self._model = model
         self.rows = 0
+        self.labels: np.ndarray | None = None
+        self.probabilities: list[float] | None = None
+        self.columns: Columns | None = None  # the features of the frame MLflow enforced, for the live counts
         self.refusal: Refusal | None = None  # MLflow rewords whatever predict raises: this is the cause
+        self.failed = False  # the model raised on values it accepted: the version's error, not the client's
 
     def predict(self, data: Any) -> np.ndarray:
         """The labels for `data`; a refusal is kept, since MLflow rewords whatever this raises.
@@ -87,20 +90,50 @@ class _PyfuncView:
         refuse_infinite(frame, model.features)
         self.rows = len(frame)
         try:
-            return model.predict_frame(frame)
+            self.labels, self.probabilities = model.predict_frame(frame)
+            self.columns = {f.name: frame[f.name].tolist() for f in model.features if f.name in frame}
+            return self.labels
         except UNSCORABLE as exc:  # e.g. beyond float32 for a tree model: named as /predict names it
             columns = {f.name: frame[f.name].tolist() for f in model.features if f.numeric}
             problems = model.unscorable(columns, exc).problems
             raise Refusal([{**p, "message": safe_message(p["message"])} for p in problems]) from None
+        except Exception:
+            self.failed = True
+            raise
 
 
-def score(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, str | bytes, int]:
-    """(status, response text, rows predicted) for one /invocations request."""
+@dataclass(frozen=True)
+class Scored:
+    """One /invocations answer: its status, its text, the rows predicted; a 200's labels, probabilities, columns.
+
+    `failed`: the model raised on values it accepted (answered as MLflow answers it, counted as the version's error).
+    """
+
+    status: int
+    text: bytes | str
+    rows: int
+    labels: np.ndarray | None = None  # the model's labels, as predicted
+    probabilities: list[float] | None = None  # the positive class's, as the live counts take them
+    columns: Columns | None = None  # the features predicted on, as the live counts and a shadow copy take them
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class FullRead:
+    """A body read and checked for the full path (api.model.invocation_json or _csv), before MLflow scores it."""
+
+    mime: str
+    request: dict[str, object] | CsvTable
+    data: dict[str, object] | str  # what MLflow's scoring function is handed
+
+
+def score(model: LoadedModel, body: bytes, content_type: str) -> Scored:
+    """The answer to one /invocations request."""
     return score_well_formed(model, body, content_type) or score_with_mlflow(model, body, content_type)
 
 
-def score_well_formed(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, bytes, int] | None:
-    """The answer on the fast path, or None when the request needs the full path."""
+def well_formed_columns(model: LoadedModel, body: bytes, content_type: str) -> Columns | None:
+    """The request's columns on the fast path (the customer's id too, when records carry it), or None."""
     if content_type.lower().replace(" ", "") not in ("application/json", "application/json;charset=utf-8"):
         return None
     try:
@@ -123,11 +156,27 @@ def score_well_formed(model: LoadedModel, body: bytes, content_type: str) -> tup
     # as distinct keys proves none was; more (a colon inside a string too) and the full path decides.
     if columns is None or _colons(body) != keys:
         return None
+    return columns
+
+
+def predict_well_formed(model: LoadedModel, columns: Columns) -> Scored | None:
+    """The answer for columns the fast path read, or None when the model refuses them (the full path names why).
+
+    With the probabilities and columns the live counts take, as /predict counts the same records.
+    """
     try:
-        labels = model.labels(columns)
-    except Exception:  # the model refused these values: the full path names the field
+        prediction = model.predict_columns(columns)
+    except Exception:  # the model refused these values (or failed on them): the full path names why
         return None
-    return 200, orjson.dumps({"predictions": labels.tolist()}), len(labels)
+    labels = np.asarray(prediction.labels, dtype=object)  # tolist() gives back the labels as predicted
+    answer = orjson.dumps({"predictions": prediction.labels})
+    return Scored(200, answer, len(labels), labels, prediction.probabilities, columns)
+
+
+def score_well_formed(model: LoadedModel, body: bytes, content_type: str) -> Scored | None:
+    """The answer on the fast path, or None when the request needs the full path."""
+    columns = well_formed_columns(model, body, content_type)
+    return None if columns is None else predict_well_formed(model, columns)
 
 
 def _colons(body: bytes) -> int:
@@ -136,19 +185,33 @@ def _colons(body: bytes) -> int:
     return int(np.count_nonzero(np.frombuffer(body, np.uint8) == ord(":")))
 
 
-def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> tuple[int, bytes | str, int]:
-    """Read and check the request, then MLflow's functions; every failure a 4xx in MLflow's error shape."""
+def read_full(model: LoadedModel, body: bytes, content_type: str) -> FullRead:
+    """The body read and checked for MLflow's functions: a Refusal (or another exception) when it cannot be."""
+    mime = media_type(content_type)
+    if mime == CSV_TYPE:
+        table = read_csv(body, model.features, model.max_batch_size)
+        return FullRead(mime, table, table.text)
+    request = read_json(body, model.features, model.max_batch_size)
+    return FullRead(mime, request, request)
+
+
+def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str, read: FullRead | None = None) -> Scored:
+    """Read and check the request (unless `read` already is), then MLflow's functions; every failure a 4xx."""
     view = _PyfuncView(model)
-    request: dict[str, object] | CsvTable | None = None
+    scored = _score_with_mlflow(view, model, body, content_type, read)
+    return replace(scored, rows=view.rows, failed=True) if view.failed else scored
+
+
+def _score_with_mlflow(
+    view: _PyfuncView, model: LoadedModel, body: bytes, content_type: str, read: FullRead | None
+) -> Scored:
+    request: dict[str, object] | CsvTable | None = None if read is None else read.request
     try:
-        mime = media_type(content_type)
-        if mime == CSV_TYPE:
-            request = read_csv(body, model.features, model.max_batch_size)
-            data: dict[str, object] | str = request.text
-        else:
-            request = data = read_json(body, model.features, model.max_batch_size)
+        if read is None:
+            read = read_full(model, body, content_type)
+            request = read.request
         # scoring_server.invocations is unannotated in MLflow.
-        result = scoring_server.invocations(data, mime, view, view.metadata.get_input_schema())
+        result = scoring_server.invocations(read.data, read.mime, view, view.metadata.get_input_schema())
     except Refusal as exc:
         return _refused(exc)
     except MlflowException as exc:
@@ -163,7 +226,61 @@ def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> tup
     if result.status != 200:  # MLflow's own 415s: media_type answers them first
         status = result.status if 400 <= result.status < 500 else 400
         return _refused(refuse(safe_message(result.response), status=status))
-    return result.status, result.response, view.rows
+    return Scored(result.status, result.response, view.rows, view.labels, view.probabilities, view.columns)
+
+
+def read_customers(read: FullRead, field: str | None) -> list[object] | None:
+    """Every record's customer id in a request read for the full path (None where a record has none).
+
+    None when no field is configured or the request's shape is not one whose records can be told apart here
+    (MLflow decides what it means): the split then draws the side at random.
+    """
+    if not field:
+        return None
+    request = read.request
+    if isinstance(request, CsvTable):
+        if field not in request.header:
+            return [None] * len(request.rows) or None
+        i = request.header.index(field)
+        return [row[i] or None for row in request.rows]
+    for key in ("dataframe_split", *RECORD_KEYS):
+        if key in request:
+            return _payload_customers(key, request[key], field)
+    return None
+
+
+def read_records(read: FullRead) -> int:
+    """How many records a request read for the full path holds, as far as can be told here (else 1)."""
+    request = read.request
+    if isinstance(request, CsvTable):
+        return len(request.rows) or 1
+    for key in ("dataframe_split", *RECORD_KEYS):
+        payload = request.get(key)
+        if key == "dataframe_split" and isinstance(payload, dict):
+            payload = payload.get("data")
+        if isinstance(payload, list):
+            return len(payload) or 1
+        if isinstance(payload, dict):  # columns: {"tenure": [1, 2], ...}
+            lengths = [len(v) for v in payload.values() if isinstance(v, list)]
+            return max(lengths, default=1) or 1
+    return 1
+
+
+def _payload_customers(key: str, payload: object, field: str) -> list[object] | None:
+    if key == "dataframe_split":
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            return None
+        names, data = payload.get("columns"), payload["data"]
+        if not isinstance(names, list) or field not in names:
+            return [None] * len(data) or None
+        i = names.index(field)
+        return [row[i] if isinstance(row, list) and len(row) > i else None for row in data] or None
+    if isinstance(payload, list):
+        return [record.get(field) if isinstance(record, dict) else None for record in payload] or None
+    if isinstance(payload, dict):  # columns: {"tenure": [1, 2], ...}
+        values = payload.get(field)
+        return list(values) if isinstance(values, list) and values else None
+    return None
 
 
 def _explain(request: dict[str, object] | CsvTable | None, model: LoadedModel) -> Refusal | None:
@@ -188,5 +305,5 @@ def _client_code(exc: MlflowException) -> str:
     return exc.error_code if exc.get_http_status_code() < 500 else BAD_REQUEST
 
 
-def _refused(exc: Refusal) -> tuple[int, bytes, int]:
-    return exc.status, orjson.dumps(exc.answer()), 0
+def _refused(exc: Refusal) -> Scored:
+    return Scored(exc.status, orjson.dumps(exc.answer()), 0)

@@ -109,6 +109,7 @@ def load_probed(
     examples: SmokeExamples | None,
     limits: ProbeLimits | None = None,
     accepted: set[str] | None = None,
+    cache: ProbeCache | None = None,
 ) -> Any:
     """The estimator in `files`, loaded here only after a child process loaded and probed the same bytes.
 
@@ -116,7 +117,7 @@ def load_probed(
     `accepted` remembers digests a child already accepted in this process:
     the same bytes are not probed twice (a swap back to a version served before).
     """
-    probed(files, examples, limits, accepted)
+    probed(files, examples, limits, accepted, cache)
     return load_estimator_bytes(files.artifact.model_bytes)
 
 
@@ -125,16 +126,18 @@ def probed(
     examples: SmokeExamples | None,
     limits: ProbeLimits | None = None,
     accepted: set[str] | None = None,
+    cache: ProbeCache | None = None,
 ) -> None:
     """Have a child process load and probe `files`, unless one already accepted them.
 
     `accepted` holds the digests this process saw accepted; the ProbeCache,
     what children on this machine accepted with the same examples and limits.
+    Limits and cache default to the environment's, for callers that read no settings.
     """
     if accepted is not None and files.digest in accepted:
         return
     limits = limits or ProbeLimits.from_env()
-    cache = ProbeCache.from_env()
+    cache = cache or ProbeCache.from_env()
     key = cache.key(files.digest, examples, limits)
     if not cache.holds(key):
         digest = probe(files.model_dir, files.feature_schema, examples, limits)
@@ -155,6 +158,7 @@ def check_release(
     limits: ProbeLimits | None = None,
     load: bool = True,
     accepted: set[str] | None = None,
+    cache: ProbeCache | None = None,
 ) -> Verified:
     """May version `mv` serve, and if not, why: the one release check.
 
@@ -187,9 +191,9 @@ def check_release(
             raise RefusedVersion(version, why)
         examples = stored_examples(client, run_id)
         if not load:
-            probed(files, examples, limits, accepted)
+            probed(files, examples, limits, accepted, cache)
             return Verified(files, None, examples)
-        return Verified(files, load_probed(files, examples, limits, accepted), examples)
+        return Verified(files, load_probed(files, examples, limits, accepted, cache), examples)
     except RefusedModel as exc:
         raise RefusedVersion(version, str(exc)) from None
     except (MlflowException, FileNotFoundError) as exc:

@@ -72,6 +72,14 @@ CANARY_MODE = "canary.mode"  # off | shadow | canary
 CANARY_VERSION = "canary.version"  # the version the state is about (the canary alias must point at it)
 CANARY_WEIGHT = "canary.weight"  # percent of requests the canary answers (canary mode)
 CANARY_SHADOW_SHARE = "canary.shadow_share"  # share of production's requests copied to it (shadow mode)
+CANARY_SALT = "canary.salt"  # hex, secret per rollout: keys the customer split, so no client can aim at a side
+# What binds the state to one rollout (replicas refuse it past its expiry, once its rollout ended, or when the
+# ledger entry that started the rollout is not the one named):
+CANARY_ROLLOUT = "canary.rollout"  # the rollout's id: random, drawn when the rollout starts
+CANARY_STARTED = "canary.started"  # when the rollout started (ISO 8601, UTC)
+CANARY_EXPIRES = "canary.expires"  # after this instant (ISO 8601, UTC) the state is read as off
+CANARY_LEDGER_ENTRY = "canary.ledger_entry"  # the tag key of the ledger entry that started the rollout
+CANARY_LEDGER_HASH = "canary.ledger_hash"  # the sha256 of that entry's stored text
 CANARY_SIGNATURE = "canary.signature"
 
 # Model version tags of the rollout verdict

@@ -4,7 +4,7 @@ A crafted artifact can pass the skops allow-list and still crash or hang the
 process that loads it and predicts with it (a tree whose indices point outside
 its arrays, arrays that decompress to gigabytes). So the child, under a memory
 limit and a timeout, reads the files, loads them with the allow-list, checks
-every tree's structure (api/model_checks.py) and predicts the stored examples,
+every tree's structure (api/release/model_checks.py) and predicts the stored examples,
 which must get the answers recorded at training time. It reports the digest of
 the bytes it accepted; the caller then loads only bytes with that digest.
 
@@ -20,18 +20,17 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
 from api.release.contract import FeatureSchema, SmokeExamples
+from api.release.env_settings import ProbeSettings
 from api.release.redact import plain_message
 from api.release.safe_model import RefusedModel
+from families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBE_TIMEOUT_VAR, PROBE_MEMORY_VAR = "PROBE_TIMEOUT_S", "PROBE_MEMORY_MB"
-PROBE_CACHE_VAR = "PROBE_CACHE_DIR"
 # What the child inherits: nothing secret (no tracking credentials, no keys).
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
 PROBABILITY_TOLERANCE = 1e-9
@@ -45,25 +44,39 @@ class ProbeAnswer(TypedDict, total=False):
     refused: str
 
 
+_DEFAULTS = ProbeSettings.model_fields
+# Whose versions a cached verdict depends on: the loader's, and every family's model library.
+LIBRARIES = (
+    "scikit-learn",
+    "skops",
+    "numpy",
+    *sorted({r.split("==")[0] for f in FAMILIES.values() for r in f.requirements}),
+)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 @dataclass(frozen=True)
 class ProbeLimits:
-    """How long a probe child may take, and how much memory it may map."""
+    """How long a probe child may take, and how much memory it may map (ProbeSettings declares the variables)."""
 
-    timeout_s: float = 60.0
-    memory_mb: int = 2048
+    timeout_s: float = _DEFAULTS["probe_timeout_s"].default
+    memory_mb: int = _DEFAULTS["probe_memory_mb"].default
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ProbeLimits:
-        """PROBE_TIMEOUT_S and PROBE_MEMORY_MB, when set (the API and the CLI read the same variables)."""
-        env = os.environ if env is None else env
-        try:
-            timeout = float(env.get(PROBE_TIMEOUT_VAR) or cls.timeout_s)
-            memory = int(env.get(PROBE_MEMORY_VAR) or cls.memory_mb)
-        except ValueError:
-            raise ValueError(f"{PROBE_TIMEOUT_VAR} and {PROBE_MEMORY_VAR} must be numbers") from None
-        if timeout <= 0 or memory <= 0:
-            raise ValueError(f"{PROBE_TIMEOUT_VAR} and {PROBE_MEMORY_VAR} must be positive")
-        return cls(timeout, memory)
+    def of(cls, settings: ProbeSettings) -> ProbeLimits:
+        """The limits the settings read (PROBE_TIMEOUT_S, PROBE_MEMORY_MB)."""
+        return cls(settings.probe_timeout_s, settings.probe_memory_mb)
+
+    @classmethod
+    def from_env(cls) -> ProbeLimits:
+        """The limits in the environment, for a caller not handed its settings; SettingsError names a bad value."""
+        return cls.of(ProbeSettings.from_env())
 
 
 class ProbeCache:
@@ -80,18 +93,19 @@ class ProbeCache:
         self.directory = directory
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ProbeCache:
-        """The cache PROBE_CACHE_DIR names, else the user's cache directory."""
-        env = os.environ if env is None else env
-        if PROBE_CACHE_VAR in env:
-            return cls(Path(env[PROBE_CACHE_VAR]) if env[PROBE_CACHE_VAR] else None)
-        base = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cls(base / "gated-churn-model" / "probed")
+    def of(cls, settings: ProbeSettings) -> ProbeCache:
+        """The cache the settings name (PROBE_CACHE_DIR, else the user's cache directory)."""
+        return cls(settings.probe_cache_path)
+
+    @classmethod
+    def from_env(cls) -> ProbeCache:
+        """The cache the environment names, for a caller not handed its settings."""
+        return cls.of(ProbeSettings.from_env())
 
     @staticmethod
     def key(digest: str, examples: SmokeExamples | None, limits: ProbeLimits) -> str:
         """The name of a verdict: everything it depends on, hashed."""
-        libraries = [importlib.metadata.version(name) for name in ("scikit-learn", "skops", "numpy")]
+        libraries = [_version(name) for name in LIBRARIES]
         facts = [digest, examples, limits.timeout_s, limits.memory_mb, libraries]
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 

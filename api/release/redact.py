@@ -1,17 +1,33 @@
-"""Credentials never leave: `scheme://user:password@host` is shown as `scheme://***@host`."""
+"""Credentials never leave: `scheme://user:password@host` is shown as `scheme://***@host`.
+
+The user-info is everything between "scheme://" and the LAST "@" before the host, because clients read it that
+way (urllib.parse and redis-py split the authority at its last "@", so `redis://:p@ss@host` has the password
+`p@ss`), and a password may hold what a URL should not: quotes, spaces, "/". The user-info ends at a line's end,
+at the next "scheme://", and at "?" or "#" (a query's "@" is not one: `http://host/x?a=b@c` is kept). The
+cost of a password with "/" or a space is that a path's or a sentence's later "@" on the same line is taken
+for the user-info's end: more is hidden, never less. A password given as a query or option value
+(`?password=secret`, `&password=...`, `password='...'`) is shown as `password=***`.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 
-# userinfo of any URI: everything between "scheme://" and the first "@" before the host.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s'\"]+@")
+# A scheme starting a word (the lookbehind keeps a long run of letters from being tried at every offset).
+_SCHEME = r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://"
+# userinfo: the longest run up to an "@" that crosses no line end, "?", "#" nor another URI's scheme.
+_USERINFO = re.compile(rf"(?P<scheme>{_SCHEME})(?:(?!{_SCHEME})[^\r\n?#])*@")
+# password=value as a query parameter or an option: quoted, or up to the next separator.
+_PASSWORD_VALUE = re.compile(
+    r"""(?P<key>(?<![A-Za-z0-9_])[A-Za-z0-9_]*(?:password|passwd)\s*=\s*)(?:'[^'\r\n]*'|"[^"\r\n]*"|[^&#;,\s'"]*)""",
+    re.IGNORECASE,
+)
 
 
 def redact(text: object) -> str:
-    """The text with the user-info part of every URI replaced by ***."""
-    return _USERINFO.sub(r"\g<scheme>***@", str(text))
+    """The text with the user-info part of every URI, and every password= value, replaced by ***."""
+    return _PASSWORD_VALUE.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", str(text)))
 
 
 class RedactingFilter(logging.Filter):

@@ -2,8 +2,10 @@
 
 A version's model directory is read as data: the MLmodel file with
 yaml.safe_load, the estimator with skops against an allow-list of the types
-this project builds. Pickle and cloudpickle formats, `code` paths and any type
-outside the list are refused before anything is constructed.
+this project builds (derived from families/ and features/). Pickle and
+cloudpickle formats, `code` paths and any type outside the list are refused
+before anything is constructed, so no module is imported that the list does
+not name.
 """
 
 from __future__ import annotations
@@ -18,52 +20,17 @@ from typing import Any
 
 import yaml
 
-# Every type a model built from params.yaml contains (logistic regression,
-# random forest, histogram gradient boosting behind the ColumnTransformer of
-# pipeline/train.py), plus the plain containers and numpy scalars skops writes.
-# tests/unit/test_safe_model.py trains each buildable model and checks this list
-# covers it, so a scikit-learn upgrade that adds an internal type is caught there.
-ALLOWED_TYPES = frozenset(
-    {
-        "builtins.bool",
-        "builtins.dict",
-        "builtins.float",
-        "builtins.int",
-        "builtins.list",
-        "builtins.slice",
-        "builtins.str",
-        "builtins.tuple",
-        "numpy.bool_",
-        "numpy.dtype",
-        "numpy.float32",
-        "numpy.float64",
-        "numpy.int32",
-        "numpy.int64",
-        "numpy.ndarray",
-        "numpy.random._generator.Generator",
-        "numpy.random._pcg64.PCG64",
-        "numpy.random.mtrand.RandomState",
-        "numpy.uint64",
-        "sklearn._loss._loss.CyHalfBinomialLoss",
-        "sklearn._loss.link.Interval",
-        "sklearn._loss.link.LogitLink",
-        "sklearn._loss.loss.HalfBinomialLoss",
-        "sklearn.compose._column_transformer.ColumnTransformer",
-        "sklearn.ensemble._forest.RandomForestClassifier",
-        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "sklearn.impute._base.SimpleImputer",
-        "sklearn.linear_model._logistic.LogisticRegression",
-        "sklearn.pipeline.Pipeline",
-        "sklearn.preprocessing._data.StandardScaler",
-        "sklearn.preprocessing._encoders.OneHotEncoder",
-        "sklearn.preprocessing._label.LabelEncoder",
-        "sklearn.tree._classes.DecisionTreeClassifier",
-        "sklearn.tree._tree.Tree",
-    }
-)
+from families import FAMILIES, StructureError, allowed_types
+
+# Every type a version may contain: the shared preprocessing, each declared family's classifier types
+# (families/), and the classes of the project's own feature code (features/). Nothing else is constructed.
+ALLOWED_TYPES = allowed_types()
+OWN_PACKAGES = ("features", "families")
 SKOPS_FORMAT = "skops"
+# Which family's check_stored reads which stored type (an XGBoost or LightGBM Booster), before skops builds it.
+STORED_CHECKS = {kind: family.check_stored for family in FAMILIES.values() for kind in family.stored_types}
+# The largest archive member a stored check reads (its declared size bounds what zipfile decompresses).
+MAX_MEMBER_BYTES = 512 * 1024 * 1024
 MLMODEL = "MLmodel"
 
 
@@ -99,24 +66,74 @@ def model_file(model_dir: Path) -> Path:
     return path
 
 
-def types_in(data: bytes) -> set[str]:
-    """Every `module.Class` a skops file would construct, read from its schema without loading it."""
+def _schema(data: bytes) -> Any:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            schema = json.loads(archive.read("schema.json"))
+            return json.loads(archive.read("schema.json"))
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise RefusedModel(f"not a skops file: {exc}") from None
-    found: set[str] = set()
-    stack = [schema]
+
+
+def _nodes(schema: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """Every object node of a skops schema: its `module.Class`, the node, and the pipeline step it is in."""
+    found: list[tuple[str, dict[str, Any], str]] = []
+    stack: list[tuple[str, Any]] = [("model", schema)]
     while stack:
-        node = stack.pop()
+        where, node = stack.pop()
         if isinstance(node, dict):
             if "__module__" in node and "__class__" in node:
-                found.add(f"{node['__module__']}.{node['__class__']}")
-            stack.extend(node.values())
+                found.append((f"{node['__module__']}.{node['__class__']}", node, where))
+            content = node.get("content")
+            if node.get("__loader__") == "TupleNode" and isinstance(content, list) and len(content) == 2:
+                where = _step_name(content[0]) or where  # a (name, step) pair: what is inside is that step
+            stack.extend((where, child) for child in node.values())
         elif isinstance(node, list):
-            stack.extend(node)
+            stack.extend((where, child) for child in node)
     return found
+
+
+def _step_name(node: Any) -> str | None:
+    if isinstance(node, dict) and node.get("__loader__") == "JsonNode":
+        try:
+            name = json.loads(node.get("content", ""))
+        except (TypeError, ValueError):
+            return None
+        return name if isinstance(name, str) else None
+    return None
+
+
+def types_in(data: bytes) -> set[str]:
+    """Every `module.Class` a skops file would construct, read from its schema without loading it."""
+    return {kind for kind, *_ in _nodes(_schema(data))}
+
+
+def check_stored(data: bytes) -> None:
+    """Each family's check of its stored models (a booster's own bytes), before any library parses them."""
+    found = [entry for entry in _nodes(_schema(data)) if entry[0] in STORED_CHECKS]
+    if not found:
+        return
+    archive = zipfile.ZipFile(io.BytesIO(data))
+
+    def read(member: str) -> bytes:
+        try:
+            info = archive.getinfo(member)
+        except KeyError:
+            raise StructureError(f"the skops file has no member {member!r}") from None
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise StructureError(f"its member {member!r} is {info.file_size} bytes, over {MAX_MEMBER_BYTES}")
+        try:
+            return archive.read(info)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise StructureError(f"its member {member!r} cannot be read: {exc}") from None
+
+    with archive:
+        for kind, node, where in found:
+            try:
+                STORED_CHECKS[kind](where, node, read)
+            except StructureError as exc:
+                raise RefusedModel(str(exc)) from None
+            except Exception as exc:  # stored state of a shape the check did not foresee: refused, never loaded
+                raise RefusedModel(f"{where}: its stored {kind} cannot be checked ({type(exc).__name__})") from None
 
 
 def load_estimator(model_dir: Path) -> Any:
@@ -130,7 +147,8 @@ def load_estimator_bytes(data: bytes) -> Any:
 
     unknown = types_in(data) - ALLOWED_TYPES
     if unknown:
-        raise RefusedModel(f"types outside the allow-list: {', '.join(sorted(unknown))}")
+        raise RefusedModel(refusal_of(unknown))
+    check_stored(data)  # a booster's own bytes, before its library's parser trusts them
     try:
         estimator = skops.io.loads(data, trusted=sorted(ALLOWED_TYPES))
     except Exception as exc:  # skops raises its own errors for a damaged or hostile file
@@ -138,6 +156,19 @@ def load_estimator_bytes(data: bytes) -> Any:
     if type(estimator).__module__ + "." + type(estimator).__name__ != "sklearn.pipeline.Pipeline":
         raise RefusedModel(f"expected a sklearn Pipeline, got {type(estimator).__name__}")
     return estimator
+
+
+def refusal_of(unknown: set[str]) -> str:
+    """Why a file naming `unknown` types is refused: the project's own classes this code lacks, named apart."""
+    own = sorted(t for t in unknown if t.split(".")[0] in OWN_PACKAGES)
+    other = sorted(unknown - set(own))
+    parts = [f"types outside the allow-list: {', '.join(other)}"] if other else []
+    if own:
+        parts.append(
+            f"classes of the project's own code that this serving code does not have: {', '.join(own)} "
+            "(the version was trained from another commit's features/ or families/)"
+        )
+    return "; ".join(parts)
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,26 +1,50 @@
-"""How replicas split traffic between production and a canary: read from the registry, checked, never trusted blindly.
+"""How replicas split traffic between production and a canary: the state a rollout writes, and the split it makes.
 
-A rollout (pipeline/stages/rollout.py) points the canary alias at a version
-and writes its mode and weight as registered-model tags under the release
-lock, signed with the release key. Every replica reads them on each poll, so
-all agree within one poll. A state that is malformed, that names another
-version than the canary alias, or whose signature does not verify (with a
-verify key) is read as "off": production answers everything.
+A rollout (pipeline/stages/rollout.py) writes each step's mode and weight as
+registered-model tags (`Traffic.tags`), signed over `Traffic.statement`: the
+state and what binds it to its rollout (`Rollout`). Every replica reads them
+on each poll (api/release/traffic_reading.py, which refuses a state it cannot
+trust), so all agree within one poll. `Traffic.to_canary` is the split: a
+customer's keyed bucket, the same for the whole rollout; no customer, a draw.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from api.release import contract
-from api.release.verdicts import Verdict, verifies
+from api.release.verdicts import Verdict
 
 MODES = ("off", "shadow", "canary")
+BUCKETS = 10_000  # a customer's bucket: 0..9999; the canary takes those below weight * 100
+# The side of a request without customer ids: a draw of the process's generator (seeded from the OS). A client
+# sees one bit of a draw at most, interleaved with the service's other draws: nothing it can aim with.
+_draw = random.random
+CACHED_CUSTOMERS = 65_536  # buckets remembered per traffic state (a hash costs microseconds); past it, forgotten
+
+
+def salt_key(salt: str) -> bytes:
+    """The BLAKE2b key of a salt: its bytes when hex (as rollouts write it), else its text; at most 64 bytes."""
+    try:
+        key = bytes.fromhex(salt)
+    except ValueError:
+        key = salt.encode()
+    return key if len(key) <= hashlib.blake2b.MAX_KEY_SIZE else hashlib.blake2b(key).digest()
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What binds a traffic state to one rollout: its id, when it started, and the ledger entry that started it."""
+
+    id: str  # random, drawn when the rollout starts
+    started: str  # ISO 8601, UTC
+    entry: str  # the tag key of the ledger entry that started it
+    entry_hash: str  # the sha256 of that entry's stored text
 
 
 @dataclass(frozen=True)
@@ -32,31 +56,99 @@ class Traffic:
     weight: int = 0  # percent of requests the canary answers (canary mode)
     shadow_share: float = 0.0  # share of production's requests copied to the canary (shadow mode)
     problem: str | None = None  # why a state in the registry was read as off
+    salt: str = field(default="", repr=False)  # the split's secret key for this rollout (hex): never shown
+    rollout: Rollout | None = None  # the rollout the state belongs to
+    expires: str = ""  # ISO 8601, UTC: past it, the state is read as off
+    refused: str | None = None  # the kind of `problem`: one of REFUSALS
+    _key: bytes = field(init=False, repr=False, compare=False, default=b"")
+    _buckets: dict[str, int] = field(init=False, repr=False, compare=False, default_factory=dict)
 
-    def to_canary(self, key: object | None) -> bool:
-        """Whether the canary answers a request whose customer (or request id) is `key`: the same key, the same side.
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", salt_key(self.salt))  # once per state, not per request
 
-        A key is hashed into 0..99.99, and the canary takes the keys below its
-        weight: as the weight grows, a customer moves to the canary once and
-        stays. Without a key the choice is random.
+    def bucket(self, customer: object) -> int:
+        """The customer's bucket in 0..9999: a keyed hash of its id, the same for the whole rollout."""
+        text = str(customer)
+        found = self._buckets.get(text)
+        if found is None:
+            digest = hashlib.blake2b(text.encode(), key=self._key, digest_size=8).digest()
+            found = int.from_bytes(digest, "big") % BUCKETS
+            if len(self._buckets) >= CACHED_CUSTOMERS:
+                self._buckets.clear()
+            self._buckets[text] = found
+        return found
+
+    def to_canary(self, customers: Sequence[object] | None) -> bool:
+        """Whether the canary answers a request whose records name these customers (None: records name none).
+
+        Each customer's bucket is compared with the weight: as the weight grows,
+        a customer moves to the canary once and stays. The request goes to the
+        canary only when every customer it names is on the canary's side; a
+        customer on production's side keeps the whole request there. Without a
+        customer id (none configured, or a record without one) the side is a
+        random draw per request.
         """
         if self.mode != "canary" or self.weight <= 0:
             return False
-        bucket = random.random() * 100 if key is None else zlib.crc32(str(key).encode()) % 10_000 / 100
-        return bucket < self.weight
+        if self.weight >= 100:
+            return True
+        below = self.weight * (BUCKETS // 100)
+        if not customers:
+            return _draw() * BUCKETS < below
+        anonymous = False
+        for customer in customers:
+            if customer is None:
+                anonymous = True
+            elif self.bucket(customer) >= below:
+                return False  # one record's customer is production's: the whole request is
+        return _draw() * BUCKETS < below if anonymous else True
+
+    def statement(self) -> str:
+        """The state and what binds it to its rollout, as canonical JSON: what the signature covers."""
+        rollout = self.rollout or Rollout("", "", "", "")
+        fields = {
+            "mode": self.mode,
+            "weight": self.weight,
+            "shadow_share": f"{self.shadow_share:g}",
+            "salt": self.salt,  # it decides who goes where
+            "rollout": rollout.id,
+            "started": rollout.started,
+            "ledger_entry": rollout.entry,
+            "ledger_hash": rollout.entry_hash,
+            "expires": self.expires,
+        }
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     def verdict(self, model: str) -> Verdict:
-        """The statement a traffic state's signature covers."""
-        state = f"{self.mode}:{self.weight}:{self.shadow_share:g}"
-        return Verdict("traffic", model, self.version or "", "", "", state, "")
+        """The statement a traffic state's signature covers: model, version, and the state with its binding."""
+        return Verdict("traffic", model, self.version or "", "", "", self.statement(), "")
 
     def tags(self) -> dict[str, str]:
         """The registered-model tags that say this state (its signature comes beside them)."""
+        rollout = self.rollout or Rollout("", "", "", "")
         return {
             contract.CANARY_MODE: self.mode,
             contract.CANARY_VERSION: self.version or "",
             contract.CANARY_WEIGHT: str(self.weight),
             contract.CANARY_SHADOW_SHARE: f"{self.shadow_share:g}",
+            contract.CANARY_SALT: self.salt,
+            contract.CANARY_ROLLOUT: rollout.id,
+            contract.CANARY_STARTED: rollout.started,
+            contract.CANARY_LEDGER_ENTRY: rollout.entry,
+            contract.CANARY_LEDGER_HASH: rollout.entry_hash,
+            contract.CANARY_EXPIRES: self.expires,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The state as /model shows it to the operator (never the salt)."""
+        rollout = self.rollout
+        return {
+            "mode": self.mode,
+            "weight": self.weight,
+            "shadow_share": self.shadow_share,
+            "rollout": rollout.id if rollout else None,
+            "started": rollout.started if rollout else None,
+            "expires": self.expires or None,
         }
 
 
@@ -70,29 +162,3 @@ class Target:
     production: str
     canary: str | None = None
     traffic: Traffic = OFF
-
-
-def read_traffic(
-    tags: Mapping[str, str], canary: str | None, model: str, verify_key: Ed25519PublicKey | None
-) -> Traffic:
-    """The traffic state the registry holds for the version the canary alias points at; never raises."""
-    mode = tags.get(contract.CANARY_MODE, "off")
-    if mode == "off" or canary is None:
-        return OFF
-    try:
-        traffic = Traffic(
-            mode,
-            tags.get(contract.CANARY_VERSION) or None,
-            int(tags.get(contract.CANARY_WEIGHT, "0")),
-            float(tags.get(contract.CANARY_SHADOW_SHARE, "0")),
-        )
-    except ValueError:
-        return Traffic(problem="the canary's weight or shadow share is not a number")
-    if mode not in MODES or not 0 <= traffic.weight <= 100 or not 0 <= traffic.shadow_share <= 1:
-        return Traffic(problem=f"the canary state {mode}:{traffic.weight}:{traffic.shadow_share:g} is not valid")
-    if traffic.version != canary:
-        return Traffic(problem=f"the canary state is about version {traffic.version}, the alias points at {canary}")
-    signature = tags.get(contract.CANARY_SIGNATURE)
-    if verify_key is not None and not verifies(verify_key, traffic.verdict(model), signature):
-        return Traffic(problem="the canary state is not signed by the release key")
-    return traffic

@@ -5,12 +5,17 @@
   auth database, created when missing: auth.ini's default permission, READ, is
   all the API needs, so it never holds the admin's password.
 
+Before anything, it refuses env.example's placeholders (`change-me…`) in every
+secret it is given (exit 2, naming the variable, never the value): the tracking
+server, and everything that waits for it, does not start on them.
+
 Runs inside the image built from deploy/mlflow/Dockerfile; nothing imports it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import boto3
 from botocore.exceptions import ClientError
@@ -37,8 +42,23 @@ def ensure_user(username: str, password: str) -> None:
         print(f"created user {username}")
 
 
+SECRETS = (
+    "PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_API_PASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+)  # fmt: skip
+
+
+def placeholders(environ: dict[str, str]) -> list[str]:
+    """The secrets among SECRETS still holding env.example's `change-me` placeholder."""
+    return [name for name in SECRETS if environ.get(name, "").lower().startswith("change-me")]
+
+
 def main() -> None:
-    """Ensure the bucket and the API's user."""
+    """Refuse placeholders, then ensure the bucket and the API's user."""
+    unset = placeholders(dict(os.environ))
+    if unset:
+        print(f"refusing to start: {', '.join(unset)} still hold env.example's change-me placeholder", file=sys.stderr)
+        raise SystemExit(2)
     ensure_bucket(os.environ.get("MLFLOW_ARTIFACT_BUCKET", "mlflow"))
     ensure_user(os.environ["MLFLOW_API_USERNAME"], os.environ["MLFLOW_API_PASSWORD"])
 

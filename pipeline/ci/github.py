@@ -1,13 +1,13 @@
 """GitHub Actions glue, all optional: outputs, job summaries and the PR comment.
 
 Each function does nothing outside Actions (when its variable is unset), so
-every stage runs the same on a laptop.
+every stage runs the same on a laptop. Stages hand in the variables they read
+once (ctx.env.github); without them, a function reads the environment's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import httpx
 
 from api.release.redact import redact
 from pipeline.ci.progress import say
+from pipeline.core.environment import GITHUB_API, GitHubEnv, PipelineEnv
 
 
 def file_command(name: str, value: str) -> str:
@@ -25,42 +26,45 @@ def file_command(name: str, value: str) -> str:
     return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
 
 
-def write_outputs(**values: str) -> None:
+def write_outputs(github: GitHubEnv | None = None, /, **values: str) -> None:
     """Step outputs (`$GITHUB_OUTPUT`), e.g. run_id and version for later jobs."""
-    path = os.environ.get("GITHUB_OUTPUT")
+    path = (github or PipelineEnv.read().github).output
     if path:
         with open(path, "a") as out:
             for key, value in values.items():
                 out.write(file_command(key, redact(value)))
 
 
-def write_summary(markdown: str) -> None:
+def write_summary(markdown: str, github: GitHubEnv | None = None) -> None:
     """Append to the job summary (`$GITHUB_STEP_SUMMARY`), credentials redacted."""
-    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    path = (github or PipelineEnv.read().github).step_summary
     if path:
         with open(path, "a") as out:
             out.write(redact(markdown).rstrip() + "\n\n")
 
 
-def export_env(name: str, value: str) -> None:
+def export_env(name: str, value: str, github: GitHubEnv | None = None) -> None:
     """Set an environment variable for the job's later steps (`$GITHUB_ENV`)."""
-    path = os.environ.get("GITHUB_ENV")
+    path = (github or PipelineEnv.read().github).env_file
     if path:
         with open(path, "a") as out:
             out.write(file_command(name, value))
 
 
-def upsert_pr_comment(markdown: str, marker: str, transport: httpx.BaseTransport | None = None) -> str:
+def upsert_pr_comment(
+    markdown: str, marker: str, transport: httpx.BaseTransport | None = None, github: GitHubEnv | None = None
+) -> str:
     """Create the PR comment carrying `marker`, or update it in place; returns what happened.
 
     A token without write access (pull requests from forks) is not an error:
     the job summary still carries the report.
     """
-    token, repo = os.environ.get("GITHUB_TOKEN"), os.environ.get("GITHUB_REPOSITORY")
-    number = _pull_request_number()
+    github = github or PipelineEnv.read().github
+    token, repo = github.token, github.repository
+    number = _pull_request_number(github.event_path)
     if not (token and repo and number):
         return "skipped: not a pull request run with GITHUB_TOKEN and GITHUB_REPOSITORY"
-    api = os.environ.get("GITHUB_API_URL", "https://api.github.com")
+    api = github.api_url
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"}
     markdown = redact(markdown)
     with httpx.Client(base_url=api, headers=headers, timeout=30, transport=transport) as http:
@@ -87,8 +91,7 @@ def upsert_pr_comment(markdown: str, marker: str, transport: httpx.BaseTransport
             raise
 
 
-def _pull_request_number() -> int | None:
-    path = os.environ.get("GITHUB_EVENT_PATH")
+def _pull_request_number(path: str) -> int | None:
     if not path or not Path(path).is_file():
         return None
     event = json.loads(Path(path).read_text())
@@ -103,7 +106,7 @@ def repository_dispatch(
     repository: str,
     token: str,
     body: dict[str, object],
-    api_url: str = "https://api.github.com",
+    api_url: str = GITHUB_API,
     transport: httpx.BaseTransport | None = None,
     timeout_s: float = 15,
 ) -> None:

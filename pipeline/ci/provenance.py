@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import getpass
-import os
 import subprocess
 from datetime import UTC, datetime
+
+from pipeline.core.environment import PipelineEnv
 
 
 def git_sha() -> str:
     """The commit being built: GITHUB_SHA in Actions, else the work tree's HEAD."""
-    if os.environ.get("GITHUB_SHA"):
-        return os.environ["GITHUB_SHA"]
+    sha = PipelineEnv.read().github.sha
+    if sha:
+        return sha
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
         return out.stdout.strip()
@@ -21,7 +23,7 @@ def git_sha() -> str:
 
 def actor() -> str:
     """Who is making the change: GITHUB_ACTOR in Actions, else the local user."""
-    return os.environ.get("GITHUB_ACTOR") or getpass.getuser()
+    return PipelineEnv.read().github.actor or getpass.getuser()
 
 
 def now() -> str:

@@ -5,22 +5,30 @@ that is firing and labelled `action="rollback"` becomes one dispatch of event
 type `rollback`, whose client_payload the rollback workflow reads: the reason
 (`<alertname>: <summary>`), the version the alert is about (its `version`
 label: the workflow rolls back only while production still serves it) and the
-alert's labels. An alert is identified by its fingerprint and start time: the
-same alert delivered again (Alertmanager's repeat, a retry) has the same key,
-a new firing of it a new one.
+alert's labels. A dispatch is identified by what it means (environment,
+version, alert name), never by the fingerprint or start time a sender picks:
+the relay dispatches a meaning once per window however often it is posted.
+Everything that reaches the workflow is plain text: versions are ASCII digits,
+reasons and labels single lines of letters, digits and plain punctuation
+(nothing Markdown or a shell reads), each of bounded length.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 EVENT_TYPE = "rollback"
 ACTION_LABEL, ACTION = "action", "rollback"
-MAX_REASON = 500  # the ledger entry's reason; an annotation can be long
+MAX_REASON = 200  # the ledger entry's reason and the workflow run's title
+MAX_LABEL_VALUE = 100
 MAX_LABELS = 50
+MAX_ALERTS = 500  # per webhook body: Alertmanager groups by alert and version, so a real group holds a few
+VERSION = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit also takes "٣"
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .,:;%=+/@'()-]+")  # anything else (controls, Markdown, quotes) becomes a space
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_]")
 
 
 class MalformedWebhook(ValueError):
@@ -31,7 +39,7 @@ class MalformedWebhook(ValueError):
 class Dispatch:
     """One repository_dispatch to send: its dedup key and the request body."""
 
-    key: str  # fingerprint@startsAt
+    key: str  # environment/version/alertname: what it means
     version: str
     reason: str
     labels: dict[str, str] = field(default_factory=dict)
@@ -71,36 +79,41 @@ def _text_map(value: Any, what: str) -> dict[str, str]:
     return dict(value)
 
 
-def alert_key(alert: dict[str, Any], labels: dict[str, str]) -> str:
-    """Fingerprint@startsAt (the fingerprint computed from the labels when Alertmanager sent none)."""
-    fingerprint = alert.get("fingerprint")
-    if not isinstance(fingerprint, str) or not fingerprint:
-        fingerprint = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{fingerprint}@{alert.get('startsAt', '')}"
+def plain(text: str, limit: int) -> str:
+    """`text` as one line of letters, digits and plain punctuation, at most `limit` characters."""
+    line = " ".join(_NOT_PLAIN.sub(" ", text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def plain_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Label names as Prometheus names ([A-Za-z0-9_]), values as plain bounded text."""
+    return {_NOT_NAME.sub("_", name)[:MAX_LABEL_VALUE]: plain(value, MAX_LABEL_VALUE) for name, value in labels.items()}
 
 
 def rollback_dispatches(webhook: dict[str, Any]) -> Decision:
     """The dispatches a webhook asks for: firing alerts labelled action="rollback" that name a version."""
     dispatches: list[Dispatch] = []
     ignored: list[str] = []
+    if len(webhook["alerts"]) > MAX_ALERTS:
+        raise MalformedWebhook(f"{len(webhook['alerts'])} alerts in one body, more than {MAX_ALERTS}")
     for index, alert in enumerate(webhook["alerts"]):
         if not isinstance(alert, dict):
             raise MalformedWebhook(f"alerts[{index}] is not an object")
         labels = _text_map(alert.get("labels"), f"alerts[{index}].labels")
         annotations = _text_map(alert.get("annotations"), f"alerts[{index}].annotations")
-        name = labels.get("alertname", f"alerts[{index}]")
+        name = plain(labels.get("alertname", "") or f"alerts[{index}]", MAX_LABEL_VALUE)
         if alert.get("status") != "firing":
             ignored.append(f"{name}: {alert.get('status', 'no status')}, not firing")
         elif labels.get(ACTION_LABEL) != ACTION:
             ignored.append(f"{name}: not labelled {ACTION_LABEL}={ACTION}")
-        elif not labels.get("version", "").isdigit():
+        elif not VERSION.fullmatch(labels.get("version", "")):
             ignored.append(f"{name}: no version label naming the version to roll back from")
         elif len(labels) > MAX_LABELS:
             ignored.append(f"{name}: {len(labels)} labels, more than {MAX_LABELS}")
         else:
-            summary = " ".join(annotations.get("summary", "").split())
-            reason = f"{name}: {summary}" if summary else name
-            if len(reason) > MAX_REASON:
-                reason = reason[: MAX_REASON - 1] + "…"
-            dispatches.append(Dispatch(alert_key(alert, labels), labels["version"], reason, labels))
+            summary = annotations.get("summary", "")
+            reason = plain(f"{name}: {summary}" if summary.strip() else name, MAX_REASON)
+            version, environment = labels["version"], plain(labels.get("environment", ""), MAX_LABEL_VALUE)
+            key = f"{environment or '-'}/{version}/{name}"
+            dispatches.append(Dispatch(key, version, reason, plain_labels(labels)))
     return Decision(dispatches, ignored)

@@ -1,33 +1,24 @@
-"""params.yaml loaded once into typed, frozen objects.
+"""params.yaml loaded once into typed, frozen objects: the sections, and Params holding them.
 
 An unknown key, a duplicate key or a wrong type fails at load time with the
 key's dotted name, never as a KeyError in the middle of a run. Types are
 strict (a boolean is not a number), and YAML is read with YAML 1.2 booleans,
-so `Yes` is the text "Yes", not True.
+so `Yes` is the text "Yes", not True. Reading the file is params_file.py's; the
+`rollout` section, rollout_params.py's.
 """
 
 from __future__ import annotations
 
 import re
-import types
-import typing
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from api.settings import Settings
-from pipeline.core.errors import ConfigError
-
-ALIAS_NAME = re.compile(r"^[\w\-]{1,255}$")  # MLflow's rule; `latest` and `v<N>` are reserved
-RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$", re.IGNORECASE)
-
-
-class Section(BaseModel):
-    """A params section: frozen, strictly typed, and an unknown key is an error."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+from families import FAMILIES, Family, FamilyParams
+from features import transformer_class
+from pipeline.core.params_section import ALIAS_NAME, RESERVED_ALIAS, Section
+from pipeline.core.rollout_params import RolloutParams
 
 
 class DataParams(Section):
@@ -48,47 +39,65 @@ class DataParams(Section):
         return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
-class LogisticRegressionParams(Section):
-    """`model.logistic_regression`: its hyperparameters."""
+class FeatureStep(Section):
+    """One step of the team's feature code (`model.features`): `module.Class` of features/, and its arguments."""
 
-    C: Annotated[float, Field(gt=0)] = 1.0
-    max_iter: Annotated[int, Field(gt=0)] = 1000
-    class_weight: Literal["balanced"] | None = "balanced"
+    transformer: str
+    args: dict[str, bool | int | float | str | list[bool | int | float | str] | None] = {}  # noqa: RUF012 (a pydantic field: each instance gets a copy)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"transformer": value} if isinstance(value, str) else value
 
-class RandomForestParams(Section):
-    """`model.random_forest`: its hyperparameters."""
-
-    n_estimators: Annotated[int, Field(gt=0)] = 200
-    max_depth: Annotated[int, Field(gt=0)] | None = 10
-    min_samples_leaf: Annotated[int, Field(gt=0)] = 5
-    class_weight: Literal["balanced", "balanced_subsample"] | None = "balanced"
-
-
-class HistGradientBoostingParams(Section):
-    """`model.hist_gradient_boosting`: its hyperparameters."""
-
-    learning_rate: Annotated[float, Field(gt=0)] = 0.05
-    max_iter: Annotated[int, Field(gt=0)] = 200
-    max_depth: Annotated[int, Field(gt=0)] | None = None
-    class_weight: Literal["balanced"] | None = "balanced"
+    @field_validator("transformer")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        transformer_class(value)  # ValueError names the module or class features/ does not have
+        return value
 
 
-ModelType = Literal["logistic_regression", "random_forest", "hist_gradient_boosting"]
+class _ModelSection(Section):
+    """`model`: the family (`type`), the team's feature steps, and each family's hyperparameters."""
 
+    type: str
+    features: list[FeatureStep] = []  # noqa: RUF012 (a pydantic field: each instance gets a copy)
 
-class ModelParams(Section):
-    """`model`: the estimator type and the hyperparameters of each."""
+    @property
+    def family(self) -> Family:
+        """The declared family `type` names."""
+        return FAMILIES[self.type]
 
-    type: ModelType = "logistic_regression"
-    logistic_regression: LogisticRegressionParams = LogisticRegressionParams()
-    random_forest: RandomForestParams = RandomForestParams()
-    hist_gradient_boosting: HistGradientBoostingParams = HistGradientBoostingParams()
+    @property
+    def hyperparameter_section(self) -> FamilyParams:
+        """The selected family's params section."""
+        section: FamilyParams = getattr(self, self.type)
+        return section
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The hyperparameters of the selected model type."""
-        section: Section = getattr(self, self.type)
-        return section.model_dump()
+        """The hyperparameters of the selected family."""
+        return self.hyperparameter_section.model_dump()
+
+
+# `model.type` and one `model.<family>` section per declared family (families/), derived, never listed by hand.
+FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+
+    class ModelParams(_ModelSection):
+        """`model`: the family (`type`), the team's feature steps, and each family's hyperparameters."""
+
+        def __init__(self, **values: Any) -> None: ...
+        def __getattr__(self, family: str) -> FamilyParams: ...
+
+else:
+    ModelParams = create_model(
+        "ModelParams",
+        __base__=_ModelSection,
+        __doc__=_ModelSection.__doc__,
+        __module__=__name__,
+        type=(FamilyName, "logistic_regression"),
+        **{name: (family.params, family.params()) for name, family in FAMILIES.items()},
+    )
 
 
 class MetricGate(Section):
@@ -101,7 +110,7 @@ class MetricGate(Section):
 class SliceGates(Section):
     """`gates.slices`: per column, no slice of `min_rows` or more may lose over `max_f1_drop` F1 vs production."""
 
-    columns: list[str] = []
+    columns: list[str] = []  # noqa: RUF012 (a pydantic field: each instance gets a copy)
     min_rows: Annotated[int, Field(gt=0)] = 100  # smaller slices are shown, not gated
     max_f1_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
 
@@ -122,7 +131,7 @@ class GateParams(Section):
 
     confidence: Annotated[float, Field(gt=0.5, lt=1)] | None = 0.95  # null: compare point estimates
     bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
-    metrics: dict[str, MetricGate] = {"f1": MetricGate(min=0.55, max_drop=0.02)}
+    metrics: dict[str, MetricGate] = {"f1": MetricGate(min=0.55, max_drop=0.02)}  # noqa: RUF012 (a pydantic field: each instance gets a copy)
     slices: SliceGates = SliceGates()
     allow_breaking_schema: bool = False
     drift: DriftGates = DriftGates()
@@ -226,84 +235,8 @@ class SmokeParams(Section):
 class ServingParams(Section):
     """What the API smoke starts is configured with, as a deployment would be (defaults: the API's own)."""
 
-    max_batch_size: Annotated[int, Field(gt=0)] = Settings.max_batch_size
-    reload_interval_s: Annotated[float, Field(gt=0)] = Settings.reload_interval_s
-
-
-# `rollout`: how a new version reaches production through shadow and canary steps, and the bake after it.
-# Every threshold shows in a pull request's policy diff (gates/policy_diff.py), as the gates' do. Defaults suit
-# the generated data: a retrain of production agrees with it on more than 99 % of records and scores alike, so
-# 5 % disagreement or a score PSI of 0.1 is a different model, not noise.
-Share = Annotated[float, Field(gt=0, le=1)]
-Seconds = Annotated[float, Field(gt=0)]
-Count = Annotated[int, Field(ge=0)]
-Ceiling = Annotated[float, Field(ge=0)] | None  # null: the rule is not judged
-
-
-class ShadowPhase(Section):
-    """Production answers; a sampled copy goes to the canary; the two are compared on the same records."""
-
-    sample_share: Share = 0.5
-    min_requests: Count = 200  # shadowed records before the phase is judged
-    min_duration_s: Seconds = 30
-    max_disagreement: Ceiling = 0.05  # share of shadowed records whose labels differ from production's
-    max_score_psi: Ceiling = 0.1  # PSI between the two versions' score distributions
-
-
-class CanaryStep(Section):
-    """The canary answers `weight` percent of requests for at least this long and this many requests."""
-
-    weight: Annotated[int, Field(gt=0, le=100)]
-    min_duration_s: Seconds = 30
-    min_requests: Count = 200  # requests the canary answered in the step
-
-
-class StepRules(Section):
-    """What each canary step is judged by, on that step's window."""
-
-    max_error_ratio: Ceiling = 0.01  # the canary's 5xx per request
-    max_p99_ms: Ceiling = 250.0  # the canary's p99 latency on /predict
-    max_p99_ratio: Ceiling = 1.5  # the canary's p99 over production's, in the same window
-    max_score_psi: Ceiling = 0.1  # the canary's score distribution against production's, same window
-
-
-class BakeRules(Section):
-    """After promotion, `watch` judges production for `duration_s`; a rule that fails rolls it back."""
-
-    duration_s: Seconds = 300
-    poll_s: Seconds = 10
-    min_requests: Count = 100  # requests before the rules are judged at all
-    max_error_ratio: Ceiling = 0.01  # 5xx per request
-    max_client_error_ratio: Ceiling = 0.05  # 4xx per request: clients the new version breaks
-    max_p99_ms: Ceiling = 250.0
-    max_drift_psi: Ceiling = 0.25  # any feature's live PSI against the version's training profile
-
-
-class RolloutParams(Section):
-    """`rollout`: the canary alias, the shadow phase, the canary steps and their rules, the bake."""
-
-    canary_alias: str = "canary"
-    shadow: ShadowPhase = ShadowPhase()
-    steps: list[CanaryStep] = [CanaryStep(weight=10), CanaryStep(weight=50)]
-    step_rules: StepRules = StepRules()
-    bake: BakeRules = BakeRules()
-    phase_timeout_s: Seconds = 600  # a phase that has not seen its requests by then aborts the rollout
-    poll_s: Seconds = 2  # how often live metrics are read during a phase
-
-    @field_validator("canary_alias")
-    @classmethod
-    def _alias_name(cls, value: str) -> str:
-        if not ALIAS_NAME.match(value) or RESERVED_ALIAS.match(value):
-            raise ValueError("not a valid alias name")
-        return value
-
-    @field_validator("steps")
-    @classmethod
-    def _growing(cls, steps: list[CanaryStep]) -> list[CanaryStep]:
-        weights = [step.weight for step in steps]
-        if weights != sorted(set(weights)):
-            raise ValueError(f"canary weights must grow step by step, got {weights}")
-        return steps
+    max_batch_size: Annotated[int, Field(gt=0)] = Settings.model_fields["max_batch_size"].default
+    reload_interval_s: Annotated[float, Field(gt=0)] = Settings.model_fields["reload_interval_s"].default
 
 
 # Kubernetes names: a Deployment (DNS-1123 subdomain) and an image name as kustomize's `images:` matches it.
@@ -337,6 +270,51 @@ class DeployParams(Section):
         return value
 
 
+# A Feast object name (project, view, service): what Feast itself accepts, and nothing that needs quoting.
+FEAST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class SkewParams(Section):
+    """`feature_store.skew`: the gate reads `sample` entities online and offline; numbers may differ by `tolerance`."""
+
+    sample: Annotated[int, Field(gt=0, le=100_000)] = 200
+    # Finite: an infinite tolerance would pass any numeric skew (nan is refused by ge=0 and here too).
+    tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0e-9
+
+
+class FeatureStoreParams(Section):
+    """`feature_store`: training reads the feature service `service` point in time (null: the CSV at data.path).
+
+    The serving settings (max ages, stale, the lookup timeout) travel with each version in its
+    feature_service.json; `skew` is the gate's online/offline comparison.
+    """
+
+    service: str | None = None  # a feature service of `repo`, e.g. churn_model
+    repo: str = "featurestore/repo"  # the Feast repository folder (feature_store.yaml, definitions)
+    # The entity frame training reads: customerID, event_timestamp and the label (Parquet), one row per example.
+    entities: str = "data/features/entities.parquet"
+    # Per feature view: serving refuses (or warns about) online values older than this many seconds.
+    max_age_s: dict[str, Annotated[int, Field(gt=0)]] = {"customer_profile": 7_776_000, "customer_account": 2_592_000}  # noqa: RUF012 (a pydantic field: each instance gets a copy)
+    stale: Literal["refuse", "warn"] = "refuse"
+    lookup_timeout_ms: Annotated[float, Field(gt=0, le=60_000)] = 50.0
+    skew: SkewParams = SkewParams()
+
+    @field_validator("service")
+    @classmethod
+    def _service_name(cls, value: str | None) -> str | None:
+        if value is not None and not FEAST_NAME.match(value):
+            raise ValueError("not a feature service name (letters, digits and _, not starting with a digit)")
+        return value
+
+    @field_validator("max_age_s")
+    @classmethod
+    def _view_names(cls, value: dict[str, int]) -> dict[str, int]:
+        for name in value:
+            if not FEAST_NAME.match(name):
+                raise ValueError(f"{name!r} is not a feature view name")
+        return value
+
+
 class Params(Section):
     """The whole params file, one section per key."""
 
@@ -350,116 +328,4 @@ class Params(Section):
     deploy: DeployParams = DeployParams()
     card: CardParams = CardParams()
     rollout: RolloutParams = RolloutParams()
-
-
-class ParamsLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans (only true/false) that refuses duplicate keys."""
-
-    yaml_implicit_resolvers: typing.ClassVar = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        """The mapping of `node`; ConstructorError naming both lines when a key appears twice."""
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
-                )
-            seen[key] = key_node.start_mark.line
-        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
-        return mapping
-
-
-ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def read_yaml(text: str) -> Any:
-    """The YAML document in `text`, read with ParamsLoader."""
-    return yaml.load(text, Loader=ParamsLoader)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `a.b.c=VALUE` into its key path and a value: the text itself for text fields, else YAML-typed."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
-    path = key.strip().split(".")
-    if _is_text_field(path) and raw.strip() not in ("null", "~"):
-        return path, raw
-    try:
-        value = read_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return path, value
-
-
-def _is_text_field(path: list[str]) -> bool:
-    """True when the params key at `path` holds text (a str, or an optional str)."""
-    model: Any = Params
-    annotation: Any = None
-    for part in path:
-        fields = getattr(model, "model_fields", None)
-        if fields is None or part not in fields:
-            return False
-        annotation = fields[part].annotation
-        model = annotation
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    return str in options
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with each `--set KEY=VALUE` applied."""
-    merged = _deep_copy(raw)
-    for text in overrides:
-        path, value = parse_override(text)
-        node = merged
-        for i, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text}: {'.'.join(path[: i + 1])} is not a section")
-            node = child
-        node[path[-1]] = value
-    return merged
-
-
-def build_params(raw: dict[str, Any]) -> Params:
-    """Validate a raw mapping into Params, naming the offending key on error."""
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown key {key}")
-            elif isinstance(err.get("input"), dict):  # a section-level rule: the value is the whole section
-                problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
-            else:
-                problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
-        raise ConfigError("invalid params: " + "; ".join(problems)) from None
-
-
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read a params file, apply overrides and validate."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read params file {path}: {exc.strerror}") from None
-    try:
-        raw = read_yaml(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
-    return build_params(apply_overrides(raw, overrides or []))
-
-
-def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    feature_store: FeatureStoreParams = FeatureStoreParams()

@@ -12,7 +12,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from api.release.verdicts import SIGNING_KEY_VAR, VERIFY_KEY_VAR, BadKey, Verdict, load_verify_key, read_pem
+from api.release.verdicts import SIGNING_KEY_VAR, BadKey, Verdict, load_verify_key, read_pem
+from pipeline.core.environment import PipelineEnv
 from pipeline.core.errors import ConfigError
 
 
@@ -42,9 +43,9 @@ def sign(key: Ed25519PrivateKey, verdict: Verdict) -> str:
     return base64.b64encode(key.sign(verdict.payload())).decode()
 
 
-def signing_key() -> Ed25519PrivateKey | None:
+def signing_key(env: PipelineEnv | None = None) -> Ed25519PrivateKey | None:
     """RELEASE_SIGNING_KEY as a private key, or None when unset; ConfigError (exit 2) when it is not one."""
-    value = os.environ.get(SIGNING_KEY_VAR)
+    value = (env or PipelineEnv.read()).signing_key
     if not value:
         return None
     try:
@@ -53,12 +54,13 @@ def signing_key() -> Ed25519PrivateKey | None:
         raise ConfigError(str(exc)) from None
 
 
-def verify_key() -> Ed25519PublicKey | None:
+def verify_key(env: PipelineEnv | None = None) -> Ed25519PublicKey | None:
     """RELEASE_VERIFY_KEY, else the public half of RELEASE_SIGNING_KEY, else None: unsigned mode."""
+    env = env or PipelineEnv.read()
     try:
-        if os.environ.get(VERIFY_KEY_VAR):
-            return load_verify_key(os.environ[VERIFY_KEY_VAR])
-        private = signing_key()
+        if env.verify_key:
+            return load_verify_key(env.verify_key)
+        private = signing_key(env)
     except BadKey as exc:
         raise ConfigError(str(exc)) from None
     return None if private is None else private.public_key()

@@ -9,24 +9,32 @@ still serves that version. Configured by environment:
 - GITHUB_REPOSITORY (owner/name) and GITHUB_TOKEN (a token that may create
   repository dispatches: Contents write), required;
 - GITHUB_API_URL (default https://api.github.com; GitHub Enterprise's API);
-- ALERT_RELAY_TOKEN: when set, a request must carry `Authorization: Bearer`
-  with it (Alertmanager's webhook `http_config.authorization`).
+- ALERT_RELAY_TOKEN, required: a request must carry `Authorization: Bearer`
+  with it (Alertmanager's webhook `http_config.authorization`); at least 16
+  characters, and not env.example's `change-me` placeholder. Only
+  ALERT_RELAY_INSECURE_NO_TOKEN=local-test-only starts a relay without one,
+  and it says so at every start;
+- ALERT_RELAY_WINDOW_S (default 1800, Alertmanager's repeat interval for the
+  relay's route): each environment and version is dispatched at most once per
+  window, and at most MAX_VERSIONS_PER_WINDOW versions in all.
 
 Answers: 200 with what was dispatched, ignored or already sent; 400 a body
 that is not Alertmanager's webhook; 401 a missing or wrong bearer token; 404,
 405, 411, 413 for the wrong path, method, no length or a body over 1 MiB; 502
 when GitHub refused or could not be reached (Alertmanager then retries, and
-what was dispatched is not dispatched again). Each alert is dispatched once
-per fingerprint and start time while the relay runs. No token is ever logged.
+what was dispatched is not dispatched again). A rollback is dispatched by
+meaning: whatever the fingerprints and start times a sender picks, a flood
+yields at most one dispatch per version and window, so it can neither spend
+the token's API rate limit nor queue workflow runs. No token is ever logged.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import os
 import threading
-from collections import OrderedDict
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -36,10 +44,14 @@ import httpx
 from pipeline.ci.github import DispatchFailed, repository_dispatch
 from pipeline.ci.progress import say
 from pipeline.core import alerts
+from pipeline.core.environment import GITHUB_API, PipelineEnv, RelayEnv
 from pipeline.core.errors import ConfigError
 
 MAX_BODY = 1 << 20
-REMEMBERED = 10_000  # alert keys kept for deduplication (oldest forgotten first)
+WINDOW_S = 1800.0
+MAX_VERSIONS_PER_WINDOW = 3  # production's version, and a canary's or the one before it: more is not one incident
+MIN_TOKEN = 16
+INSECURE = ("ALERT_RELAY_INSECURE_NO_TOKEN", "local-test-only")
 
 
 @dataclass(frozen=True)
@@ -48,34 +60,83 @@ class RelaySettings:
 
     repository: str
     github_token: str
-    api_url: str = "https://api.github.com"
+    api_url: str = GITHUB_API
     relay_token: str | None = None
+    window_s: float = WINDOW_S
 
     def __repr__(self) -> str:
         return f"RelaySettings(repository={self.repository!r}, api_url={self.api_url!r})"
 
     @classmethod
-    def from_env(cls) -> RelaySettings:
-        """Read from the environment (see the module); ConfigError naming what is missing or malformed."""
-        repository, token = os.environ.get("GITHUB_REPOSITORY", ""), os.environ.get("GITHUB_TOKEN", "")
+    def from_env(cls, env: PipelineEnv | None = None) -> RelaySettings:
+        """Checked from the environment's values (see the module); ConfigError naming what is missing or malformed."""
+        env = env or PipelineEnv.read()
+        repository, token = env.github.repository, env.github.token
         missing = [name for name, value in (("GITHUB_REPOSITORY", repository), ("GITHUB_TOKEN", token)) if not value]
         if missing:
             raise ConfigError(f"alert-relay needs {' and '.join(missing)} in its environment")
         if repository.count("/") != 1 or not all(repository.split("/")):
             raise ConfigError(f"GITHUB_REPOSITORY must be OWNER/NAME, got {repository!r}")
-        api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
-        return cls(repository, token, api_url, os.environ.get("ALERT_RELAY_TOKEN") or None)
+        api_url = env.github.api_url or GITHUB_API
+        return cls(repository, token, api_url, _relay_token(env.relay), _window(env.relay))
+
+
+def _relay_token(relay: RelayEnv) -> str | None:
+    """ALERT_RELAY_TOKEN, checked; None only when the insecure local-test flag says so."""
+    relay_token = relay.token
+    if not relay_token:
+        if relay.insecure_no_token == INSECURE[1]:
+            return None
+        raise ConfigError(
+            "alert-relay needs ALERT_RELAY_TOKEN (Alertmanager sends it as a bearer token): without it anyone "
+            f"who reaches the relay rolls production back ({INSECURE[0]}={INSECURE[1]} runs it open, for a local "
+            "test only)"
+        )
+    if relay_token.lower().startswith("change-me"):
+        raise ConfigError("ALERT_RELAY_TOKEN is still env.example's placeholder: set a random one")
+    if len(relay_token) < MIN_TOKEN:
+        raise ConfigError(f"ALERT_RELAY_TOKEN is shorter than {MIN_TOKEN} characters: set a random one")
+    return relay_token
+
+
+def _window(relay: RelayEnv) -> float:
+    raw = relay.window_s or str(WINDOW_S)
+    try:
+        window = float(raw)
+    except ValueError:
+        window = -1.0
+    if not 0 < window < float("inf"):
+        raise ConfigError(f"ALERT_RELAY_WINDOW_S must be a positive number of seconds, got {raw!r}")
+    return window
 
 
 class Relay:
-    """Turns webhook bodies into dispatches, each alert key at most once (thread-safe)."""
+    """Turns webhook bodies into dispatches, each environment and version at most once a window (thread-safe)."""
 
-    def __init__(self, settings: RelaySettings, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self._transport = transport
+        self._clock = clock
         self._lock = threading.Lock()
-        self._sent: OrderedDict[str, None] = OrderedDict()
-        self._in_flight: set[str] = set()
+        self._sent: dict[str, float] = {}  # environment/version -> when it was dispatched (or is being)
+
+    def _claim(self, target: str) -> str | None:
+        """Reserve `target` (environment/version) for a dispatch; None if granted, else why not."""
+        now = self._clock()
+        with self._lock:
+            for old in [t for t, at in self._sent.items() if now - at >= self.settings.window_s]:
+                del self._sent[old]
+            if target in self._sent:
+                return "already_sent"
+            if len(self._sent) >= MAX_VERSIONS_PER_WINDOW:
+                return "rate_limited"
+            self._sent[target] = now
+            return None
 
     def authorized(self, authorization: str | None) -> bool:
         """Whether the request may be heard: no relay token set, or `Bearer <token>` matching it."""
@@ -90,14 +151,14 @@ class Relay:
             decision = alerts.rollback_dispatches(alerts.parse_webhook(body))
         except alerts.MalformedWebhook as exc:
             return 400, {"error": str(exc)}
-        answer: dict[str, Any] = {"dispatched": [], "already_sent": [], "failed": [], "ignored": decision.ignored}
+        answer: dict[str, Any] = {
+            "dispatched": [], "already_sent": [], "rate_limited": [], "failed": [], "ignored": decision.ignored,
+        }  # fmt: skip
         for dispatch in decision.dispatches:
-            with self._lock:
-                duplicate = dispatch.key in self._sent or dispatch.key in self._in_flight
-                if not duplicate:
-                    self._in_flight.add(dispatch.key)
-            if duplicate:
-                answer["already_sent"].append(dispatch.key)
+            target = dispatch.key.rsplit("/", 1)[0]
+            refused = self._claim(target)
+            if refused:
+                answer[refused].append(dispatch.key)
                 continue
             try:
                 repository_dispatch(
@@ -108,20 +169,17 @@ class Relay:
                     transport=self._transport,
                 )
             except DispatchFailed as exc:
+                with self._lock:  # not sent: Alertmanager's retry may try again
+                    self._sent.pop(target, None)
                 say(f"  relay: dispatch for {dispatch.reason!r} (version {dispatch.version}) failed: {exc}")
                 answer["failed"].append({"alert": dispatch.key, "error": str(exc)})
             else:
                 say(f"  relay: dispatched rollback of version {dispatch.version}: {dispatch.reason}")
                 answer["dispatched"].append({"alert": dispatch.key, "version": dispatch.version})
-                with self._lock:
-                    self._sent[dispatch.key] = None
-                    while len(self._sent) > REMEMBERED:
-                        self._sent.popitem(last=False)
-            finally:
-                with self._lock:
-                    self._in_flight.discard(dispatch.key)
-        for reason in decision.ignored:
+        for reason in decision.ignored[:20]:
             say(f"  relay: ignored {reason}")
+        if answer["rate_limited"]:
+            say(f"  relay: {len(answer['rate_limited'])} dispatches over {MAX_VERSIONS_PER_WINDOW} versions a window")
         return (502 if answer["failed"] else 200), answer
 
 

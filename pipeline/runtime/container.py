@@ -16,18 +16,21 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from api.release.redact import redact
 from pipeline.ci.progress import say
+from pipeline.core.environment import PipelineEnv
 from pipeline.core.errors import CheckFailed, ConfigError, InfrastructureError
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
 DEFAULT_BASE = "python:3.11-slim-bookworm"
-LOCAL_BASE = "localhost/debian-py:bookworm"
+# With the C++ and OpenMP runtimes XGBoost and LightGBM load (libstdc++6, libgomp1); a new name, so a base
+# bootstrapped before they were needed is not reused.
+LOCAL_BASE = "localhost/debian-py:bookworm-omp"
 PODMAN_CONF = """[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 
@@ -43,7 +46,6 @@ graphroot = "/var/lib/containers/storage"
 """
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 # Forwarded to containers so they reach an authenticated tracking server too.
-MLFLOW_AUTH_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,10 @@ def find_engine() -> Engine:
         conf.mkdir(parents=True, exist_ok=True)
         (conf / "containers.conf").write_text(PODMAN_CONF)
         (conf / "storage.conf").write_text(PODMAN_STORAGE)
+        settings = PipelineEnv.read()
         env = {
-            "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(conf / "containers.conf")),
-            "CONTAINERS_STORAGE_CONF": os.environ.get("CONTAINERS_STORAGE_CONF", str(conf / "storage.conf")),
+            "CONTAINERS_CONF": _unless_unset(settings.containers_conf, str(conf / "containers.conf")),
+            "CONTAINERS_STORAGE_CONF": _unless_unset(settings.containers_storage_conf, str(conf / "storage.conf")),
         }
         engine = Engine("podman", env)
         if engine.run("info", check=False, quiet=True, timeout=60).returncode == 0:
@@ -116,7 +119,8 @@ def fill_wheelhouse() -> Path:
     """
     requirements = ROOT / "requirements" / "serve.txt"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gated-deploy" / f"wheels-{digest}"
+    cache_home = PipelineEnv.read().cache_home
+    cache = Path(Path.home() / ".cache" if cache_home is None else cache_home) / "gated-deploy" / f"wheels-{digest}"
     if not (cache / ".complete").exists():
         say(f"  downloading serving wheels into {cache}")
         cache.mkdir(parents=True, exist_ok=True)
@@ -150,7 +154,7 @@ def resolve_base_image(engine: Engine, requested: str | None) -> str:
 
 
 def bootstrap_debian_base(engine: Engine) -> None:
-    """Debian bookworm with python3 from the machine's apt mirror, imported as LOCAL_BASE."""
+    """Debian bookworm with python3 (and the runtimes the model libraries load) from the machine's apt mirror."""
     if not shutil.which("debootstrap"):
         raise InfrastructureError(
             f"image registry: cannot pull {DEFAULT_BASE} and debootstrap is not installed to build a base image"
@@ -159,7 +163,14 @@ def bootstrap_debian_base(engine: Engine) -> None:
     say(f"  no registry reachable: building {LOCAL_BASE} with debootstrap (about a minute)")
     shutil.rmtree(rootfs, ignore_errors=True)
     subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(rootfs), _mirror()],
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,libstdc++6,libgomp1",
+            "bookworm",
+            str(rootfs),
+            _mirror(),
+        ],
         check=True,
         capture_output=True,
     )
@@ -199,14 +210,14 @@ def build_image(tag: str, git_sha: str, base_image: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def running_container(tag: str, env: dict[str, str], port: int) -> Iterator[str]:
-    """Run the image on the host network, listening on 127.0.0.1:port; always removed."""
+def running_container(tag: str, env: dict[str, str], port: int, auth: Mapping[str, str]) -> Iterator[str]:
+    """Run the image on the host network, listening on 127.0.0.1:port, with the tracking store's `auth`; removed."""
     engine = find_engine()
     if not engine.has_image(tag):
         raise CheckFailed(f"image {tag} not found in {engine.name}; build it with `python -m pipeline image`")
     name = f"api-smoke-{uuid.uuid4().hex[:8]}"
     env = {**env, "HOST": "127.0.0.1", "PORT": str(port)}
-    env.update({k: os.environ[k] for k in MLFLOW_AUTH_VARIABLES if os.environ.get(k)})
+    env.update(auth)  # MLFLOW_TRACKING_{USERNAME,PASSWORD,TOKEN} when set
     # `-e NAME` without a value: the engine copies it from its own environment, so
     # credentials in a tracking URI or a password never appear on a command line (ps).
     flags = [arg for key in env for arg in ("-e", key)]
@@ -237,3 +248,8 @@ def require_http_tracking(uri: str) -> None:
             f"smoke --image needs a tracking server the container can reach over HTTP; "
             f"MLFLOW_TRACKING_URI is {redact(uri)!r} (start one with `python -m pipeline tracking-server`)"
         )
+
+
+def _unless_unset(value: str | None, default: str) -> str:
+    """The variable's value as set (even empty), else `default`."""
+    return default if value is None else value

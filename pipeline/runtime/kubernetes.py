@@ -7,7 +7,6 @@ kubectl, which reads the cluster and credentials from KUBECONFIG.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -64,11 +63,6 @@ def write_pin(pin: OverlayPin) -> None:
         return
     with atomic_outputs(pin.path) as staged:
         staged[pin.path].write_text(pin.text)
-
-
-def kubeconfig() -> str | None:
-    """KUBECONFIG when set: only then is there a cluster to apply to."""
-    return os.environ.get("KUBECONFIG") or None
 
 
 def apply(pin: OverlayPin, timeout_s: int) -> None:

@@ -10,7 +10,9 @@ Any writer can use both, whatever format it writes:
     # committed: each temp file renamed onto its target (os.replace). On an exception nothing
     # is renamed, the temp files are deleted and folders the writer created are removed again.
 
-Paths are compared as files, not as names: two paths are the same when
+A temp file is `.<target's name>.<pid>.<random>.tmp`, locked (flock) by its writer while
+it lives: a run that was killed leaves it unlocked, and the next run writing beside it
+removes it (sweep_stale). Paths are compared as files, not as names: two paths are the same when
 os.path.samefile says so (symlinks, hard links, `./x` and `x`), or, when one
 does not exist yet, when they resolve to the same place.
 """
@@ -18,9 +20,12 @@ does not exist yet, when they resolve to the same place.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import secrets
 import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,8 @@ from pipeline.core.errors import ConfigError
 REMOTE_SCHEMES = ("http", "https", "databricks")
 # The files SQLite keeps beside a database while it writes.
 SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
+# A temp file named before writers locked theirs (no pid): removed once untouched this long.
+UNLOCKED_STALE_S = 600
 
 
 @dataclass(frozen=True)
@@ -160,11 +167,14 @@ def atomic_outputs(*targets: Path) -> Iterator[Staged]:
     destinations = {Path(t): Path(os.path.realpath(t)) for t in targets}
     created: list[Path] = []
     temps: dict[Path, Path] = {}
+    locks: list[int] = []  # each temp file's locked descriptor, held until it is renamed or deleted
     committed = False
     try:
         for target, destination in destinations.items():
             created += _make_folders(destination.parent)
-            temps[target] = _temp_beside(destination)
+            sweep_stale(destination)
+            temps[target], lock = _temp_beside(destination)
+            locks.append(lock)
         staged = Staged(temps)
         yield staged
         for target, destination in destinations.items():
@@ -184,6 +194,8 @@ def atomic_outputs(*targets: Path) -> Iterator[Staged]:
             for folder in reversed(created):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+        for lock in locks:
+            os.close(lock)
 
 
 def _make_folders(folder: Path) -> list[Path]:
@@ -206,27 +218,70 @@ def _make_folders(folder: Path) -> list[Path]:
     return made
 
 
-def _temp_beside(destination: Path) -> Path:
-    """A new empty file next to `destination`, hidden, with its permissions (else the umask's)."""
+def sweep_stale(destination: Path) -> list[Path]:
+    """Remove the temp files a killed writer left beside `destination`; the ones removed.
+
+    A temp file is stale when no process holds its lock. One named without a pid (before
+    writers locked theirs) is stale once untouched for UNLOCKED_STALE_S.
+    """
+    pattern = re.compile(rf"\.{re.escape(destination.name)}\.(?:(\d+)\.)?[0-9a-f]{{8}}\.tmp")
+    removed: list[Path] = []
+    try:
+        names = os.listdir(destination.parent)
+    except OSError:
+        return removed
+    for name in names:
+        found = pattern.fullmatch(name)
+        if found is None:
+            continue
+        temp = destination.parent / name
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer is alive
+                if found.group(1) is None and time.time() - os.fstat(fd).st_mtime < UNLOCKED_STALE_S:
+                    continue
+                if os.path.samestat(os.fstat(fd), os.stat(temp, follow_symlinks=False)):
+                    temp.unlink()
+                    removed.append(temp)
+            finally:
+                os.close(fd)
+    return removed
+
+
+def _temp_beside(destination: Path) -> tuple[Path, int]:
+    """A new empty file next to `destination`, hidden, with its permissions (else the umask's), and its lock.
+
+    The file is made and locked under a name no sweep looks at, then renamed: a sweep never sees it unlocked.
+    """
     try:
         mode = stat.S_IMODE(destination.stat().st_mode)
     except FileNotFoundError:
         mode = None
     while True:
-        temp = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.tmp")
+        token = f"{os.getpid()}.{secrets.token_hex(4)}"
+        making = destination.with_name(f".{destination.name}.{token}.new")
+        temp = destination.with_name(f".{destination.name}.{token}.tmp")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if mode is not None:
                 os.fchmod(fd, mode)
-        except OSError:
-            temp.unlink(missing_ok=True)
-            raise
-        finally:
+            if temp.exists():
+                raise FileExistsError(temp)
+            os.rename(making, temp)
+        except FileExistsError:
             os.close(fd)
-        return temp
+            making.unlink(missing_ok=True)
+            continue
+        except OSError:
+            os.close(fd)
+            making.unlink(missing_ok=True)
+            raise
+        return temp, fd
 
 
 def _fsync(path: Path) -> None:

@@ -12,6 +12,8 @@ from pipeline.ci import github
 from pipeline.ci.progress import say, stage
 from pipeline.core import release_keys
 from pipeline.core.config import Params
+from pipeline.core.environment import PipelineEnv
+from pipeline.core.status_view import render_table
 from pipeline.runtime.tracking_server import start_tracking_server
 from pipeline.stages.context import Context
 from pipeline.store import connection, status
@@ -27,20 +29,22 @@ def tracking_server_stage(params: Params, directory: str, stop: bool = False, ep
             pid_file.unlink()
             return "stopped"
         return "no ephemeral server running"
-    configured = None if ephemeral else os.environ.get("MLFLOW_TRACKING_URI")
+    env = PipelineEnv.read()
+    configured = None if ephemeral else env.tracking_uri
     if configured:
-        connection.connect(params)  # fails fast, naming the server, if it is down
-        github.write_outputs(ephemeral="false")
-        github.export_env("MLFLOW_TRACKING_URI", configured)
+        connection.connect(params, env)  # fails fast, naming the server, if it is down
+        github.write_outputs(env.github, ephemeral="false")
+        github.export_env("MLFLOW_TRACKING_URI", configured, env.github)
         return configured
     why = "--ephemeral" if ephemeral else "no MLFLOW_TRACKING_URI set"
     with stage("tracking", f"{why}: starting an ephemeral MLflow server in {directory}"):
         url, _ = start_tracking_server(Path(directory).resolve())
-    github.write_outputs(ephemeral="true")
-    github.export_env("MLFLOW_TRACKING_URI", url)
+    github.write_outputs(env.github, ephemeral="true")
+    github.export_env("MLFLOW_TRACKING_URI", url, env.github)
     github.write_summary(
         "> **Ephemeral tracking store.** No `MLFLOW_TRACKING_URI` secret or variable is set, so this job used a "
-        "throwaway MLflow server on the runner. Nothing it registered or promoted persists after the job."
+        "throwaway MLflow server on the runner. Nothing it registered or promoted persists after the job.",
+        env.github,
     )
     return url
 
@@ -55,5 +59,5 @@ def keygen_stage(out: str) -> str:
 def status_stage(params: Params, as_json: bool) -> str:
     """Versions, aliases, verdicts, the ledger and its anomalies: one JSON object, or a table."""
     ctx = Context.open(params)
-    state = status.collect(ctx.client, ctx.registry, ctx.verify_key)
-    return json.dumps(state, indent=2) if as_json else status.render_table(state).rstrip("\n")
+    state = status.collect(ctx.client, ctx.registry, ctx.verify_key, ctx.params.rollout.canary_alias)
+    return json.dumps(state, indent=2) if as_json else render_table(state).rstrip("\n")

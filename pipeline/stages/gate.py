@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from api.release import contract
+from api.release.check import is_not_found
 from api.release.safe_model import RefusedModel
-from api.release.verdicts import release_verdict
-from gates.bootstrap import METRICS, Scored
+from gates.bootstrap import METRICS, HeldOutAnswers
 from gates.evaluate import Production
 from gates.evaluate import evaluate as evaluate_gates
 from gates.model_card import CardFacts, model_card
-from gates.policy_diff import policy_changes, rollout_changes
+from gates.policy_diff import feature_changes, feature_store_changes, policy_changes, rollout_changes
 from gates.profile import Drift, compare_profiles
 from gates.report import COMMENT_MARKER, GateReport
+from gates.rules import RuleResult
 from gates.schema_diff import SchemaDiff, compare_schemas
 from pipeline.ci import github
 from pipeline.ci.progress import say, stage
@@ -29,13 +33,13 @@ from pipeline.ci.provenance import git_sha
 from pipeline.core.config import GateParams, Params
 from pipeline.core.data import coerce_to_schema
 from pipeline.core.errors import CheckFailed, ConfigError
-from pipeline.core.release_keys import sign
+from pipeline.core.feature_training import recorded_features
+from pipeline.core.gate_answers import CannotScore, ModelUnderGate, production_answers, score
 from pipeline.stages.context import Context
-from pipeline.store import connection, gate_inputs, registry, tracking
-from pipeline.store.gate_inputs import ModelUnderGate
+from pipeline.stages.skew import feature_skew
+from pipeline.store import alias_moves, connection, gate_inputs, training_runs
+from pipeline.store.gate_record import record_gate
 
-# PR checks log to an ephemeral store and read production from the team's server here.
-PRODUCTION_URI_VAR = "PRODUCTION_TRACKING_URI"
 REPORTS = Path("reports")
 
 
@@ -48,6 +52,7 @@ class Baseline:
     schema: SchemaDiff | None = None
     drift: Drift | None = None
     notes: list[str] = field(default_factory=list)
+    features: dict[str, Any] | None = None  # the feature service production was trained from (None: a CSV)
 
 
 def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -> GateReport:
@@ -67,25 +72,27 @@ def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -
         except (RefusedModel, KeyError) as exc:
             raise CheckFailed(f"run {run_id} has no loadable logged model: {exc}") from None
         _check_gate_config(gates, run, candidate)
-        raw = tracking.load_raw_test_set(ctx.client, run_id)
-        y_true = (raw[tracking.TARGET_COLUMN].astype(str) == candidate.positive_label).to_numpy()
+        raw = training_runs.load_raw_test_set(ctx.client, run_id)
+        y_true = (raw[training_runs.TARGET_COLUMN].astype(str) == candidate.positive_label).to_numpy()
         try:
-            scored = gate_inputs.score(candidate, raw, candidate.positive_label)
-        except gate_inputs.CannotScore as exc:
+            scored = score(candidate, raw, candidate.positive_label)
+        except CannotScore as exc:
             raise CheckFailed(f"run {run_id}: {exc}") from None
         baseline = _baseline(ctx, candidate, raw, Path(tmp) / "production")
-        report, card = _evaluate(ctx, run, candidate, raw, y_true, scored, baseline, base_params)
+        skew = feature_skew(ctx.params, ctx.env.feature_store_url)  # none unless training reads a feature service
+        report, card = _evaluate(ctx, run, candidate, raw, y_true, scored, baseline, base_params, skew)
         _record(ctx, run, candidate, report, card, baseline)
         for change in report.policy_changes or []:
             say(f"  policy {change.direction}: {change.message}")
         for rule in report.result.rules:
             say(f"  {'pass' if rule.passed else 'FAIL'} {rule.rule}: {rule.detail}")
-    github.write_outputs(gate=report.verdict)
+    github.write_outputs(ctx.env.github, gate=report.verdict)
     github.write_summary(
         report.to_markdown()
         + f"\n<details><summary>Model card (<code>{contract.MODEL_CARD}</code> on run {run_id})</summary>\n\n"
         + card
-        + "\n</details>\n"
+        + "\n</details>\n",
+        ctx.env.github,
     )
     if not report.passed:
         raise CheckFailed(f"gate failed for run {run_id}; report in {REPORTS / 'gate.md'} and on the run")
@@ -101,12 +108,20 @@ def _rules_text(gates: GateParams) -> str:
 
 def _baseline(ctx: Context, candidate: ModelUnderGate, raw: pd.DataFrame, dst: Path) -> Baseline:
     """Production's answers on the candidate's rows, after the release check (PRODUCTION_TRACKING_URI when set)."""
-    uri = os.environ.get(PRODUCTION_URI_VAR)
+    # PR checks log to an ephemeral store and read production from the team's server (PRODUCTION_TRACKING_URI).
+    uri = ctx.env.production_tracking_uri
     client = connection.client_for(uri) if uri else ctx.client
-    version = registry.alias_version(client, ctx.model, ctx.registry.production_alias)
+    version = alias_moves.alias_version(client, ctx.model, ctx.registry.production_alias)
     baseline = Baseline(version)
     if version is None:
         return baseline
+    try:  # what production was trained from, for the policy diff's feature lines
+        production_run = client.get_run(str(client.get_model_version(ctx.model, version).run_id))
+        baseline.features = recorded_features(production_run.data.tags, production_run.data.params)
+    except MlflowException as exc:
+        if not is_not_found(exc):
+            raise
+        baseline.notes.append(f"production v{version}'s run is gone: its features are not compared")
     try:
         model, error = gate_inputs.production(client, ctx.model, version, dst, ctx.verify_key)
     except gate_inputs.ProductionRefused as exc:
@@ -116,7 +131,7 @@ def _baseline(ctx: Context, candidate: ModelUnderGate, raw: pd.DataFrame, dst: P
             return baseline
         model, error = None, str(exc)  # signed releases: a production the release check refuses fails the gate
     positive, allow = candidate.positive_label, ctx.params.gates.allow_breaking_schema
-    baseline.production, note = gate_inputs.production_answers(version, model, error, raw, positive, allow)
+    baseline.production, note = production_answers(version, model, error, raw, positive, allow)
     baseline.notes += [note] if note else []
     if model is not None:
         baseline.schema = compare_schemas(model.inputs, candidate.inputs)
@@ -135,11 +150,12 @@ def _evaluate(
     candidate: ModelUnderGate,
     raw: pd.DataFrame,
     y_true: np.ndarray,
-    scored: Scored,
+    scored: HeldOutAnswers,
     baseline: Baseline,
     base_params: Params | None,
+    skew: Sequence[RuleResult] = (),
 ) -> tuple[GateReport, str]:
-    """The gate report and the model card (pure, but for the timing it prints)."""
+    """The gate report and the model card (pure, but for the timing it prints); `skew` joins the rules."""
     gates = ctx.params.gates
     started = time.perf_counter()
     frame = coerce_to_schema(raw, candidate.features)
@@ -148,10 +164,17 @@ def _evaluate(
         baseline.schema, baseline.drift,
     )  # fmt: skip
     say(f"  bootstrap: {gates.bootstrap_samples} paired resamples scored in {time.perf_counter() - started:.2f} s")
+    if skew:
+        result = dataclasses.replace(result, rules=[*result.rules, *skew])
     changes = None
     if base_params is not None:  # every gate and rollout threshold this params file loosens or tightens
         changes = policy_changes(base_params.gates.model_dump(), gates.model_dump())
         changes += rollout_changes(base_params.rollout.model_dump(), ctx.params.rollout.model_dump())
+        changes += feature_store_changes(base_params.feature_store.model_dump(), ctx.params.feature_store.model_dump())
+        # The feature definitions the candidate was trained from, against production's (a changed definition).
+        against = f"production v{baseline.version}"
+        if baseline.version is not None:
+            changes += feature_changes(baseline.features, recorded_features(run.data.tags, run.data.params), against)
     signed = "signed" if ctx.signing_key else "unsigned"
     report = GateReport(
         model_name=ctx.model,
@@ -170,20 +193,8 @@ def _record(
     ctx: Context, run: Run, candidate: ModelUnderGate, report: GateReport, card: str, baseline: Baseline
 ) -> None:
     """The reports as run artifacts, the tags (the verdict last, signed when a key is set), then the local files."""
-    client, run_id = ctx.client, run.info.run_id
-    client.log_text(run_id, report.to_json(), contract.GATE_REPORT)
-    client.log_text(run_id, report.to_markdown(), "gate/gate.md")
-    client.log_text(run_id, card, contract.MODEL_CARD)
-    client.set_tag(run_id, contract.GATE_BASELINE, baseline.version or "")
-    if baseline.schema is not None and baseline.schema.breaking:
-        client.set_tag(run_id, contract.SCHEMA_BREAK_ALLOWED, "; ".join(baseline.schema.breaking)[:5000])
-    if ctx.signing_key is not None:
-        tags = {**run.data.tags, contract.GATE_BASELINE: baseline.version or "", contract.GIT_SHA: report.git_sha}
-        verdict = release_verdict(
-            "gate", tags, model=ctx.model, version="", run_id=run_id, digest=candidate.digest, verdict=report.verdict
-        )
-        client.set_tag(run_id, contract.GATE_SIGNATURE, sign(ctx.signing_key, verdict))
-    client.set_tag(run_id, contract.GATE, report.verdict)
+    breaking = baseline.schema.breaking if baseline.schema is not None else []
+    record_gate(ctx.client, ctx.model, run, report, card, baseline.version, breaking, candidate.digest, ctx.signing_key)
     REPORTS.mkdir(exist_ok=True)
     (REPORTS / "gate.json").write_text(report.to_json())
     (REPORTS / "gate.md").write_text(report.to_markdown())

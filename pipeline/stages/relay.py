@@ -16,7 +16,11 @@ def alert_relay_stage(host: str, port: int) -> None:
     except OSError as exc:
         raise InfrastructureError(f"alert-relay cannot listen on {host}:{port}: {exc.strerror}") from None
     bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
-    auth = "Bearer token required" if settings.relay_token else "no ALERT_RELAY_TOKEN: any client may post"
+    auth = (
+        "Bearer token required"
+        if settings.relay_token
+        else "⚠ NO TOKEN (ALERT_RELAY_INSECURE_NO_TOKEN): ANYONE WHO REACHES THIS PORT ROLLS PRODUCTION BACK"
+    )
     say(
         f"▶ alert-relay: http://{bound_host}:{bound_port}/alert -> repository_dispatch `rollback` on "
         f"{settings.repository} ({settings.api_url}); {auth}"

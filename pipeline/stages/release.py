@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,13 +12,14 @@ from api.release import contract
 from gates.release_policy import check_promotion, rollback_candidates
 from pipeline.ci import github
 from pipeline.ci.progress import say, stage
-from pipeline.core import kustomize
 from pipeline.core.config import Params
-from pipeline.core.errors import CheckFailed, ConfigError, InfrastructureError
+from pipeline.core.environment import PipelineEnv
+from pipeline.core.errors import CheckFailed, ConfigError
 from pipeline.core.ledger import is_rollback
 from pipeline.runtime import kubernetes
 from pipeline.stages.context import Context
-from pipeline.store import registry
+from pipeline.stages.deploy import deploy_version, plan_pin
+from pipeline.store import alias_moves, model_versions
 from pipeline.store.release_lock import release_lock
 
 
@@ -29,13 +29,15 @@ def register_stage(params: Params, run_id: str) -> str:
     ctx.run(run_id)
     alias = ctx.registry.candidate_alias
     with stage("register", f"run {run_id} as {ctx.model}"):
-        version, created = registry.register(ctx.client, ctx.model, run_id, ctx.signing_key, ctx.verify_key)
+        version, created = model_versions.register(ctx.client, ctx.model, run_id, ctx.signing_key, ctx.verify_key)
         with release_lock(ctx.client, ctx.model):
-            before = registry.alias_version(ctx.client, ctx.model, alias)
+            before = alias_moves.alias_version(ctx.client, ctx.model, alias)
             _move(ctx, alias, version, before, "register", f"registered from run {run_id}")
         say(f"  version {version} {'registered' if created else 'was already registered'}; @{alias} -> {version}")
-    github.write_outputs(version=version)
-    github.write_summary(f"Registered `{ctx.model}` version **{version}** from run `{run_id}`; `@{alias}` → {version}.")
+    github.write_outputs(ctx.env.github, version=version)
+    github.write_summary(
+        f"Registered `{ctx.model}` version **{version}** from run `{run_id}`; `@{alias}` → {version}.", ctx.env.github
+    )
     return version
 
 
@@ -55,12 +57,8 @@ class ProductionMove:
         The overlay's pin is worked out first: a missing or malformed overlay
         stops the move (exit 2) while nothing has moved.
         """
-        image = registry.published_image(mv)
-        deploy = self.ctx.params.deploy
-        if image and deploy.overlay is not None:
-            self.pin = kubernetes.plan_pin(
-                deploy.overlay, deploy.image_name, image, deploy.deployment, deploy.rollout_timeout_s
-            )
+        image = model_versions.published_image(mv)
+        self.pin = plan_pin(self.ctx.params.deploy, image)
         self.target, self.why = mv, summary or reason
         _move(self.ctx, self.ctx.registry.production_alias, str(mv.version), self.before, kind, reason, image)
         say(
@@ -70,25 +68,26 @@ class ProductionMove:
 
 
 @contextlib.contextmanager
-def production_move(params: Params, name: str, what: str) -> Iterator[ProductionMove]:
+def production_move(params: Params, name: str, what: str, env: PipelineEnv | None = None) -> Iterator[ProductionMove]:
     """The opening and closing promote and rollback share.
 
     Opens the context, requires the model, holds the release lock while the
     block decides and moves; then writes the image output and the summary, and
-    deploys the image smoke tested with the version production moved to (outside
-    the lock: a rollout takes minutes, and the move is already recorded).
+    deploys the image smoke tested with the version production moved to
+    (pipeline/stages/deploy.py; outside the lock: a rollout takes minutes, and
+    the move is already recorded).
     """
-    ctx = Context.open(params)
-    registry.require_model(ctx.client, ctx.model)
+    ctx = Context.open(params, env)
+    model_versions.require_model(ctx.client, ctx.model)
     alias = ctx.registry.production_alias
     with stage(name, what), release_lock(ctx.client, ctx.model):
-        move = ProductionMove(ctx, registry.alias_version(ctx.client, ctx.model, alias))
+        move = ProductionMove(ctx, alias_moves.alias_version(ctx.client, ctx.model, alias))
         yield move
     if move.target is not None:
-        image = registry.published_image(move.target)
-        github.write_outputs(image=image)
-        github.write_summary(_summary(ctx, alias, move.before, move.target, move.why))
-        _deploy(ctx, move.target, move.pin)
+        image = model_versions.published_image(move.target)
+        github.write_outputs(ctx.env.github, image=image)
+        github.write_summary(_summary(ctx, alias, move.before, move.target, move.why), ctx.env.github)
+        deploy_version(ctx, move.target, move.pin)
 
 
 def promote_stage(params: Params, version: str) -> None:
@@ -96,14 +95,21 @@ def promote_stage(params: Params, version: str) -> None:
     with production_move(params, "promote", f"version {version} to @{params.registry.production_alias}") as move:
         ctx = move.ctx
         mv = ctx.version(version)
-        candidate = registry.alias_version(ctx.client, ctx.model, ctx.registry.candidate_alias)
-        if not check_promotion(registry.version_state(mv), candidate, move.before):
+        candidate = alias_moves.alias_version(ctx.client, ctx.model, ctx.registry.candidate_alias)
+        if not check_promotion(model_versions.version_state(mv), candidate, move.before, rolled_back_from(ctx)):
             say(f"  @{ctx.registry.production_alias} already points at {version}; nothing to do")
             return
         _, refusal = ctx.release_refusal(mv)
         if refusal:
             raise CheckFailed(f"version {version} refused: {refusal}; nothing moved")
         move.to(mv, "promote", _promotion_reason(mv), summary="promoted")
+
+
+def rolled_back_from(ctx: Context) -> set[str]:
+    """The versions production was rolled back away from, by the verified release ledger."""
+    moves = alias_moves.history(ctx.client, ctx.model, ctx.verify_key)
+    alias = ctx.registry.production_alias
+    return {m["from"] for m in moves if m["alias"] == alias and is_rollback(m) and m["from"]}
 
 
 def rollback_stage(params: Params, reason: str, to: str | None = None, if_serving: str | None = None) -> str:
@@ -121,12 +127,13 @@ def rollback_stage(params: Params, reason: str, to: str | None = None, if_servin
         raise ConfigError("rollback needs a --reason saying why")
     if if_serving is not None and not if_serving.isdigit():
         raise ConfigError(f"--if-serving expects a version number, got {if_serving!r}")
-    if os.environ.get("GITHUB_ACTIONS") == "true" and not os.environ.get("MLFLOW_TRACKING_URI"):
+    env = PipelineEnv.read()
+    if env.github.actions and not env.tracking_uri:
         raise ConfigError(
             "no MLFLOW_TRACKING_URI secret or variable is set: a rollback needs the team's tracking server"
         )
     what = f"@{params.registry.production_alias} to {to or 'the previous good version'}"
-    with production_move(params, "rollback", what) as move:
+    with production_move(params, "rollback", what, env) as move:
         ctx = move.ctx
         if if_serving is not None and move.before != if_serving:
             already = (
@@ -134,11 +141,11 @@ def rollback_stage(params: Params, reason: str, to: str | None = None, if_servin
                 "production already moved; nothing to do"
             )
             say(f"  {already}")
-            github.write_summary(f"Rollback of `{ctx.model}` not needed ({reason.strip()}): {already}.")
+            github.write_summary(f"Rollback of `{ctx.model}` not needed ({reason.strip()}): {already}.", ctx.env.github)
             return move.before or ""
-        by_version = {str(mv.version): mv for mv in registry.versions(ctx.client, ctx.model)}
-        states = [registry.version_state(mv) for mv in by_version.values()]
-        moves = registry.history(ctx.client, ctx.model, ctx.verify_key)
+        by_version = {str(mv.version): mv for mv in model_versions.versions(ctx.client, ctx.model)}
+        states = [model_versions.version_state(mv) for mv in by_version.values()]
+        moves = alias_moves.history(ctx.client, ctx.model, ctx.verify_key)
         served = [(m["from"], m["to"], is_rollback(m)) for m in moves if m["alias"] == ctx.registry.production_alias]
         candidates = rollback_candidates(states, move.before, to, served)
         if candidates[0].version == move.before:
@@ -157,58 +164,8 @@ def rollback_stage(params: Params, reason: str, to: str | None = None, if_servin
         raise CheckFailed("no version to roll back to: " + "; ".join(skipped) + "; nothing moved")
 
 
-def _deploy(ctx: Context, mv: ModelVersion, pin: kubernetes.OverlayPin | None) -> None:
-    """Pin the overlay to the image smoke tested with `mv`; with KUBECONFIG apply it and wait for the rollout.
-
-    Without KUBECONFIG the overlay is pinned and the commands that deploy it are
-    printed (stderr and job summary). A kubectl failure is exit 3 saying that
-    production's alias already moved and how to finish by hand.
-    """
-    deploy, alias = ctx.params.deploy, ctx.registry.production_alias
-    if deploy.overlay is None:
-        say("  deploy.overlay is null: no Kubernetes overlay to pin")
-        return
-    if pin is None:
-        note = (
-            f"version {mv.version} has no published image (image.ref/image.digest): {deploy.overlay} left as it is, "
-            "nothing applied; the running pods follow the alias with the image they have"
-        )
-        say(f"  {note}")
-        github.write_summary(f"**Kubernetes:** {note}.")
-        return
-    lines = kustomize.shell_lines(pin.commands)
-    entry = kustomize.images_entry(deploy.image_name, pin.image)
-    with stage("deploy", f"{deploy.image_name} {pin.image.reference} to {pin.overlay}"):
-        kubernetes.write_pin(pin)
-        say(f"  {pin.path}: {deploy.image_name} pinned to {pin.image.reference} (smoke tested with {mv.version})")
-        pinned = (
-            f"**Kubernetes:** `{pin.path}` pins `{deploy.image_name}` to `{pin.image.reference}`, the image smoke "
-            f"tested with version {mv.version}:\n\n```yaml\n{entry}```"
-        )
-        if not kubernetes.kubeconfig():
-            say("  no KUBECONFIG: nothing applied. To deploy it, from a checkout with that overlay:")
-            say("    " + lines.replace("\n", "\n    "))
-            github.write_summary(
-                f"{pinned}\n\nNo `KUBECONFIG`: nothing applied. To deploy it, from a checkout whose overlay has "
-                f"that entry:\n\n```sh\n{lines}\n```"
-            )
-            return
-        try:
-            kubernetes.apply(pin, deploy.rollout_timeout_s)
-        except InfrastructureError as exc:
-            github.write_summary(
-                f"{pinned}\n\n**Not deployed:** {exc}. `@{alias}` already points at {mv.version}; "
-                f"finish by hand from a checkout whose overlay has that entry:\n\n```sh\n{lines}\n```"
-            )
-            raise InfrastructureError(
-                f"{exc}; @{alias} already moved to {mv.version} (the pods follow it with the image they have): "
-                f"finish by hand with {pin.path} pinned to {pin.image.reference}: {lines.replace(chr(10), ' && ')}"
-            ) from None
-        github.write_summary(f"{pinned}\n\nApplied and rolled out:\n\n```sh\n{lines}\n```")
-
-
 def _move(ctx: Context, alias: str, version: str, before: str | None, kind: str, reason: str, image: str = "") -> None:
-    registry.move_alias(
+    alias_moves.move_alias(
         ctx.client, ctx.model, alias, version, reason, expected=before, kind=kind, image=image,
         signing_key=ctx.signing_key,
     )  # fmt: skip
@@ -222,7 +179,7 @@ def _promotion_reason(mv: ModelVersion) -> str:
 
 def _summary(ctx: Context, alias: str, before: str | None, mv: ModelVersion, why: str) -> str:
     signed = "verdicts verified against the release key" if ctx.verify_key is not None else "unsigned"
-    image = registry.published_image(mv)
+    image = model_versions.published_image(mv)
     serves = f"image `{image}`" if image else "no published image"
     return (
         f"`{ctx.model}` `@{alias}`: {before or 'nothing'} → **{mv.version}** ({why}); "

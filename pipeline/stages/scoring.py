@@ -3,18 +3,45 @@
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.config import Params
+from pipeline.core.environment import PipelineEnv
 from pipeline.core.errors import CheckFailed, ConfigError
 
 if TYPE_CHECKING:
-    from pipeline.runtime.batch_scoring import ScoreSummary
-    from pipeline.runtime.tables import Source
+    from pipeline.scoring.byte_caps import ByteCaps
+    from pipeline.scoring.engine import ScoreSummary, ScoringEngine
+    from pipeline.scoring.input_source import Source
 
 ENGINES = ("local", "spark")
+
+
+def byte_caps(env: PipelineEnv | None = None) -> ByteCaps:
+    """SCORE_MAX_CELL_BYTES and SCORE_MAX_BATCH_BYTES (whole bytes; default when unset); ConfigError otherwise.
+
+    The settings scoring reads, read once (PipelineEnv) and handed to the engine.
+    """
+    from pipeline.scoring.byte_caps import BATCH_BYTES, BATCH_SETTING, CELL_BYTES, CELL_SETTING, ByteCaps
+
+    env = env or PipelineEnv.read()
+    return ByteCaps(
+        _bytes(env.score_max_cell_bytes, CELL_SETTING, CELL_BYTES),
+        _bytes(env.score_max_batch_bytes, BATCH_SETTING, BATCH_BYTES),
+    )
+
+
+def _bytes(given: str, name: str, default: int) -> int:
+    raw = given.strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of bytes (1 or more), got {raw[:40]!r}")
+    return int(raw)
 
 
 def score_stage(
@@ -36,6 +63,7 @@ def score_stage(
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if master is not None and engine != "spark":
         raise ConfigError("--master names a Spark cluster: use it with --engine spark")
+    caps = byte_caps()  # a malformed SCORE_MAX_CELL_BYTES or SCORE_MAX_BATCH_BYTES is refused first
     # Python's cyclic collector walks every tracked object at each full collection, and importing scikit-learn,
     # SciPy and MLflow sets off several, each longer than the last (6 taking ~1 s in all on a 2M-row run): it is
     # off until the version is loaded, then what was loaded is frozen out of its reach (settled) and it runs again.
@@ -46,10 +74,10 @@ def score_stage(
         # The local engine starts reading the input now, in a thread of its own, while scikit-learn, MLflow and the
         # version load (seconds, mostly importing): that part of the input is parsed by the time the first row is
         # scored.
-        from pipeline.runtime import batch_scoring
+        from pipeline.scoring import local_engine
 
-        reading = batch_scoring.start_reading(Path(input_path)) if engine == "local" else None
-        return _score(params, input_path, output, version, alias, fmt, engine, master, reading, collecting)
+        reading = local_engine.start_reading(Path(input_path), caps) if engine == "local" else None
+        return _score(params, input_path, output, version, alias, fmt, engine, master, caps, reading, collecting)
     finally:
         try:
             if reading is not None:
@@ -77,6 +105,7 @@ def _score(
     fmt: str | None,
     engine: str,
     master: str | None,
+    caps: ByteCaps,
     reading: Source | None,
     collecting: bool,
 ) -> str:
@@ -88,31 +117,36 @@ def _score(
     from api.source import RegistrySource
     from pipeline.ci import github
     from pipeline.ci.progress import say, stage
-    from pipeline.runtime import batch_scoring
     from pipeline.runtime.output_files import is_local_store, store_paths
+    from pipeline.scoring import local_engine
     from pipeline.stages.context import Context
-    from pipeline.store import registry
+    from pipeline.store import alias_moves, model_versions
 
     redact_logging("mlflow")  # as the CLI does once a stage's imports brought MLflow's handlers: they came only now
     ctx = Context.open(params)
-    registry.require_model(ctx.client, ctx.model)
+    model_versions.require_model(ctx.client, ctx.model)
     # What the output and rejects files may never be: the local tracking store, or inside its artifacts.
     artifacts = [ctx.registry.artifact_location]
     if is_local_store(ctx.tracking.uri) and (experiment := ctx.client.get_experiment_by_name(ctx.registry.experiment)):
         artifacts.append(experiment.artifact_location)
     protected = store_paths(ctx.tracking.uri, artifacts)
-    # Paths and formats are refused before the version is loaded.
+    scorer: ScoringEngine
     if engine == "spark":
-        from pipeline.runtime import spark_scoring  # pyspark, the optional `spark` extra, only when it runs
+        from pipeline.scoring.spark_engine import SparkEngine  # pyspark, the optional `spark` extra, only when it runs
 
-        spark_scoring.check_paths(input_path, output, fmt, protected)
+        # Spark's local Python workers must be this interpreter (its packages); a cluster sets spark.pyspark.python.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        scorer = SparkEngine(ctx.client, master, caps)
     else:
-        batch_scoring.check_paths(Path(input_path), Path(output), fmt, protected)
+        scorer = local_engine.LocalEngine(caps, reading)
+    scorer.check_paths(input_path, output, fmt, protected)  # paths and formats are refused before the version loads
     alias = alias or ctx.registry.production_alias
-    settings = Settings(model_name=ctx.model, model_alias=alias, max_batch_size=batch_scoring.CHUNK_ROWS)
+    settings = Settings.probing_as_the_environment_says(
+        model_name=ctx.model, model_alias=alias, max_batch_size=local_engine.CHUNK_ROWS
+    )
     source = RegistrySource(settings, client=ctx.client, verify_key=ctx.verify_key)
     if version is None:
-        version = registry.alias_version(ctx.client, ctx.model, alias)
+        version = alias_moves.alias_version(ctx.client, ctx.model, alias)
         if version is None:
             raise ConfigError(f"model {ctx.model!r} has no alias @{alias}")
     ctx.version(version)  # exit 1 naming it when there is no such version
@@ -124,14 +158,7 @@ def _score(
             raise CheckFailed(f"version {version} refused: {exc.reason}; nothing scored") from None
         loaded = time.perf_counter() - started
         _settled(collecting)
-        if engine == "spark":
-            summary = spark_scoring.score_dataset(
-                model, ctx.client, input_path, output, fmt, master=master, protected=protected
-            )
-        else:
-            summary = batch_scoring.score_file(
-                model, Path(input_path), Path(output), fmt, protected=protected, source=reading
-            )
+        summary = scorer.score(model, input_path, output, fmt, protected)
         say(
             f"  {summary.scored:,} rows scored, {summary.rejected:,} rejected in {summary.seconds:.1f}s "
             f"({summary.rows_per_second:,.0f} rows/s; {summary.note})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gates.smoke_checks import Check, SmokeReport
@@ -15,7 +16,7 @@ from pipeline.runtime.api_process import uvicorn_process
 from pipeline.runtime.processes import free_port, wait_for
 from pipeline.runtime.smoke import smoke_http
 from pipeline.stages.context import Context
-from pipeline.store import registry, tracking
+from pipeline.store import model_versions, training_runs
 
 if TYPE_CHECKING:
     from api.release.contract import SmokeExamples
@@ -34,7 +35,7 @@ def smoke_stage(
     mv = ctx.version(version)
     if mv.run_id is None:
         raise ConfigError(f"version {version} has no run: no stored smoke examples to ask it about")
-    examples = tracking.load_smoke_examples(ctx.client, mv.run_id)
+    examples = training_runs.load_smoke_examples(ctx.client, mv.run_id)
     where = base_url or (f"a container of {image}" if image else "a local uvicorn process")
     with stage("smoke", f"version {version} served by {where}"):
         digest, refusal = ctx.release_refusal(mv, require_smoke=False)
@@ -48,16 +49,16 @@ def smoke_stage(
                 report, image_digest = _smoke_started_here(ctx, version, examples, image, digest)
             except InfrastructureError as exc:  # recorded as a failure, then exit 3: the engine broke, not the model
                 failed = SmokeReport(version, where, [Check("start", False, f"infrastructure: {exc}")])
-                registry.record_smoke(ctx.client, ctx.model, mv, False, where, failed.summary(), None, None,
+                model_versions.record_smoke(ctx.client, ctx.model, mv, False, where, failed.summary(), None, None,
                                       ctx.signing_key)  # fmt: skip
                 raise
-        registry.record_smoke(
+        model_versions.record_smoke(
             ctx.client, ctx.model, mv, report.passed, report.target, report.summary(), digest, image_digest,
             ctx.signing_key,
         )  # fmt: skip
         for check in report.checks:
             say(f"  {'pass' if check.passed else 'FAIL'} {check.name}: {check.detail}")
-    github.write_summary(report.to_markdown())
+    github.write_summary(report.to_markdown(), ctx.env.github)
     if not report.passed:
         raise CheckFailed(f"smoke failed for version {version}: {report.summary()}")
     return report
@@ -80,6 +81,15 @@ def _smoke_started_here(
         "MAX_BATCH_SIZE": str(params.serving.max_batch_size),
         "RELOAD_INTERVAL_S": str(params.serving.reload_interval_s),
     }
+    store = params.feature_store
+    if store.service is not None:  # a version trained from a feature service is not ready without its online store
+        from pipeline.store.feature_store import online_url
+
+        env["FEATURE_STORE_URL"] = online_url(Path(store.repo).resolve(), ctx.env.feature_store_url)
+        env["FEATURE_LOOKUP_TIMEOUT_MS"] = str(store.lookup_timeout_ms)
+        if image and env["FEATURE_STORE_URL"].startswith("sqlite:"):
+            raise ConfigError("smoke of an image reading a feature store needs FEATURE_STORE_URL=redis://... (the "
+                              "container cannot open this machine's SQLite online store)")  # fmt: skip
     image_digest = None
     if image:
         container.require_http_tracking(ctx.tracking.uri)
@@ -89,7 +99,7 @@ def _smoke_started_here(
     try:
         if image:
             image_digest = container.image_digest(image)
-            with container.running_container(image, env, free_port()) as url:
+            with container.running_container(image, env, free_port(), ctx.env.mlflow_auth) as url:
                 wait_for(url + "/health", params.smoke.ready_timeout_s)
                 report = smoke_http(url, version, examples, params.smoke, f"{target} ({image_digest})", digest)
                 return report, image_digest

@@ -5,7 +5,6 @@ Light: every command needs it first.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -14,16 +13,17 @@ from mlflow.tracking import MlflowClient
 
 from api.release.redact import redact
 from pipeline.core.config import Params
+from pipeline.core.environment import PipelineEnv
 from pipeline.core.errors import InfrastructureError
 
 
-def tracking_uri(params: Params) -> str:
+def tracking_uri(params: Params, env: PipelineEnv) -> str:
     """MLFLOW_TRACKING_URI in the environment wins over params.yaml."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
+    return env.tracking_uri or params.registry.tracking_uri
 
 
 @dataclass(frozen=True)
-class Tracking:
+class TrackingStore:
     """A tracking store: its URI (as configured, credentials included) and a client bound to it."""
 
     uri: str
@@ -35,10 +35,10 @@ class Tracking:
         return urlparse(self.uri).scheme in ("http", "https", "databricks")
 
 
-def connect(params: Params) -> Tracking:
+def connect(params: Params, env: PipelineEnv) -> TrackingStore:
     """The tracking store of `params` (MLFLOW_TRACKING_URI wins), failing fast (exit 3) if a server is down."""
-    uri = tracking_uri(params)
-    return Tracking(uri, client_for(uri))
+    uri = tracking_uri(params, env)
+    return TrackingStore(uri, client_for(uri))
 
 
 def client_for(uri: str) -> MlflowClient:

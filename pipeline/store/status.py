@@ -1,4 +1,4 @@
-"""The registry's state as one JSON object (docs/DESIGN.md) and as a table for people."""
+"""The registry's state as one JSON object (docs/DESIGN.md); pipeline/core/status_view.py renders it for people."""
 
 from __future__ import annotations
 
@@ -8,82 +8,39 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mlflow.tracking import MlflowClient
 
 from api.release import contract
+from api.release.traffic_reading import UNSIGNED_NOTE, VERIFIED_NOTE, read_traffic
 from api.release.verdicts import signature_state
 from pipeline.core.config import RegistryParams
 from pipeline.core.ledger import read_ledger
-from pipeline.store import registry
+from pipeline.core.status_view import anomalies
+from pipeline.store import alias_moves, model_versions
 
 
-def anomalies(
-    aliases: dict[str, str], history: list[dict[str, Any]], versions: list[dict[str, Any]], production_alias: str
-) -> list[dict[str, str | None]]:
-    """Every alias position the ledger does not explain, and a production alias on an unreleased version.
+def collect(
+    client: MlflowClient, reg: RegistryParams, verify_key: Ed25519PublicKey | None = None, canary_alias: str = "canary"
+) -> dict[str, Any]:
+    """`{"model", "aliases", "versions", "history", "anomalies"}` as the CLI contract lists them, and the canary.
 
-    Pure: the ledger (its accepted entries: see pipeline/ledger.py) explains an
-    alias when its moves for that alias form a chain (each move starts where
-    the previous one ended) ending where the alias points now.
+    `canary` is the traffic state as a replica with the same verify key reads it (and why it refuses it);
+    `canary_states` says who steers traffic: signed states only, or anyone with registry write access.
     """
-    found: list[dict[str, str | None]] = []
-    for alias in sorted(set(aliases) | {m["alias"] for m in history}):
-        moves = [m for m in history if m["alias"] == alias]
-        previous = None
-        for move in moves:
-            if move["from"] != previous:
-                found.append(
-                    {
-                        "alias": alias,
-                        "version": move["from"],
-                        "kind": "unrecorded_move",
-                        "detail": f"@{alias} was at {move['from'] or 'nothing'} before the move of {move['at']}, "
-                        f"but the ledger last put it at {previous or 'nothing'}: a move outside the pipeline",
-                    }
-                )
-            previous = move["to"] or None  # "": the alias was removed (the end of a rollout)
-        now = aliases.get(alias)
-        if now != previous:
-            found.append(
-                {
-                    "alias": alias,
-                    "version": now,
-                    "kind": "unrecorded_move",
-                    "detail": f"@{alias} points at {now or 'nothing'} but the ledger last put it at "
-                    f"{previous or 'nothing'}: moved outside the pipeline",
-                }
-            )
-    by_version = {v["version"]: v for v in versions}
-    serving = aliases.get(production_alias)
-    if serving in by_version and not (by_version[serving]["gate"] == by_version[serving]["smoke"] == "passed"):
-        v = by_version[serving]
-        found.append(
-            {
-                "alias": production_alias,
-                "version": serving,
-                "kind": "not_releasable",
-                "detail": f"@{production_alias} points at {serving}, which has gate {v['gate']} and smoke {v['smoke']}",
-            }
-        )
-    return found
-
-
-def collect(client: MlflowClient, reg: RegistryParams, verify_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
-    """`{"model", "aliases", "versions", "history", "anomalies"}` as the CLI contract lists them."""
     name = reg.model_name
-    model = registry.registered_model(client, name)
+    model = alias_moves.registered_model(client, name)
     aliases = {} if model is None else {alias: str(version) for alias, version in model.aliases.items()}
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
     versions: list[dict[str, Any]] = []
-    for mv in registry.versions(client, name):
+    for mv in model_versions.versions(client, name):
         tags = mv.tags
         versions.append(
             {
                 "version": str(mv.version),
                 "run_id": mv.run_id,
                 "metrics": {
-                    k.removeprefix(registry.METRIC_PREFIX): float(v)
+                    k.removeprefix(model_versions.METRIC_PREFIX): float(v)
                     for k, v in tags.items()
-                    if k.startswith(registry.METRIC_PREFIX)
+                    if k.startswith(model_versions.METRIC_PREFIX)
                 },
                 "gate": tags.get(contract.GATE, "pending"),
                 "smoke": tags.get(contract.SMOKE, "pending"),
@@ -95,70 +52,31 @@ def collect(client: MlflowClient, reg: RegistryParams, verify_key: Ed25519Public
                 "artifact_digest": tags.get(contract.ARTIFACT_DIGEST, ""),
                 "smoke_artifact_digest": tags.get(contract.SMOKE_ARTIFACT_DIGEST, ""),
                 "image_digest": tags.get(contract.SMOKE_IMAGE_DIGEST, ""),
-                "image": registry.published_image(mv),
+                "image": model_versions.published_image(mv),
                 # MLflow types run_id `str | None`: passed on as it is, as the release check does.
                 "signed": signature_state(
                     tags, verify_key, model=name, version=str(mv.version), run_id=cast(str, mv.run_id)
                 ),
             }
         )
-    ledger = read_ledger(name, {} if model is None else model.tags, verify_key)
+    tags = {} if model is None else model.tags
+    ledger = read_ledger(name, tags, verify_key)
     return {
         "model": name,
         "aliases": dict(sorted(aliases.items())),
         "versions": versions,
         "history": ledger.entries,
         "anomalies": ledger.anomalies + anomalies(aliases, ledger.entries, versions, reg.production_alias),
+        "canary": canary_state(tags, aliases.get(canary_alias), name, verify_key, canary_alias),
+        "canary_states": VERIFIED_NOTE if verify_key is not None else UNSIGNED_NOTE,
     }
 
 
-def render_table(status: dict[str, Any], history_rows: int = 10) -> str:
-    """A plain-text view of `collect`'s output."""
-    if not status["versions"]:
-        return f"model {status['model']}: no versions registered yet\n"
-    lines = [f"model {status['model']}"]
-    lines.append("aliases: " + (", ".join(f"@{a} -> {v}" for a, v in status["aliases"].items()) or "none"))
-    lines.append("")
-    flagged = {a["version"] for a in status.get("anomalies", [])}
-    header = ("version", "gate", "smoke", "f1", "roc_auc", "aliases", "git sha", "artifact", "verdicts")
-    rows = [
-        (
-            v["version"],
-            v["gate"],
-            v["smoke"],
-            _num(v["metrics"].get("f1")),
-            _num(v["metrics"].get("roc_auc")),
-            ",".join(v["aliases"]) + (" ⚠" if v["version"] in flagged and v["aliases"] else ""),
-            v["git_sha"][:10],
-            v["artifact_digest"][:19],
-            v["signed"],
-        )
-        for v in status["versions"]
-    ]
-    lines += _table(header, rows)
-    published = [v for v in status["versions"] if v.get("image")]
-    if published:
-        lines += ["", "published images (pull by digest)"]
-        lines += [f"  {v['version']}: {v['image']}" for v in published]
-    if status.get("anomalies"):
-        lines += ["", "⚠ anomalies (alias positions the pipeline did not make):"]
-        lines += [f"  - {a['detail']}" for a in status["anomalies"]]
-    moves = status["history"][-history_rows:]
-    if moves:
-        lines += ["", f"alias history (last {len(moves)} of {len(status['history'])})"]
-        lines += _table(
-            ("at", "alias", "from", "to", "by", "reason"),
-            [(m["at"], m["alias"], m["from"] or "-", m["to"], m["by"], m["reason"]) for m in moves],
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows]
-    return [line.rstrip() for line in lines]
+def canary_state(
+    tags: dict[str, str], canary: str | None, name: str, verify_key: Ed25519PublicKey | None, alias: str
+) -> dict[str, Any] | None:
+    """The canary traffic as replicas read it, with the refused state's reason; None when none is written."""
+    if tags.get(contract.CANARY_MODE, "off") == "off":
+        return None
+    traffic = read_traffic(tags, canary, name, verify_key, canary_alias=alias)
+    return {**traffic.describe(), "version": traffic.version, "refused": traffic.refused, "problem": traffic.problem}

@@ -271,3 +271,65 @@ def test_an_uncompilable_pipeline_is_served_by_sklearn(trained, records):
         body = c.post("/predict", json={"records": records}).json()
     assert body["predictions"] == trained.model.predict(trained.split.X_test.head(20)).tolist()
     assert np.allclose(body["probabilities"], trained.model.predict_proba(trained.split.X_test.head(20))[:, 1])
+
+
+def test_models_swapped_out_are_released_and_old_versions_series_removed(trained, records):
+    import gc
+    import weakref
+
+    # given: a replica that follows 12 releases, one after the other, answering each (the issue saw 50 of 50 kept)
+    models = {str(v): make_model(trained, str(v)) for v in range(1, 13)}
+    alive = [weakref.ref(model) for model in models.values()]
+    source = SwitchingSource(models, "1")
+    models = None  # only the source (the registry) holds them, as it would hold nothing
+    holder = ModelHolder(source=source)
+    with TestClient(create_app(holder)) as c:
+        for version in range(1, 13):
+            source.target = str(version)
+            asyncio.run(holder.refresh())
+            assert c.post("/predict", json={"records": records[:1]}).json()["model_version"] == str(version)
+            c.get("/metrics")  # a flush: the version before the last is let go once it has nothing new
+            source.models.pop(str(version))  # the registry's copy gone: what remains is the service's
+        text = c.get("/metrics").text
+    gc.collect()
+    # then: only production is still held (the last one swapped out went at the next flush);
+    # the series of the 2 versions retired last are still exported, none older
+    assert [ref().version for ref in alive if ref() is not None] == ["12"]
+    exported = set(re.findall(r'api_predictions_total\{version="(\d+)"\}', text))
+    assert exported == {"10", "11", "12"}, exported
+
+
+def disconnecting_request(app, path: str, sent: bytes) -> list[dict]:
+    """A POST whose client leaves after `sent` of its body; what the app sent back (nothing, it should be)."""
+    messages = [{"type": "http.request", "body": sent, "more_body": True}, {"type": "http.disconnect"}]
+    answered: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        answered.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+        "client": ("10.0.0.9", 5000), "server": ("testserver", 80),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    return answered
+
+
+@pytest.mark.parametrize("path", ["/predict", "/invocations"])
+def test_a_client_leaving_mid_body_is_counted_499_never_500_nor_a_versions_error(trained, path):
+    app = create_app(ModelHolder(model=make_model(trained)))
+    with TestClient(app) as c:
+        # when: two clients leave before their bodies arrived whole
+        assert disconnecting_request(app, path, b'{"records": [') == []
+        assert disconnecting_request(app, path, b'{"dataframe_records": [') == []
+        text = c.get("/metrics").text
+    # then: counted as disconnects, with no version (none answered), and never as a 5xx or a decision's error
+    assert f'api_requests_total{{endpoint="{path}",status="499",version=""}} 2.0' in text
+    assert 'status="500"' not in text
+    assert 'api_decision_requests_total{version="7"} 0.0' in text
+    assert 'api_decision_events_total{event="error",version="7"} 0.0' in text

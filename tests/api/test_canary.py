@@ -7,16 +7,30 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.holder import ModelHolder
 from api.release.traffic import Target, Traffic
+from api.release.traffic_reading import TrafficReader
+from api.settings import Settings
 from api.shadow import FRAME, ScorerProcess, _take
+from families import FAMILIES
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams
+from pipeline.core.data import prepare
+from pipeline.core.train import train
 
+from ..families import FAMILY_NAMES, quick_params
+from ..unit.test_canary_binding import bound
 from .conftest import make_model
 
 SHADOW_ALL = Target("1", "2", Traffic("shadow", "2", shadow_share=1.0))  # production 1; 2 scores a copy of each request
+TOKEN = "operator-token"  # MODEL_INFO_TOKEN: shows the canary on /model
+OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
+# Every request of the test client counted (it is one client): the shadow copies only counted requests.
+ROOMY = Settings(model_info_token=TOKEN, decision_client_budget=1_000_000)
 
 
 class RolloutSource:
@@ -51,34 +65,41 @@ def serving(trained, target: Target, **extra) -> tuple[ModelHolder, RolloutSourc
 
 
 def test_a_canary_split_keeps_each_customer_on_one_version(trained, records):
-    holder, _ = serving(trained, Target("1", "2", Traffic("canary", "2", weight=30)))
-    with TestClient(create_app(holder)) as client:
+    holder, _ = serving(trained, Target("1", "2", Traffic("canary", "2", weight=30, salt="5a" * 16)))
+    with TestClient(create_app(holder, ROOMY)) as client:
         answers = {}
         for i in range(200):
             body = {"records": [{**records[i % len(records)], "customerID": f"c-{i % 50}"}]}
             version = client.post("/predict", json=body).headers["X-Model-Version"]
             answers.setdefault(f"c-{i % 50}", set()).add(version)
-        info = client.get("/model").json()
+        info = client.get("/model", headers=OPERATOR).json()
     assert all(len(versions) == 1 for versions in answers.values())  # one customer, one version
     on_canary = sum(versions == {"2"} for versions in answers.values())
     assert 5 <= on_canary <= 25  # about 30 % of 50 customers
     assert info["version"] == "1" and info["canary"]["version"] == "2"
-    assert info["traffic"] == {"mode": "canary", "weight": 30, "shadow_share": 0.0}
+    assert {k: info["traffic"][k] for k in ("mode", "weight", "shadow_share")} == {
+        "mode": "canary",
+        "weight": 30,
+        "shadow_share": 0.0,
+    }
+    assert "salt" not in info["traffic"] and "5a" * 16 not in str(info)  # the split's key is never shown
+    assert info["refused_traffic"] is None  # a stand-in source: no registry state was read
 
 
-def test_without_a_customer_the_request_id_decides_and_the_weight_moves_customers_once(trained, records):
-    holder, source = serving(trained, Target("1", "2", Traffic("canary", "2", weight=10)))
-    with TestClient(create_app(holder)) as client:
+def test_as_the_weight_grows_a_customer_moves_to_the_canary_once_and_stays(trained, records):
+    salt = "c3" * 16
+    holder, source = serving(trained, Target("1", "2", Traffic("canary", "2", weight=10, salt=salt)))
+    with TestClient(create_app(holder, ROOMY)) as client:
 
-        def side(request_id: str) -> str:
-            answer = client.post("/predict", json={"records": records[:1]}, headers={"X-Request-Id": request_id})
+        def side(customer: str) -> str:
+            answer = client.post("/predict", json={"records": [{**records[0], "customerID": customer}]})
             return answer.headers["X-Model-Version"]
 
-        at_10 = {rid: side(rid) for rid in (f"r{i}" for i in range(100))}
-        source.current = Target("1", "2", Traffic("canary", "2", weight=50))
+        at_10 = {c: side(c) for c in (f"c{i}" for i in range(100))}
+        source.current = Target("1", "2", Traffic("canary", "2", weight=50, salt=salt))
         asyncio.run(holder.refresh())
-        at_50 = {rid: side(rid) for rid in at_10}
-    assert all(at_50[rid] == "2" for rid, version in at_10.items() if version == "2")  # who moved, stays
+        at_50 = {c: side(c) for c in at_10}
+    assert all(at_50[c] == "2" for c, version in at_10.items() if version == "2")  # who moved, stays
     assert sum(v == "2" for v in at_10.values()) < sum(v == "2" for v in at_50.values())
 
 
@@ -95,7 +116,7 @@ def shadow_metrics(client, version: str = "2", until: int | None = None, timeout
 
 def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained, records):
     holder, _ = serving(trained, SHADOW_ALL)
-    with TestClient(create_app(holder)) as client:
+    with TestClient(create_app(holder, ROOMY)) as client:
         client.get("/health")
         _scorer(client)  # started off the request path, within a second
         for _ in range(20):
@@ -116,7 +137,7 @@ def test_shadow_scores_a_copy_off_the_request_path_and_counts_agreement(trained,
 
 def test_the_shadow_scorer_is_a_separate_low_priority_process_holding_only_its_socket(trained, records):
     holder, _ = serving(trained, SHADOW_ALL)
-    with TestClient(create_app(holder)) as client:
+    with TestClient(create_app(holder, ROOMY)) as client:
         client.get("/health")
         pid = _scorer(client).pid
         deadline = time.monotonic() + 10  # the child detaches itself just after the fork: the policy is set last
@@ -133,9 +154,9 @@ def test_the_shadow_scorer_is_a_separate_low_priority_process_holding_only_its_s
 
 
 def test_a_scorer_that_dies_costs_production_nothing_and_comes_back(trained, records, monkeypatch):
-    monkeypatch.setattr("api.shadow.RESTART_S", 0.5)
+    monkeypatch.setattr("api.shadow.RESTART_S", 3.0)  # longer than 20 requests take on a busy machine
     holder, _ = serving(trained, SHADOW_ALL)
-    with TestClient(create_app(holder)) as client:
+    with TestClient(create_app(holder, ROOMY)) as client:
         client.get("/health")
         first = _scorer(client).pid
         os.kill(first, signal.SIGKILL)
@@ -152,9 +173,9 @@ def test_a_scorer_that_dies_costs_production_nothing_and_comes_back(trained, rec
 
 
 def test_a_stopped_scorer_hands_over_its_last_tallies_and_a_stuck_one_is_killed(trained, records, monkeypatch):
-    monkeypatch.setattr("api.shadow.STOP_GRACE_S", 1.0)
+    monkeypatch.setattr("api.shadow.STOP_GRACE_S", 3.0)  # room for 15 copies and the hand-over on a busy machine
     holder, source = serving(trained, SHADOW_ALL)
-    with TestClient(create_app(holder)) as client:
+    with TestClient(create_app(holder, ROOMY)) as client:
         client.get("/health")
         pid = _scorer(client).pid
         for _ in range(15):
@@ -162,7 +183,7 @@ def test_a_stopped_scorer_hands_over_its_last_tallies_and_a_stuck_one_is_killed(
         source.current = Target("1", "2", Traffic("canary", "2", weight=10))  # the rollout leaves shadow at once
         asyncio.run(holder.refresh())
         _gone(pid)
-        text = client.get("/metrics").text
+        text = shadow_metrics(client, until=15)
         # a scorer that cannot end (stopped) is killed once its grace is over
         source.current = SHADOW_ALL
         asyncio.run(holder.refresh())
@@ -191,10 +212,8 @@ def test_a_worker_that_is_pid_1_still_gets_its_scorer(trained, monkeypatch):
 
 
 def test_copies_past_the_queue_are_dropped_and_counted(trained, records):
-    from api.settings import Settings
-
     holder, _ = serving(trained, SHADOW_ALL)
-    with TestClient(create_app(holder, Settings(shadow_queue=2))) as client:
+    with TestClient(create_app(holder, Settings(shadow_queue=2, decision_client_budget=1_000_000))) as client:
         client.get("/health")
         scorer = _scorer(client)
         os.kill(scorer.pid, signal.SIGSTOP)  # a scorer with no CPU to spare: nothing is acknowledged
@@ -210,7 +229,7 @@ def test_copies_past_the_queue_are_dropped_and_counted(trained, records):
 
 def test_the_scorer_stops_when_the_rollout_leaves_shadow(trained, records):
     holder, source = serving(trained, SHADOW_ALL)
-    with TestClient(create_app(holder)) as client:
+    with TestClient(create_app(holder, ROOMY)) as client:
         client.get("/health")
         pid = _scorer(client).pid
         source.current = Target("1", "2", Traffic("canary", "2", weight=10))
@@ -243,11 +262,11 @@ def test_a_refused_canary_leaves_production_answering_everything(trained, record
 
     crafted = RefusedVersion("2", "classifier.estimators_[3]: node 65's left child is outside the tree")
     holder, _ = serving(trained, Target("1", "2", Traffic("canary", "2", weight=100)), **{"2": crafted})
-    with TestClient(create_app(holder)) as client:
+    with TestClient(create_app(holder, ROOMY)) as client:
         versions = {
             client.post("/predict", json={"records": records[:1]}).headers["X-Model-Version"] for _ in range(20)
         }
-        info = client.get("/model").json()
+        info = client.get("/model", headers=OPERATOR).json()
     assert versions == {"1"} and info["canary"] is None and info["traffic"]["mode"] == "off"
     assert "outside the tree" in info["refused_canary"]["reason"]
 
@@ -263,3 +282,60 @@ def test_the_scorer_takes_whole_frames_only_and_bounds_a_batch_by_bytes():
     assert [len(c) for c in second] == [10] and _take(buffer, 256) == []
     buffer += b"de"
     assert _take(buffer, 256) == [b"abcde"] and not buffer
+
+
+class TaggedSource(RolloutSource):
+    """Production 1 and @canary at 2, the canary state read from registered-model tags as a replica reads them."""
+
+    def __init__(self, models: dict, tags: dict, verify_key=None):
+        super().__init__(models, Target("1"))
+        self.tags, self.traffic_reader = tags, TrafficReader("churn", "canary", verify_key)
+
+    def target(self) -> Target:
+        traffic = self.traffic_reader.read(self.tags, "2")
+        return Target("1", "2" if traffic.mode != "off" else None, traffic)
+
+
+def test_unsigned_a_hand_written_weight_of_100_answers_no_customer_and_model_says_why(trained, records):
+    # given: no verify key, and a canary state of weight 100 written by someone with registry write access
+    tags, _ = bound(weight=100, key=None)
+    models = {"1": make_model(trained, "1"), "2": make_model(trained, "2")}
+    holder = ModelHolder(source=TaggedSource(models, tags))
+    asyncio.run(holder.refresh())
+    asyncio.run(holder.refresh())  # a second poll: the same refusal is counted once
+    with TestClient(create_app(holder, ROOMY)) as client:
+        versions = {client.post("/predict", json={"records": records[:1]}).headers["X-Model-Version"]
+                    for _ in range(30)}  # fmt: skip
+        public = client.get("/model").json()
+        info = client.get("/model", headers=OPERATOR).json()
+    # then: production answered everyone; /model says plainly who steers traffic, and the operator sees why
+    assert versions == {"1"} and info["canary"] is None and info["traffic"]["mode"] == "off"
+    assert public["canary_states"].startswith("UNSIGNED") and "refused_traffic" not in public
+    refused = info["refused_traffic"]
+    assert refused["refused"]["kind"] == "unsigned_canary" and refused["refusals"] == {"unsigned_canary": 1}
+    assert "RELEASE_VERIFY_KEY" in refused["refused"]["reason"]
+
+
+@pytest.mark.parametrize("family", [name for name in FAMILY_NAMES if FAMILIES[name].requirements])
+def test_a_booster_canary_and_shadow_answer_as_the_booster_itself(trained, records, family):
+    """A family with its own library as the candidate: the canary's answers are the booster's; its shadow scores."""
+    booster = train(prepare(generate_churn(800, 3).astype(str), DataParams()), quick_params(family), 0.25, 3)
+    candidate = make_model(booster, "2")
+    X = trained.split.X_test.head(20)
+    expected = booster.model.predict_proba(X)[:, list(booster.model.classes_).index("Yes")]
+    for target in (Target("1", "2", Traffic("canary", "2", weight=100, salt="7e" * 16)), SHADOW_ALL):
+        holder, _ = serving(trained, target, **{"2": candidate})
+        with TestClient(create_app(holder, ROOMY)) as client:
+            client.get("/health")
+            if target.traffic.mode == "shadow":
+                _scorer(client)
+            body = {"records": [{**r, "customerID": f"c-{i}"} for i, r in enumerate(records)]}
+            answer = client.post("/predict", json=body)
+            assert answer.status_code == 200, answer.text
+            if target.traffic.mode == "canary":
+                assert answer.headers["X-Model-Version"] == "2"
+                assert answer.json()["probabilities"] == pytest.approx(expected.tolist(), abs=1e-6)
+            else:
+                assert answer.headers["X-Model-Version"] == "1"
+                text = shadow_metrics(client, until=1)
+                assert re.search(r'api_shadow_requests_total\{outcome="scored",version="2"\} 1.0', text)

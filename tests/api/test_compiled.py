@@ -12,6 +12,9 @@ from pipeline.core.config import DataParams, ModelParams
 from pipeline.core.data import prepare
 from pipeline.core.train import train
 
+from ..families import FAMILY_NAMES, TEAM_FEATURES, quick_params
+from .conftest import make_model
+
 
 @pytest.fixture(scope="module")
 def churn():
@@ -22,10 +25,9 @@ def columns(frame: pd.DataFrame) -> dict:
     return {name: frame[name].tolist() for name in frame.columns}
 
 
-@pytest.mark.parametrize("kind", ["logistic_regression", "random_forest", "hist_gradient_boosting"])
+@pytest.mark.parametrize("kind", FAMILY_NAMES)
 def test_identical_to_sklearn_on_the_whole_test_set(churn, kind):
-    params = ModelParams(type=kind, random_forest={"n_estimators": 20})
-    result = train(churn, params, 0.2, 11)
+    result = train(churn, quick_params(kind), 0.2, 11)
     X = result.split.X_test
     labels, proba = CompiledPipeline(result.model).predict(columns(X))
     assert np.array_equal(labels, result.model.predict(X))
@@ -50,3 +52,15 @@ def test_unknown_pipeline_shapes_are_refused(churn):
         CompiledPipeline(Pipeline([("poly", PolynomialFeatures()), ("model", result.model.steps[1][1])]))
     with pytest.raises(NotCompilable):
         CompiledPipeline(result.model.steps[1][1])
+
+
+@pytest.mark.parametrize("kind", FAMILY_NAMES)
+def test_behind_the_team_feature_steps_the_loaded_model_is_compiled_and_answers_as_sklearn(churn, kind):
+    result = train(churn, quick_params(kind, features=TEAM_FEATURES), 0.2, 11)
+    model = make_model(result)
+    assert model.compiled is not None and model.compiled.features, model.compile_note
+    X = result.split.X_test.head(300)
+    prediction = model.predict_columns(columns(X))
+    assert prediction.labels == result.model.predict(X).tolist()
+    expected = result.model.predict_proba(X)[:, model.positive_index]
+    assert np.allclose(prediction.probabilities, expected, rtol=0, atol=1e-12)

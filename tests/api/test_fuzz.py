@@ -15,14 +15,17 @@ from hypothesis import strategies as st
 from api.app import create_app
 from api.holder import ModelHolder
 from pipeline.core.churn_data import generate_churn
-from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.config import DataParams
 from pipeline.core.data import prepare
 from pipeline.core.train import train
 
+from ..families import FAMILY_NAMES, TEAM_FEATURES, quick_params
 from .conftest import make_model
 
-EXAMPLES = 300  # /predict, per model type
-INVOCATION_EXAMPLES = 200  # /invocations, per model type, over JSON (five shapes), CSV and refused types
+SERVED = [*FAMILY_NAMES, "xgboost+features"]  # every family, and one behind the team's feature steps
+# The same budget as when two model types were fuzzed, spread over all of them.
+EXAMPLES = 600 // len(SERVED)  # /predict, per model type
+INVOCATION_EXAMPLES = 400 // len(SERVED)  # /invocations, per model type, over JSON (five shapes), CSV and refused types
 
 numbers = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
@@ -36,10 +39,12 @@ anything = st.recursive(
 )
 
 
-@pytest.fixture(scope="module", params=["logistic_regression", "random_forest"])
+@pytest.fixture(scope="module", params=SERVED)
 def served(request):
     data = prepare(generate_churn(400, 9).astype(str), DataParams())
-    result = train(data, ModelParams(type=request.param), test_size=0.25, seed=9)
+    family, _, with_features = request.param.partition("+")
+    params = quick_params(family, features=TEAM_FEATURES if with_features else [])
+    result = train(data, params, test_size=0.25, seed=9)
     model = make_model(result)
     record = json.loads(result.split.X_test.head(1).to_json(orient="records"))[0]
     with TestClient(create_app(ModelHolder(model=model)), raise_server_exceptions=False) as client:

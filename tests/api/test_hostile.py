@@ -12,19 +12,20 @@ from api.app import create_app
 from api.holder import ModelHolder
 from api.settings import Settings
 from pipeline.core.churn_data import generate_churn
-from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.config import DataParams
 from pipeline.core.data import prepare
 from pipeline.core.train import train
 
+from ..families import FAMILY_NAMES, quick_params
 from .conftest import make_model
 
-MODEL_TYPES = ["logistic_regression", "random_forest", "hist_gradient_boosting"]
+MODEL_TYPES = FAMILY_NAMES
 
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
 def served(request):
     data = prepare(generate_churn(600, 5).astype(str), DataParams())
-    result = train(data, ModelParams(type=request.param), test_size=0.25, seed=5)
+    result = train(data, quick_params(request.param), test_size=0.25, seed=5)
     record = json.loads(result.split.X_test.head(1).to_json(orient="records"))[0]
     app = create_app(ModelHolder(model=make_model(result)), Settings(max_body_bytes=1_000_000))
     with TestClient(app, raise_server_exceptions=False) as client:

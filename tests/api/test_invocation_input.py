@@ -2,7 +2,8 @@
 
 import pytest
 
-from api.model.invocation_input import FALLBACK, Refusal, media_type, read_json, safe_message
+from api.model.invocation_input import FALLBACK, Refusal, media_type, safe_message
+from api.model.invocation_json import read_json
 from api.model.schema import FeatureSpec
 
 FEATURES = [

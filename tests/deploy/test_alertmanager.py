@@ -39,8 +39,12 @@ def test_each_alert_reaches_people_and_production_rollbacks_reach_the_relay(rule
     assert receivers({**labels, "environment": "staging"}) == ["default"]
 
 
-def test_relay_gets_firing_alerts_only() -> None:
-    """The relay's webhook is its address, without resolved notifications (a resolved alert asks for nothing)."""
+def test_relay_gets_firing_alerts_only_with_its_bearer_token() -> None:
+    """The relay's webhook: its address, no resolved notifications, and the relay's token read from a secret file."""
     (relay,) = [receiver for receiver in load_yaml(CONFIG)["receivers"] if receiver["name"] == "rollback-relay"]
     (webhook,) = relay["webhook_configs"]
-    assert webhook == {"url": RELAY_URL, "send_resolved": False}
+    assert webhook == {
+        "url": RELAY_URL,
+        "send_resolved": False,
+        "http_config": {"authorization": {"type": "Bearer", "credentials_file": "/run/secrets/alert-relay-token"}},
+    }

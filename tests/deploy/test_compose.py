@@ -10,6 +10,8 @@ Running the stack for real is a later, live test.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,7 +160,10 @@ def test_prometheus_config_scrapes_both_replicas_and_alerts_alertmanager() -> No
     config = load_yaml(config_path)
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "churn-api"]
     (targets,) = job["static_configs"]
-    assert targets["targets"] == [f"{name}:8000" for name in API_SERVICES]
+    assert targets["targets"] == [f"{name}:9102" for name in API_SERVICES]  # METRICS_PORT, not the public port
+    compose = load_yaml(COMPOSE)
+    assert all(compose["services"][name]["environment"]["METRICS_PORT"] == "9102" for name in API_SERVICES)
+    assert all(p.endswith(":8000") for name in API_SERVICES for p in compose["services"][name]["ports"])
     assert targets["labels"]["environment"] in {"production", "staging"}
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
@@ -176,3 +181,40 @@ def test_mlflow_image_installs_the_project_pins_and_runs_basic_auth(resolved: Pa
     assert "--app-name basic-auth" in command
     assert "--backend-store-uri postgresql+psycopg2://" in command and "--artifacts-destination s3://" in command
     assert services(resolved)["mlflow"]["build"]["context"].endswith("mlflow")
+
+
+def test_alertmanager_is_reachable_only_from_prometheus_and_asks_for_basic_auth(resolved: Path) -> None:
+    """A forged alert at Alertmanager rolls production back through the relay: nobody but Prometheus reaches it."""
+    stack = load_yaml(resolved)
+    alertmanager, prometheus = stack["services"]["alertmanager"], stack["services"]["prometheus"]
+    assert "ports" not in alertmanager  # nothing on the host
+    assert set(alertmanager["networks"]) == {"alerting", "alertmanager-egress"}
+    assert stack["networks"]["alerting"]["internal"] is True
+    on_alerting = {name for name, service in stack["services"].items() if "alerting" in (service.get("networks") or {})}
+    assert on_alerting == {"prometheus", "alertmanager"}
+    egress = {
+        name for name, service in stack["services"].items() if "alertmanager-egress" in (service.get("networks") or {})
+    }
+    assert egress == {"alertmanager"}
+    assert "--web.config.file=/run/secrets/alertmanager-web.yml" in alertmanager["command"]
+    assert {"alert-relay-token", "alertmanager-web.yml"} <= set(alertmanager["secrets"])
+    assert prometheus["secrets"] == ["alertmanager-password"]
+    [target] = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["alerting"]["alertmanagers"]
+    assert target["basic_auth"] == {"username": "prometheus", "password_file": "/run/secrets/alertmanager-password"}
+    for name, secret in load_yaml(COMPOSE)["secrets"].items():
+        assert secret["file"].startswith("./secrets/"), name
+    assert run(["git", "check-ignore", "--quiet", str(DEPLOY / "secrets" / "alert-relay-token")]).returncode == 0
+
+
+def test_the_tracking_server_refuses_env_examples_placeholders(resolved: Path) -> None:
+    """With env.example's values, the mlflow service's bootstrap exits 2 naming each placeholder (never its value)."""
+    environment = {name: str(value) for name, value in services(resolved)["mlflow"]["environment"].items()}
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / "mlflow" / "bootstrap.py")],
+        env={"PATH": "/usr/bin:/bin", **environment}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    for name in ("PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_API_PASSWORD",
+                 "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
+        assert name in result.stderr
+    assert "change-me-" not in result.stderr

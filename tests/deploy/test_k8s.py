@@ -183,6 +183,7 @@ def test_service_monitor_scrapes_the_job_the_rules_select(rendered: dict) -> Non
         path = rendered[overlay, True]
         monitor, service = one(path, "ServiceMonitor")["spec"], one(path, "Service")
         assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert {endpoint["port"] for endpoint in monitor["endpoints"]} == {"metrics"}
         assert {endpoint["port"] for endpoint in monitor["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
         assert service["metadata"]["labels"][monitor["jobLabel"]] == "churn-api"
         assert service["metadata"]["labels"]["environment"] == overlay
@@ -309,18 +310,21 @@ def test_probes_wait_for_the_first_model_load(rendered: dict, overlay: str) -> N
 def test_network_policy_admits_clients_and_scrapes_and_reaches_only_dns_and_tracking(
     rendered: dict, overlay: str
 ) -> None:
-    """Ingress only to the API port; egress to DNS and to the overlay's tracking server, at its URI's port."""
+    """Clients to the API port, the monitoring namespace to the metrics port only; egress to DNS and tracking."""
     path = rendered[overlay, False]
     policy = one(path, "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "churn-api"}
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
-    assert all(rule["ports"] == [{"port": "http", "protocol": "TCP"}] for rule in policy["ingress"])
-    sources = [peer for rule in policy["ingress"] for peer in rule["from"]]
-    assert {"podSelector": {}} in sources  # anyone in the namespace
-    assert any(
-        peer.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": "monitoring"}
-        for peer in sources
-    )
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    clients, scrapes = policy["ingress"]
+    assert clients["ports"] == [{"port": "http", "protocol": "TCP"}] and {"podSelector": {}} in clients["from"]
+    assert all(peer.get("namespaceSelector", {}).get("matchLabels") != monitoring for peer in clients["from"])
+    assert scrapes["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert [peer["namespaceSelector"]["matchLabels"] for peer in scrapes["from"]] == [monitoring]
+    # the metrics port is the one the API serves /metrics on, and the ServiceMonitor scrapes it by name
+    [api] = one(path, "Deployment")["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    assert ports == {"http": 8000, "metrics": int(config(path)["METRICS_PORT"])}
     dns, tracking = policy["egress"]
     assert {port["port"] for port in dns["ports"]} == {53}
     uri = urlsplit(config(path)["MLFLOW_TRACKING_URI"])

@@ -5,21 +5,28 @@ from __future__ import annotations
 import json
 import math
 import re
+from statistics import NormalDist
 
 import pytest
 import yaml
 
-from gates.profile import PSI_FLOOR
-from pipeline.core.config import build_params, load_params
+from gates.psi import PSI_FLOOR
 from pipeline.core.errors import ConfigError
+from pipeline.core.params_file import build_params, load_params
 
 from .tools import API_METRICS, DEPLOY, ROOT, alerting_rules, load_yaml, rules, run, system_tool
 
 RULES = DEPLOY / "prometheus" / "rules.yml"
 UNIT_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 
-# The alerts a rollback can cure, for the version production serves (see rules.yml's header).
-ROLLBACK_ALERTS = {"ChurnApiHigh5xxRatio", "ChurnApiLatencyOverBudget", "ChurnApiFeatureDrift"}
+# The alerts a rollback can cure (the version's own failures), for the version production serves (rules.yml's header).
+ROLLBACK_ALERTS = {"ChurnApiHigh5xxRatio", "ChurnApiLatencyOverBudget"}
+# What a rollback never cures (the previous version sees the same clients and inputs): a person looks.
+PAGE_ALERTS = {"ChurnApiHigh4xxRatio", "ChurnApiFeatureDrift", "ChurnApiFeatureDriftWarning"}
+# The rollback alerts' evidence: a lower confidence bound with z for alpha over a day of looks.
+ALPHA, LOOK_S, MIN_REQUESTS = 0.01, 30, 200
+TOLERATED = {"ChurnApiHigh5xxRatio": 0.01, "ChurnApiLatencyOverBudget": 0.05}
+SLOW_S = 0.05  # per record, from the complete body to the answer (an api_decision_latency_seconds bound)
 
 
 def promtool() -> str:
@@ -68,7 +75,7 @@ def test_every_alert_tells_what_to_do(rule: dict) -> None:
 
 
 def test_rollback_alerts_are_the_curable_ones_and_concern_production_only() -> None:
-    """action=rollback on the 5xx ratio, latency and drift alerts, each joined to production's served version."""
+    """action=rollback on the version's own 5xx and slowness only, each joined to production's served version."""
     marked = {rule["alert"]: rule for rule in alerting_rules() if rule["labels"].get("action") == "rollback"}
     assert set(marked) == ROLLBACK_ALERTS
     for rule in marked.values():
@@ -77,13 +84,80 @@ def test_rollback_alerts_are_the_curable_ones_and_concern_production_only() -> N
         assert "rollback" in rule["annotations"]["runbook"]
 
 
-def test_latency_budget_is_the_smoke_budget() -> None:
-    """The p99 alert uses params.yaml's smoke.latency_budget_ms, the latency each version proved at smoke."""
-    budget_ms = load_yaml(ROOT / "params.yaml")["smoke"]["latency_budget_ms"]
-    (rule,) = [rule for rule in alerting_rules() if rule["alert"] == "ChurnApiLatencyOverBudget"]
-    threshold = float(re.search(r'quantile="0\.99"\} > ([0-9.]+)', rule["expr"]).group(1))
-    assert threshold == budget_ms / 1000
-    assert f"{budget_ms} ms" in rule["annotations"]["summary"]
+def test_client_errors_and_drift_page_a_person_and_never_roll_back() -> None:
+    """action=page on the 4xx and drift alerts, whose runbooks say a rollback does not cure them, and why."""
+    actions = {rule["alert"]: rule["labels"].get("action") for rule in alerting_rules()}
+    assert {name for name, action in actions.items() if action == "page"} == PAGE_ALERTS
+    assert set(actions.values()) <= {"rollback", "page", None}
+    for rule in alerting_rules():
+        if rule["alert"] in PAGE_ALERTS:
+            runbook = rule["annotations"]["runbook"]
+            assert runbook.startswith("Do not roll back for this: the previous version would"), rule["alert"]
+            assert "pipeline rollback" not in runbook and "rollback relay" not in runbook, rule["alert"]
+            assert "Nothing acts on" in rule["annotations"]["description"], rule["alert"]
+    drift = [r for r in alerting_rules() if r["alert"] in PAGE_ALERTS and "Drift" in r["alert"]]
+    assert all("retrain" in rule["annotations"]["runbook"].lower() for rule in drift)
+
+
+def rollback_rules() -> dict[str, dict]:
+    """The rollback alerts, by name."""
+    return {rule["alert"]: rule for rule in alerting_rules() if rule["alert"] in ROLLBACK_ALERTS}
+
+
+def recorded(name: str) -> dict:
+    """The recording rule that records `name`."""
+    (rule,) = [rule for group in rules()["groups"] for rule in group["rules"] if rule.get("record") == name]
+    return rule
+
+
+def test_z_is_bonferroni_for_alpha_over_a_day_of_looks() -> None:
+    """z = 4.5 is z_(1 - alpha / looks) for alpha 0.01 and a look every 30 s for a day (2,880 looks)."""
+    looks = 24 * 3600 // LOOK_S
+    assert looks == 2880
+    assert NormalDist().inv_cdf(1 - ALPHA / looks) == pytest.approx(4.5, abs=0.01)
+    (group,) = [g for g in rules()["groups"] if set(rollback_rules()) <= {r.get("alert") for r in g["rules"]}]
+    assert group["interval"] == f"{LOOK_S}s"  # the looks the z pays for, whatever the global evaluation interval
+    header = RULES.read_text()
+    assert "2,880" in header and "z = 4.5" in header and "Bonferroni" in header
+
+
+@pytest.mark.parametrize("alert", sorted(ROLLBACK_ALERTS))
+def test_rollback_alerts_fire_on_a_lower_bound_above_the_tolerated_rate(alert: str) -> None:
+    """Lower bound p - 4.5 sqrt(p (1 - p) / n) over 10 m above the tolerated rate, with n >= 200 counted requests."""
+    rule = rollback_rules()[alert]
+    share = {"ChurnApiHigh5xxRatio": "api:decision_error_ratio", "ChurnApiLatencyOverBudget": "api:decision_slow_ratio"}
+    bound = f"{share[alert]}_lower_bound:10m"
+    assert re.match(rf"{re.escape(bound)} > ([0-9.]+)\n", rule["expr"])[1] == str(TOLERATED[alert])
+    assert f"and on (environment, version) api:decision_requests:10m >= {MIN_REQUESTS}" in rule["expr"]
+    p = f"{share[alert]}:10m"
+    assert " ".join(recorded(bound)["expr"].split()) == f"{p} - 4.5 * sqrt({p} * (1 - {p}) / api:decision_requests:10m)"
+    assert "for" not in rule  # every look is one of the 2,880 the bound's z pays for
+    said = " ".join(rule["annotations"]["description"].split())
+    assert "p - 4.5 * sqrt(p (1 - p) / n)" in said and "2,880" in said and "Bonferroni" in said
+    assert f"at least {MIN_REQUESTS} requests" in said and f"{TOLERATED[alert]:.0%}".replace("%", " %") in said
+
+
+def test_rollback_alerts_read_only_the_decision_counters() -> None:
+    """The shares come from api_decision_*: one unit per request, per-client budget, per-record latency."""
+    requests = recorded("api:decision_requests:10m")["expr"]
+    assert 'increase(api_decision_requests_total{job="churn-api"}[10m])' in requests
+    errors = recorded("api:decision_error_ratio:10m")["expr"]
+    assert 'api_decision_events_total{job="churn-api", event="error"}[10m]' in errors
+    slow = recorded("api:decision_slow_ratio:10m")["expr"]
+    assert f'le="{SLOW_S}"' in slow and 'le="+Inf"' in slow
+    for name in ("api:decision_requests:10m", "api:decision_error_ratio:10m", "api:decision_slow_ratio:10m"):
+        expr = recorded(name)["expr"]
+        assert "api_requests_total" not in expr and "api_request_latency" not in expr, name
+        assert all(by == "environment, version" for by in re.findall(r"sum by \(([^)]*)\)", expr)), name
+
+
+def test_slow_threshold_is_the_rollout_slow_threshold() -> None:
+    """The slow share uses the rollout's per-record slow threshold, when params.yaml names one."""
+    bake = load_yaml(ROOT / "params.yaml").get("rollout", {}).get("bake", {})
+    if not isinstance(bake.get("slow"), dict) or "slow_ms" not in bake["slow"]:
+        pytest.skip("params.yaml's rollout.bake has no slow.slow_ms")
+    assert bake["slow"]["slow_ms"] / 1000 == SLOW_S
+    assert str(SLOW_S) in " ".join(rollback_rules()["ChurnApiLatencyOverBudget"]["annotations"]["description"].split())
 
 
 def test_drift_levels_are_the_monitoring_params() -> None:

@@ -32,6 +32,12 @@ API_METRICS = {
     "api_model_reloads_total",
     "api_feature_values_total",
     "api_feature_expected_ratio",
+    # What release decisions read (GitHub issue 25): counted requests, their events, per-record latency.
+    "api_decision_requests_total",
+    "api_decision_events_total",
+    "api_decision_latency_seconds_bucket",
+    "api_decision_uncounted_total",
+    "api_shadow_decision_total",
 }
 
 

@@ -19,12 +19,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from families import FAMILIES
 from pipeline.runtime.container import LOCAL_BASE, find_engine
 from pipeline.runtime.processes import free_port, stop, wait_for
 from pipeline.runtime.tracking_server import tracking_server
-from pipeline.store.registry import history
+from pipeline.store.alias_moves import history
 
 from ..conftest import ROOT
+from ..families import QUICK, TEAM_FEATURES
 
 pytestmark = pytest.mark.e2e
 MODEL = "churn-classifier"
@@ -175,7 +177,8 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
     served_digest, pushed = manifest(image_registry, "churn-api", sha)
     assert tags["image.digest"] == served_digest
     assert pushed["config"]["digest"] == tags["smoke.image_digest"]
-    published.update(repository=repository, sha=sha, digest=served_digest, image_id=tags["smoke.image_digest"])
+    published.update(repository=repository, sha=sha, digest=served_digest, image_id=tags["smoke.image_digest"],
+                     image_tag=tags["smoke.target"].split()[1])  # fmt: skip
     image_ref = f"{repository}:{sha}@{served_digest}"
     assert state["versions"][1]["image"] == image_ref and state["versions"][0]["image"] == ""
     # promotion recorded the image production serves with
@@ -251,10 +254,29 @@ def test_push_pr_gate_failure_and_rollback_through_act(repo, server, keys, image
     # the relay's dispatch for an alert about version 2 arrives after production already left it: nothing moves
     event = repo.parent / "repository_dispatch.json"
     payload = {"reason": "ChurnApiHigh5xxRatio: version 2 answers 9 % with a 5xx", "version": "2", "alert": {}}
-    event.write_text(json.dumps({"action": "rollback", "client_payload": payload}))
+    repository = {"default_branch": "main"}  # GitHub's payloads carry it; the release jobs' branch guard reads it
+    event.write_text(json.dumps({"action": "rollback", "client_payload": payload, "repository": repository}))
     output = act(repo, server, "repository_dispatch", "-W", ".github/workflows/rollback.yml", "-e", str(event))
     assert act.returncode == 0, output[-3000:]
     assert "serves 1, not 2: production already moved; nothing to do" in output
+    assert registry(server)[0]["production"] == "1" and history(MlflowClient(server), MODEL)[-1] == last
+
+    # a release job run from a branch (its environment's branch policy is GitHub's; act has none) stops at the
+    # guard, before the checkout, so nothing that could read the key runs: a rollback dispatched on a branch,
+    # and the deploy's candidate job pushed from one
+    guard = "it runs only on the default branch (main), not on refs/heads/feature"
+    for workflow, event_name, job, inputs in (
+        (".github/workflows/rollback.yml", "workflow_dispatch", "rollback", ["--input", "reason=from a branch"]),
+        (DEPLOY, "push", "candidate", []),
+    ):
+        event = repo.parent / f"{event_name}-feature.json"
+        event.write_text(json.dumps({"ref": "refs/heads/feature", "repository": repository}))
+        output = act(repo, server, event_name, "-W", workflow, "-j", job, "-e", str(event), *inputs, keys=keys)
+        # the guard step fails (act may drop the ::error:: line of a step that ends within milliseconds)
+        assert act.returncode == 1, output[-3000:]
+        assert "Failure - Main release jobs run on the default branch only" in output, output[-3000:]
+        assert guard in output or "::error::" not in output  # whatever it printed named the branch
+        assert "actions/checkout" not in output
     assert registry(server)[0]["production"] == "1" and history(MlflowClient(server), MODEL)[-1] == last
 
     # a hand-edited image record (another digest, same registry) is not signed: production does not go there
@@ -282,6 +304,35 @@ def test_smoke_of_a_missing_image_fails_loudly_and_blocks_promotion(server, cli,
     assert state["smoke"] == "failed" and state["aliases"] == ["candidate"]
 
 
+# The families whose versions need a library beyond scikit-learn in the image (derived from families/).
+EXTRA_LIBRARY_FAMILIES = sorted(name for name, family in FAMILIES.items() if family.requirements)
+
+
+@pytest.mark.parametrize("family", EXTRA_LIBRARY_FAMILIES)
+def test_the_published_image_serves_each_family_that_needs_its_own_library(
+    server, cli, project, published, monkeypatch, family
+):
+    # given the image the push test smoke-tested and published, and a version of another family (the team's
+    # feature steps on the first of them)
+    if "image_id" not in published:
+        pytest.skip("the push test published no image")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    features = TEAM_FEATURES if family == EXTRA_LIBRARY_FAMILIES[0] else []
+    sets = ["--set", f"registry.model_name=image-{family}", "--set", f"model.type={family}",
+            "--set", f"model.features={json.dumps(features)}", "--set", "gates.metrics.f1.min=0.3",
+            *[arg for key, value in QUICK.get(family, {}).items()
+              for arg in ("--set", f"model.{family}.{key}={value}")]]  # fmt: skip
+    assert cli("train", *sets) == 0, cli.err
+    run_id = cli.out.strip()
+    assert cli("gate", "--run-id", run_id, *sets) == 0 and cli("register", "--run-id", run_id, *sets) == 0, cli.err
+    version = cli.out.strip()
+    # when it is smoke-tested against that image, then the image loads it, answers its stored examples and it passes
+    assert cli("smoke", "--version", version, "--image", published["image_tag"], *sets) == 0, cli.err
+    assert cli("promote", "--version", version, *sets) == 0, cli.err
+    [state] = cli.status_of(f"image-{family}")["versions"]
+    assert state["smoke"] == "passed" and "production" in state["aliases"]
+
+
 # What `podman kube play` (podman 4.3) can run of a rendered overlay: Deployments, Pods, ConfigMaps (Secrets are
 # created as podman secrets, see below). Services, the HPA, the PDB, the NetworkPolicy, the ServiceMonitor and
 # the PrometheusRule need a cluster; the Namespace and ServiceAccount mean nothing to podman.
@@ -296,7 +347,8 @@ def for_kube_play(documents: list[dict], name: str, tracking_uri: str, port: int
     - host networking, as smoke runs the image: the tracking server listens on this host's loopback, which a
       pod network cannot reach; so the container listens on HOST/PORT of its own and declares no ports
       (podman refuses port mappings on the host network);
-    - the ConfigMap's MLFLOW_TRACKING_URI is the test's server (the overlay's is a cluster address);
+    - the ConfigMap's MLFLOW_TRACKING_URI is the test's server (the overlay's is a cluster address), and its
+      METRICS_PORT a free port (on the host network 9102 may be taken);
     - MLFLOW_TRACKING_USERNAME/PASSWORD are dropped: the test's server has no authentication;
     - RELEASE_VERIFY_KEY comes from the podman secret `secret`: podman 4.3 stores a Secret given in the play
       file as YAML and then reads it as JSON (and fails), so the test creates the secret itself;
@@ -309,6 +361,7 @@ def for_kube_play(documents: list[dict], name: str, tracking_uri: str, port: int
     for doc in kept:
         if doc["kind"] == "ConfigMap":
             doc["data"]["MLFLOW_TRACKING_URI"] = tracking_uri
+            doc["data"]["METRICS_PORT"] = str(free_port())  # on the host network, a port of its own too
         else:
             doc["metadata"]["name"] = name
             doc["spec"]["replicas"] = 1
@@ -438,8 +491,10 @@ def test_compose_runs_the_api_service_with_the_published_image(repo, server, key
     engine.run("pull", "--tls-verify=false", reference, quiet=True, timeout=300)  # from the local registry
     port, project = free_port(), f"churn-e2e-{uuid.uuid4().hex[:8]}"
     env_file = tmp_path / "compose.env"
-    values = {"API_IMAGE": reference, "RELEASE_VERIFY_KEY_FILE": str(keys[1])}
     lines = (repo / "deploy" / "env.example").read_text().splitlines()
+    # env.example's change-me placeholders stop the API's start (exit 2): the test sets secrets of its own
+    values = {line.split("=")[0]: uuid.uuid4().hex for line in lines if "=change-me" in line}
+    values |= {"API_IMAGE": reference, "RELEASE_VERIFY_KEY_FILE": str(keys[1])}
     env_file.write_text(
         "\n".join(f"{line.split('=')[0]}={values[line.split('=')[0]]}" if line.split("=")[0] in values else line
                   for line in lines) + "\n"

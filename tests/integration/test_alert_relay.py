@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.integration
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"  # Debian's name; upstream's binary is `alertmanager`
 GITHUB_TOKEN = "ghp_relay_test_token_never_logged"
 RELAY_TOKEN = "relay-bearer-token"
+AM_USER, AM_PASSWORD = "prometheus", "alertmanager-test-password"
 
 
 class FakeGitHub:
@@ -94,15 +96,32 @@ def alertmanager(tmp_path, relay):
     webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials": RELAY_TOKEN}}
     path = tmp_path / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))
+    # compose's web config: basic auth on Alertmanager's API (a bcrypt hash, as `htpasswd -nbB` writes it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        hashed = crypt.crypt(AM_PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2**4))
+    web = tmp_path / "alertmanager-web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {AM_USER: hashed}}))
     port = free_port()
     with open(tmp_path / "alertmanager.log", "wb") as out:
         process = subprocess.Popen(
             [ALERTMANAGER, f"--config.file={path}", f"--storage.path={tmp_path / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", f"--web.config.file={web}"],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        wait_for(f"http://127.0.0.1:{port}/-/ready", 60, process)
+        deadline = time.monotonic() + 60
+        while True:  # wait_for cannot send credentials
+            assert process.poll() is None, (tmp_path / "alertmanager.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/-/ready", auth=(AM_USER, AM_PASSWORD)).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "alertmanager did not start"
+            time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
@@ -125,7 +144,10 @@ def test_a_firing_rollback_alert_dispatches_the_rollback_workflow_once(alertmana
                severity="critical", action="rollback"),
         firing("ChurnApiHigh4xxRatio", "production: 30 % of requests to version 7 are refused", severity="warning"),
     ]  # fmt: skip
-    posted = httpx.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10)
+    # (without Alertmanager's basic auth, nobody may: a forged alert is refused before any route)
+    forged = httpx.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10)
+    assert forged.status_code == 401
+    posted = httpx.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10, auth=(AM_USER, AM_PASSWORD))
     assert posted.status_code == 200, posted.text
 
     # then exactly one repository_dispatch reaches GitHub, with the bearer token, the reason and the version
@@ -153,3 +175,59 @@ def test_a_firing_rollback_alert_dispatches_the_rollback_workflow_once(alertmana
     text = log.read_text()
     assert "dispatched rollback of version 7: ChurnApiHigh5xxRatio" in text
     assert GITHUB_TOKEN not in text and RELAY_TOKEN not in text
+
+
+def test_a_flood_of_forged_firings_dispatches_each_version_once(relay, github):
+    # given: a sender holding the relay's token (the worst case: Alertmanager's own retries look alike)
+    url, _ = relay
+    auth = {"Authorization": f"Bearer {RELAY_TOKEN}"}
+    # when: 4,000 "new" firings of production's version, each with its own fingerprint and start time,
+    # a version in Arabic-Indic digits, and a reason carrying newlines and Markdown
+    body = {"alerts": [
+        {**firing("ChurnApiHigh5xxRatio", "x", action="rollback"), "status": "firing", "fingerprint": f"f{i}",
+         "startsAt": f"2026-01-01T00:00:{i % 60:02d}.{i:06d}Z"} for i in range(4000)
+    ]}  # fmt: skip
+    body["alerts"][:2] = [
+        {**firing("Arabic", "x", action="rollback", version="٣"), "status": "firing"},
+        {**firing("Crafted\n# [pwn](http://x)", "**bold**\nline", action="rollback", version="8"), "status": "firing"},
+    ]
+    too_many = httpx.post(f"{url}/alert", json={"alerts": body["alerts"][:501]}, headers=auth, timeout=30)
+    assert too_many.status_code == 400 and "more than 500" in too_many.json()["error"]
+    answers = [httpx.post(f"{url}/alert", json={"alerts": body["alerts"][i : i + 400]}, headers=auth, timeout=30)
+               for i in range(0, 4000, 400)]  # fmt: skip
+    # then: one dispatch per version (7, and the crafted 8), the rest already sent; the Arabic digit ignored
+    assert all(answer.status_code == 200 for answer in answers)
+    assert sorted(r["body"]["client_payload"]["version"] for r in github.requests) == ["7", "8"]
+    assert sum(len(answer.json()["already_sent"]) for answer in answers) == 3997
+    assert "Arabic: no version label" in " ".join(answers[0].json()["ignored"])
+    [crafted] = [r["body"]["client_payload"] for r in github.requests if r["body"]["client_payload"]["version"] == "8"]
+    assert crafted["reason"] == "Crafted pwn (http://x): bold line"
+
+
+def test_the_relay_will_not_start_without_its_token(github):
+    env = {**os.environ, "GITHUB_REPOSITORY": "o/r", "GITHUB_TOKEN": GITHUB_TOKEN, "GITHUB_API_URL": github.url}
+    for name in ("ALERT_RELAY_TOKEN", "ALERT_RELAY_INSECURE_NO_TOKEN"):
+        env.pop(name, None)
+    started = subprocess.run(
+        [sys.executable, "-m", "pipeline", "alert-relay", "--port", str(free_port())],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 2 and "needs ALERT_RELAY_TOKEN" in started.stderr
+
+
+def test_a_flood_forged_through_alertmanager_dispatches_once(alertmanager, github):
+    # given: 300 "different" firing alerts about version 7 (each its own labels, so its own fingerprint)
+    now = datetime.now(UTC)
+    flood = [
+        {**firing("ChurnApiHigh5xxRatio", f"forged {i}", action="rollback", instance=f"replica-{i}"),
+         "startsAt": (now - timedelta(seconds=i)).isoformat()}
+        for i in range(300)
+    ]  # fmt: skip
+    posted = httpx.post(f"{alertmanager}/api/v2/alerts", json=flood, timeout=30, auth=(AM_USER, AM_PASSWORD))
+    assert posted.status_code == 200, posted.text
+    # then: one dispatch reaches GitHub, however many notifications Alertmanager sends
+    deadline = time.monotonic() + 30
+    while not github.requests and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    assert [r["body"]["client_payload"]["version"] for r in github.requests] == ["7"]

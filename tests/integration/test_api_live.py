@@ -1,8 +1,12 @@
 """The API as a real uvicorn process against a sqlite registry."""
 
 import json
+import os
+import re
+import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -10,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.runtime.api_process import uvicorn_process
+from pipeline.runtime.processes import free_port, stop, wait_for
 
 from ..conftest import ROOT
 
@@ -59,7 +64,7 @@ def test_service_follows_promote_and_rollback_without_failing_a_request(project,
             hammer.wait_for_version("2", 5)
             assert cli("rollback", "--reason", "live swap test") == 0
             back = hammer.wait_for_version("1", SWAP_S)
-            assert cli("promote", "--version", "2") == 0
+            assert cli("rollback", "--to", "2", "--reason", "forward again") == 0  # never promoted again
             forward = hammer.wait_for_version("2", 10 * POLL_S)  # served before: its bytes are not probed again
             time.sleep(0.2)
         finally:
@@ -95,7 +100,7 @@ def production_registry(tmp_path_factory, churn_csv, empty_mlflow_db):
     import shutil
 
     from pipeline.cli import main
-    from pipeline.store.tracking import load_test_set
+    from pipeline.store.training_runs import load_test_set
 
     root = tmp_path_factory.mktemp("served")
     shutil.copy(empty_mlflow_db, root / "mlflow.db")
@@ -209,3 +214,153 @@ def _serving_workers(url: str, version: str, timeout_s: float = 60) -> set[str]:
         if len(pids) >= 2 or time.monotonic() > deadline:
             return pids
         time.sleep(0.2)
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class Answers(threading.Thread):
+    """Reads whatever the server sends on many sockets at once, until told to stop."""
+
+    def __init__(self):
+        import selectors
+
+        super().__init__(daemon=True)
+        self.selector = selectors.DefaultSelector()
+        self.received: dict[socket.socket, bytes] = {}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def watch(self, sock: socket.socket) -> None:
+        import selectors
+
+        with self.lock:
+            self.received[sock] = b""
+            self.selector.register(sock, selectors.EVENT_READ)
+
+    def run(self):
+        while not self.stop.is_set():
+            with self.lock:
+                ready = self.selector.select(timeout=0) if self.received else []
+            for key, _ in ready:
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                with self.lock:
+                    if data:
+                        self.received[key.fileobj] += data
+                    else:
+                        self.selector.unregister(key.fileobj)
+            time.sleep(0.005)
+
+
+def test_200_slow_large_bodies_stay_within_the_budget_while_predictions_are_answered(production_registry, tmp_path):
+    # Scaled down 32 times from the defaults (256 MiB a worker, bodies up to 20 MiB): a budget of 8 MiB, bodies of
+    # 1 MiB. 200 clients offer 200 MiB, as 200 of 20 MiB would offer 4 GB, the pod's limit.
+    import subprocess
+    import sys
+
+    uri, version, X, _ = production_registry
+    record = json.loads(X.head(1).to_json(orient="records"))[0]
+    budget, body = 8 << 20, 1 << 20
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ, "MLFLOW_TRACKING_URI": uri, "MODEL_NAME": "churn-classifier", "HOST": "127.0.0.1",
+        "PORT": str(port), "METRICS_PORT": str(metrics_port), "PYTHONPATH": str(ROOT), "WEB_CONCURRENCY": "1",
+        "MAX_BODY_BYTES": str(body), "MAX_BODY_BYTES_IN_FLIGHT": str(budget), "BODY_TIMEOUT_S": "60",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "api"], env=env, stdout=subprocess.DEVNULL)
+    answers, slow = Answers(), []
+    try:
+        wait_for(url + "/health", 60, process)
+        wait_ready(url)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for _ in range(20):  # warm: what honest traffic allocates is in the baseline
+                assert http.post("/predict", json={"records": [record]}).status_code == 200
+            baseline = _rss_kb(process.pid)
+            answers.start()
+            head = f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: {body}\r\n\r\n".encode()
+            for _ in range(200):  # each sends its head and all of its body the socket takes, but the last byte
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                sock.sendall(head)
+                sock.setblocking(False)
+                answers.watch(sock)
+                slow.append(sock)
+                sent, chunk = 0, b" " * (256 << 10)
+                while sent < body - 1:
+                    try:
+                        sent += sock.send(chunk[: body - 1 - sent])
+                    except (BlockingIOError, OSError):
+                        break
+            peak, honest = 0, []
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:  # the slow ones hold; honest requests are answered meanwhile
+                peak = max(peak, _rss_kb(process.pid))
+                answer = http.post("/predict", json={"records": [record]})
+                honest.append((answer.status_code, answer.headers.get("x-model-version")))
+            peak = max(peak, _rss_kb(process.pid))
+            with answers.lock:
+                received = list(answers.received.values())
+            refused = [r for r in received if r.startswith(b"HTTP/1.1 503")]
+            public = http.get("/metrics").status_code
+    finally:
+        answers.stop.set()
+        for sock in slow:
+            sock.close()
+        time.sleep(1.5)  # the worker hands its counts to the metrics files every second
+        metrics = (
+            httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text if process.poll() is None else ""
+        )
+        stop(process)
+    held = len(slow) - len(refused)
+    print(f"RSS {baseline // 1024} MiB before, {peak // 1024} MiB at most while 200 bodies were offered; "
+          f"{held} held, {len(refused)} refused, {len(honest)} honest predictions answered")  # fmt: skip
+    # the budget held: 7 bodies of 1 MiB fill the 7/8 large bodies may take; the other 193 were refused, 503
+    assert held == 7 and len(refused) == 193
+    assert all(b"\r\nretry-after: 1\r\n" in r for r in refused)
+    assert (peak - baseline) < (budget + (24 << 20)) // 1024, (baseline, peak)  # unbounded: 200 MiB and more
+    assert honest and set(honest) == {(200, str(version))}
+    # metrics on their own port only; the budget's gauge back at 0 once the slow clients left, their refusals counted
+    assert public == 404
+    assert re.search(r"^api_body_budget_refused_total 193\.0$", metrics, re.M)
+    assert re.search(r"^api_body_bytes_in_flight 0\.0$", metrics, re.M)  # summed over live workers
+    assert re.search(r'^api_requests_total\{endpoint="/predict",status="499",version=""\} 7\.0$', metrics, re.M)
+
+
+def test_metrics_port_serves_every_workers_counts_and_the_public_port_none(production_registry, tmp_path):
+    uri, version, X, _ = production_registry
+    record = json.loads(X.head(1).to_json(orient="records"))[0]
+    metrics_port = free_port()
+    env = {
+        "MLFLOW_TRACKING_URI": uri, "MODEL_NAME": "churn-classifier", "WEB_CONCURRENCY": "2",
+        "METRICS_PORT": str(metrics_port), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }  # fmt: skip
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with uvicorn_process(env) as url:
+        deadline = time.monotonic() + 60
+        while len(set(re.findall(r'api_serving_model_version\{pid="(\d+)"\} [1-9]', _text(metrics_url)))) < 2:
+            assert time.monotonic() < deadline, "two workers did not both load the model"
+            time.sleep(0.2)
+        for _ in range(40):  # a new connection each time: both workers get a share
+            assert httpx.post(url + "/predict", json={"records": [record]}, timeout=30).status_code == 200
+        assert httpx.get(url + "/metrics").status_code == 404
+        deadline, text = time.monotonic() + 10, ""
+        expected = f'api_requests_total{{endpoint="/predict",status="200",version="{version}"}} 40.0'
+        while expected not in text and time.monotonic() < deadline:
+            time.sleep(0.3)  # each worker hands its counts over every second
+            text = _text(metrics_url)
+    assert expected in text
+
+
+def _text(url: str) -> str:
+    try:
+        return httpx.get(url, timeout=10).text
+    except httpx.HTTPError:  # not listening yet
+        return ""

@@ -2,9 +2,15 @@
 
 import errno
 import hashlib
+import json
 import os
 import re
+import resource
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -15,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.data import coerce_to_schema
-from pipeline.core.formula_cells import neutralise
-from pipeline.runtime import batch_scoring, spark_scoring, tables
-from pipeline.store.tracking import load_feature_schema
+from pipeline.scoring import csv_reader, local_engine, spark_engine, table_writer
+from pipeline.scoring.formula_cells import neutralise
+from pipeline.store.training_runs import load_feature_schema
 
 from ..conftest import ROOT
 from .released import QuietCli
@@ -116,7 +122,9 @@ def loaded(deployed_store):
 
     folder, version = deployed_store
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    settings = Settings(model_name="churn-classifier", model_version=version, max_batch_size=batch_scoring.CHUNK_ROWS)
+    settings = Settings.probing_as_the_environment_says(  # the session's probe cache, as score reads it
+        model_name="churn-classifier", model_version=version, max_batch_size=local_engine.CHUNK_ROWS
+    )
     return RegistrySource(settings, client=client).load(version), client
 
 
@@ -126,9 +134,9 @@ def customers(rows: int = 60) -> pd.DataFrame:
 
 def small_batches(monkeypatch, rows: int = 10) -> None:
     """Batches of `rows` rows, CSV blocks of about as many, and a progress line for every batch."""
-    monkeypatch.setattr(batch_scoring, "CHUNK_ROWS", rows)
-    monkeypatch.setattr(tables, "BLOCK_BYTES", rows * 180)
-    monkeypatch.setattr(batch_scoring, "PROGRESS_EVERY_S", {True: 0.0, False: 0.0})
+    monkeypatch.setattr(local_engine, "CHUNK_ROWS", rows)
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", rows * 180)
+    monkeypatch.setattr(local_engine, "PROGRESS_EVERY_S", {True: 0.0, False: 0.0})
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -166,6 +174,17 @@ def test_score_refuses_an_output_that_is_the_input_however_it_is_spelled(project
     line = refused(cli, "--input", "in.csv", "--output", output)
     assert line == f"error: refusing to write the output {Path(output)}: it is the input in.csv"
     assert snapshot(project) == before
+
+
+def test_score_probes_under_the_environments_probe_limits(project, cli, deployed, monkeypatch):
+    # the probe child's memory limit is PROBE_MEMORY_MB's, as for every release check: too small, it is refused
+    monkeypatch.setenv("PROBE_MEMORY_MB", "1")
+    monkeypatch.setenv("PROBE_CACHE_DIR", "")  # no remembered acceptance: the child runs
+    assert cli("score", "--input", "in.csv", "--output", "o.csv") == 1, cli.err
+    assert f"version {deployed[0]} refused" in cli.err and not Path("o.csv").exists()
+    monkeypatch.setenv("PROBE_MEMORY_MB", "many")
+    assert cli("score", "--input", "in.csv", "--output", "o.csv") == 2
+    assert "PROBE_MEMORY_MB='many' is not a valid int" in cli.err
 
 
 def test_score_refuses_an_output_that_is_the_tracking_store(project, cli, deployed):
@@ -258,21 +277,23 @@ def test_the_scoring_function_takes_a_chunk_size_and_fails_cleanly_in_a_later_ch
     from pipeline.core.errors import DataError
 
     version, _ = deployed
-    settings = Settings(model_name="churn-classifier", model_alias="production", max_batch_size=10)
+    settings = Settings.probing_as_the_environment_says(  # the session's probe cache
+        model_name="churn-classifier", model_alias="production", max_batch_size=10
+    )
     model = RegistrySource(settings, client=mlflow.MlflowClient(), verify_key=None).load(version)
     frame = customers(30)
     frame.loc[[5, 25], "gender"] = ""
     frame.to_csv("in.csv", index=False)
-    summary = batch_scoring.score_file(model, Path("in.csv"), Path("p.csv"), chunk_rows=10)
+    summary = local_engine.score_file(model, Path("in.csv"), Path("p.csv"), chunk_rows=10)
     assert (summary.scored, summary.rejected) == (28, 2)
     assert list(pd.read_csv("p.rejects.csv")["row"]) == [6, 26]
     lines = frame.to_csv(index=False).splitlines()
     lines[22] += ",x"  # a row of the third block
     Path("in.csv").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(tables, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 2048)
     before = snapshot(project)
     with pytest.raises(DataError, match=r"not a readable CSV: a row.* has 21 fields where the header names 20"):
-        batch_scoring.score_file(model, Path("in.csv"), Path("p.csv"), chunk_rows=10)
+        local_engine.score_file(model, Path("in.csv"), Path("p.csv"), chunk_rows=10)
     assert snapshot(project) == before
 
 
@@ -289,7 +310,7 @@ def test_a_write_failure_part_way_leaves_the_earlier_output_and_no_stray_file(pr
     assert cli("score", "--input", "in.csv", "--output", "p.csv") == 0, cli.err
     before = snapshot(project)
     assert {"p.csv", "p.rejects.csv"} <= set(before)
-    real, calls = tables.Sink._open, []
+    real, calls = table_writer.Sink._open, []
 
     class Full:
         def __init__(self, writer, name):
@@ -297,17 +318,18 @@ def test_a_write_failure_part_way_leaves_the_earlier_output_and_no_stray_file(pr
 
         def write_batch(self, batch):
             calls.append(self.name)
-            if len(calls) == 3:  # predictions and rejects of batch 1 written, then the predictions of batch 2
+            # the predictions of batch 2 (each file is written by a thread of its own: no order between the two)
+            if self.name == "p.csv" and calls.count("p.csv") == 2:
                 raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
             self.writer.write_batch(batch)
 
         def close(self):
             self.writer.close()
 
-    monkeypatch.setattr(tables.Sink, "_open", lambda self, schema: Full(real(self, schema), self.target.name))
+    monkeypatch.setattr(table_writer.Sink, "_open", lambda self, schema: Full(real(self, schema), self.target.name))
     assert cli("score", "--input", "in.csv", "--output", "p.csv") == 3
     monkeypatch.undo()
-    assert "error: storage is full: cannot write p.csv" in cli.err and calls[2] == "p.csv"
+    assert "error: storage is full: cannot write p.csv" in cli.err and calls.count("p.csv") == 2
     assert snapshot(project) == before
 
 
@@ -380,7 +402,7 @@ def test_csv_and_parquet_in_and_out_give_the_same_rows_and_rejects_across_batche
     outputs = {}
     for source, output, fmt in [("in.csv", "a.csv", None), ("in.csv", "b.parquet", None), ("in.parquet", "c.csv", None),
                                 ("in.parquet", "d.parquet", None), ("in.csv", "e.out", "parquet")]:  # fmt: skip
-        summary = batch_scoring.score_file(model, Path(source), Path(output), fmt)
+        summary = local_engine.score_file(model, Path(source), Path(output), fmt)
         assert (summary.scored, summary.rejected) == (len(frame) - len(bad), len(bad))
         rejects = str(summary.rejects_path)
         assert rejects == output.replace(".", ".rejects.")  # the output's suffix, whatever the format
@@ -418,7 +440,7 @@ def test_typed_parquet_values_are_the_values_a_client_would_send(project, loaded
     nan = pa.array(typed["tenure"].tolist(), type=pa.float64(), from_pandas=False)  # ...so the NaN is put back
     table = table.set_column(table.schema.get_field_index("tenure"), "tenure", nan)
     pq.write_table(table, "typed.parquet")
-    batch_scoring.score_file(model, Path("typed.parquet"), Path("typed.csv"))
+    local_engine.score_file(model, Path("typed.parquet"), Path("typed.csv"))
     rejects = pd.read_csv("typed.rejects.csv")
     assert list(rejects["row"]) == [3, 4]
     assert list(rejects["reject_reason"]) == [
@@ -428,7 +450,7 @@ def test_typed_parquet_values_are_the_values_a_client_would_send(project, loaded
     text = frame.drop(index=[2, 3])
     text.loc[1, "TotalCharges"] = ""
     text.to_csv("text.csv", index=False)
-    batch_scoring.score_file(model, Path("text.csv"), Path("text.csv.out"), "csv")
+    local_engine.score_file(model, Path("text.csv"), Path("text.csv.out"), "csv")
     assert pd.read_csv("typed.csv")["probability"].tolist() == pd.read_csv("text.csv.out")["probability"].tolist()
 
 
@@ -481,28 +503,6 @@ def test_the_job_summary_reports_rows_scored_and_rejected_rows_per_second_and_th
 # ---- the Spark engine ----
 
 
-@pytest.fixture(scope="session")
-def spark():
-    """One local Spark for every Spark test: small splits and Arrow batches, so rows spread across both."""
-    import sys
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.files.maxPartitionBytes", str(48 * 1024))
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 def test_spark_and_local_engines_give_the_same_predictions_and_rejects(project, loaded, spark, monkeypatch):
     model, client = loaded
     small_batches(monkeypatch, 128)
@@ -510,11 +510,11 @@ def test_spark_and_local_engines_give_the_same_predictions_and_rejects(project, 
     frame.to_csv("in.csv", index=False)
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), "in.parquet", row_group_size=150)
     assert spark.read.csv(str(project / "in.csv"), header=True).rdd.getNumPartitions() > 2  # spread across splits
-    batch_scoring.score_file(model, Path("in.csv"), Path("local.parquet"))
+    local_engine.score_file(model, Path("in.csv"), Path("local.parquet"))
     local, local_rejects = pd.read_parquet("local.parquet"), pd.read_parquet("local.rejects.parquet")
     for source in ("in.csv", "in.parquet"):
         output = f"spark-{source.replace('.', '-')}.parquet"
-        summary = spark_scoring.score_dataset(model, client, source, output)
+        summary = spark_engine.score_dataset(model, client, source, output)
         assert (summary.engine, summary.scored, summary.rejected) == ("spark", len(local), len(local_rejects))
         scored = pd.read_parquet(output).sort_values("rid", key=lambda r: r.astype(int)).reset_index(drop=True)
         rejects = pd.read_parquet(output.replace(".parquet", ".rejects.parquet")).sort_values("row")
@@ -528,6 +528,19 @@ def test_spark_and_local_engines_give_the_same_predictions_and_rejects(project, 
         assert list(rejects["reject_reason"]) == list(local_rejects["reject_reason"]), source
         assert list(rejects["rid"]) == list(local_rejects["rid"]), source
         assert len(scored) + len(rejects) == len(frame)
+
+
+def test_the_spark_engine_refuses_a_cell_over_the_cap_naming_its_row_and_column(project, loaded, spark):
+    """The executors hold each batch to the local engine's caps (the JVM has decoded it: Spark's memory bounds that)."""
+    from pipeline.core.errors import DataError
+
+    model, client = loaded
+    frame = customers(300)
+    frame.loc[250, "customerID"] = "L" * (100 << 10)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), "in.parquet", row_group_size=100)
+    with pytest.raises(DataError, match=r"in\.parquet: row 251, column 'customerID': a cell of 102,400 bytes"):
+        spark_engine.score_dataset(model, client, "in.parquet", "out.parquet")
+    assert not Path("out.parquet").exists()
 
 
 def test_score_with_the_spark_engine_and_what_it_refuses(project, cli, deployed, spark, monkeypatch):
@@ -560,3 +573,161 @@ def test_score_with_the_spark_engine_and_what_it_refuses(project, cli, deployed,
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), "in.parquet")
     line = refused(cli, "--engine", "spark", "--input", "in.parquet", "--output", "./in.parquet")
     assert line == "error: refusing to write the output in.parquet: it is the input in.parquet"
+
+
+# ---- byte caps: files small on disk and huge decoded (issue 26) ----
+
+BATCH_CAP = 32 << 20  # SCORE_MAX_BATCH_BYTES for the bombs' run: a churn batch is about 13 MiB, so it is still met
+MEMORY_LIMIT = 4 << 30  # RLIMIT_AS of that run: a regression fails fast. At rest a run reserves ~2.4 GB of address
+# space (threads, allocator arenas), so the bound that matters is its peak RSS, asserted below.
+# Peak RSS: ~860 MiB alone, 1,105 MiB seen with three test workers on two cores (pyarrow's and malloc's retained
+# memory varies with scheduling). What catches a cap regression is each bomb's refusal, naming the cap; this
+# bound catches a run that holds decoded bombs (the dictionary one alone would pass RLIMIT_AS).
+PEAK_RSS = 3 << 29  # 1.5 GiB
+
+
+def bomb_columns(rows: int, bombs: dict[str, pa.Array]) -> pa.Table:
+    """`rows` copies of the first customer, dictionary-encoded (a few bytes on disk), with `bombs` columns instead."""
+    first = customers(1)
+    codes = pa.array(np.zeros(rows, dtype=np.int32))
+    columns = {n: bombs.get(n, pa.DictionaryArray.from_arrays(codes, pa.array([first[n][0]]))) for n in first.columns}
+    return pa.table(columns)
+
+
+def make_bombs() -> dict[str, str]:
+    """Bomb files in the working folder: {file: the error line's expected start, after `error: FILE: `}."""
+    big, medium = "B" * (8 << 20), ["M" * (60 << 10) + str(i) for i in range(4)]
+    later = pa.DictionaryArray.from_arrays(  # 100,000 plain ids, then one 8 MiB id 900,000 times: 7 TB decoded
+        pa.array(np.repeat(np.array([0, 1], dtype=np.int32), [100_000, 900_000])), pa.array(["7590-VHVEG", big])
+    )
+    pq.write_table(bomb_columns(1_000_000, {"customerID": later}), "dictionary.parquet", compression="zstd",
+                   store_schema=False, write_statistics=False)  # fmt: skip
+    feature = pa.DictionaryArray.from_arrays(pa.array(np.zeros(1_000_000, dtype=np.int32)), pa.array([big]))
+    pq.write_table(
+        bomb_columns(1_000_000, {"PaymentMethod": feature}),
+        "declared.parquet",
+        compression="zstd",
+        write_statistics=False,
+    )  # fmt: skip: the Arrow schema stored, a typed dictionary
+    plain = pa.array(["x"] * 4 + ["C" * (20 << 20)] + ["x"] * 5)  # one plain cell, under the batch cap: read
+    pq.write_table(bomb_columns(10, {"Contract": plain}), "plain.parquet", compression="zstd", use_dictionary=False)
+    alone = pa.array(["x"] * 6 + ["P" * (64 << 20)] + ["x"] * 3)  # a page of its own, past the batch cap: unopened
+    pq.write_table(bomb_columns(10, {"Contract": alone}), "page.parquet", compression="zstd", use_dictionary=False,
+                   write_batch_size=1, data_page_size=1)  # fmt: skip
+    cycle = pa.DictionaryArray.from_arrays(pa.array(np.arange(200_000, dtype=np.int32) % 4), pa.array(medium))
+    pq.write_table(
+        bomb_columns(200_000, {"gender": cycle}), "medium.parquet", compression="zstd"
+    )  # cells under the cap, 12 GB decoded
+    plain_medium = pa.array(medium * 500)
+    pq.write_table(
+        bomb_columns(2000, {"gender": plain_medium}),
+        "medium-plain.parquet",
+        compression="zstd",
+        use_dictionary=False,
+        write_batch_size=16,
+    )  # fmt: skip: pages of about 1 MiB
+    frame = customers(3000)
+    frame.loc[2500, "Contract"] = "H" * (10 << 20)  # longer than a CSV block
+    frame.loc[10, "PaymentMethod"] = 'a "quoted",\nmultiline cell'
+    frame.to_csv("huge-cell.csv", index=False)
+    frame = customers(3000)
+    frame.loc[1234, "gender"] = "G" * (1 << 20)  # within a block
+    frame.to_csv("cell.csv", index=False)
+    return {
+        "dictionary.parquet": "row 100,001, column 'customerID': a cell of 8,388,608 bytes, more than the 65,536",
+        "declared.parquet": "row 1, column 'PaymentMethod': a cell of 8,388,608 bytes",
+        "plain.parquet": "row 5, column 'Contract': a cell of 20,971,520 bytes",
+        "page.parquet": "row 7, column 'Contract': a page of one cell decompresses to 67,108,",
+        "medium.parquet": f"rows 1-65,536 decode to more than the {BATCH_CAP:,} bytes a batch may hold "
+        "(SCORE_MAX_BATCH_BYTES), passing it at row 546; column 'gender' holds",
+        "medium-plain.parquet": "rows 1-2,000 hold",
+        "huge-cell.csv": "row 2,501, column 'Contract': a cell of 4,",
+        "cell.csv": "row 1,235, column 'gender': a cell of 1,048,576 bytes",
+    }
+
+
+DRIVER = """
+import json, resource, sys
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+from api.settings import Settings
+from api.source import RegistrySource
+from pipeline.core.errors import DataError
+from pipeline.scoring import local_engine
+from pipeline.stages.scoring import byte_caps
+version, *paths = sys.argv[1:]
+settings = Settings.probing_as_the_environment_says(  # the session's probe cache, as score reads it
+    model_name="churn-classifier", model_version=version, max_batch_size=local_engine.CHUNK_ROWS
+)
+model = RegistrySource(settings, client=MlflowClient()).load(version)
+said = {}
+for path in paths:
+    try:
+        local_engine.score_file(model, Path(path), Path("out/p.csv"), caps=byte_caps())
+        said[path] = "scored"
+    except DataError as exc:
+        said[path] = str(exc)
+said["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # bytes: this process's highest RSS
+print(json.dumps(said))
+"""
+
+
+def test_bombs_small_on_disk_and_huge_decoded_exit_2_naming_column_and_row_within_bounded_memory(
+    project, cli, deployed, monkeypatch
+):
+    """Every bomb scored by one process (the version loaded once) under a memory limit, then one through the CLI."""
+    version, _ = deployed
+    expected = make_bombs()
+    assert all(Path(f).stat().st_size < 300_000 for f in expected if f.endswith(".parquet")), "bombs, not big files"
+    monkeypatch.setenv("SCORE_MAX_BATCH_BYTES", str(BATCH_CAP))
+    started = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, version, *expected],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT)),
+    )
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err[-2000:]
+    said = json.loads(out)
+    peak = said.pop("peak")
+    for path, start in expected.items():
+        assert said[path].startswith(f"{path}: {start}") and said[path].endswith("; nothing written"), said[path]
+    assert peak < PEAK_RSS, f"peak RSS {peak / 2**20:.0f} MiB"
+    assert time.monotonic() - started < 120
+    assert not Path("out").exists()  # no output, no rejects, no temp file, not even the folder
+    line = refused(cli, "--input", "dictionary.parquet", "--output", "out/p.csv")  # exit 2
+    cap = "a cell may hold (SCORE_MAX_CELL_BYTES); nothing written"
+    assert line == f"error: dictionary.parquet: {expected['dictionary.parquet']} {cap}"
+
+
+KILLED_RUN = """
+import sys
+from pipeline.scoring import local_engine
+local_engine.CHUNK_ROWS = 2  # thousands of batches: the run is still writing when it is killed
+from pipeline.cli import main
+sys.exit(main(["score", "--input", "in.csv", "--output", "out/p.csv"]))
+"""
+
+
+def test_a_killed_runs_temp_files_are_removed_by_the_next_run(project, cli, deployed):
+    frame = customers(3000)
+    frame.loc[5, "tenure"] = "abc"  # a rejects file is being written too
+    frame.to_csv("in.csv", index=False)
+    Path("out").mkdir()
+    Path("out/p.csv").write_text("an earlier run's predictions\n")
+    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(Path("out").glob(".p.rejects.csv.*.tmp")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL, run.stderr.read().decode()[-2000:]
+    left = sorted(p.name for p in Path("out").glob(".*.tmp"))
+    assert len(left) == 2 and all(name.startswith(f".p.{'rejects.' if 'rejects' in name else ''}csv.{run.pid}.")
+                                  for name in left), left  # fmt: skip
+    assert Path("out/p.csv").read_text() == "an earlier run's predictions\n"  # untouched by the killed run
+
+    assert cli("score", "--input", "in.csv", "--output", "out/p.csv") == 0, cli.err
+    assert sorted(p.name for p in Path("out").iterdir()) == ["p.csv", "p.rejects.csv"]  # the killed run's are gone
+    assert len(pd.read_csv("out/p.csv")) == 2999

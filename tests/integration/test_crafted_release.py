@@ -8,20 +8,30 @@ from pathlib import Path
 
 import httpx
 import pytest
-import skops.io
 from mlflow.tracking import MlflowClient
 
 from api.release import contract
 from api.release.safe_model import ALLOWED_TYPES, artifact_digest
 from pipeline.runtime.api_process import uvicorn_process
 
-from ..crafted import child_out_of_range
+from ..crafted import apply, child_out_of_range, lightgbm_child_out_of_range, xgboost_child_out_of_range
 from .test_api_live import wait_ready
-from .test_flow import deploy
 
 pytestmark = pytest.mark.integration
 MODEL = "churn-classifier"
-FOREST = ["model.type=random_forest", "model.random_forest.n_estimators=20"]
+# A small forest (the attack needs trees, not many): its F1 equals production's logistic regression within noise,
+# so it is gated with a wider non-inferiority margin than the default 0.02.
+FOREST = [
+    "model.type=random_forest",
+    "model.random_forest.n_estimators=5",
+    "model.random_forest.max_depth=6",
+    "gates.metrics.f1.max_drop=0.05",
+]
+# Small boosters the same way; their crafted files rewrite the booster's own stored model (tests/crafted.py).
+BOOSTERS = {
+    "xgboost": (["model.type=xgboost", "model.xgboost.n_estimators=20", *FOREST[3:]], xgboost_child_out_of_range),
+    "lightgbm": (["model.type=lightgbm", "model.lightgbm.n_estimators=20", *FOREST[3:]], lightgbm_child_out_of_range),
+}
 
 
 def register(cli, *overrides: str) -> str:
@@ -41,9 +51,7 @@ def craft(version: str, attack) -> None:
     client = MlflowClient()
     store = Path(client.get_model_version_download_uri(MODEL, version).removeprefix("file://"))
     model = store / "model.skops"
-    pipeline = skops.io.loads(model.read_bytes(), trusted=sorted(ALLOWED_TYPES))
-    attack(pipeline)
-    model.write_bytes(skops.io.dumps(pipeline))
+    model.write_bytes(apply(attack, model.read_bytes(), sorted(ALLOWED_TYPES)))
     run_id = client.get_model_version(MODEL, version).run_id
     digest = artifact_digest(store, Path(client.download_artifacts(run_id, contract.FEATURE_SCHEMA)))
     for tag in (contract.ARTIFACT_DIGEST, contract.SMOKE_ARTIFACT_DIGEST):
@@ -59,9 +67,14 @@ def follow(url: str, version: str, timeout_s: float = 30) -> dict:
         time.sleep(0.2)
 
 
-def test_a_crafted_forest_is_refused_everywhere_and_every_process_lives_on(project, cli):
-    # given: a forest serving production (1) and a candidate (2) that passed everything, then crafted
-    deploy(cli, *FOREST)
+def test_a_crafted_forest_is_refused_everywhere_and_every_process_lives_on(project, cli, releases):
+    # given: production (1) released; an XGBoost (2) and a LightGBM (3) version that passed everything, then
+    # crafted in their boosters' own formats; and the candidate, a forest (4) that passed everything, then crafted
+    releases.restore(project, versions=1)
+    boosters = []
+    for overrides, attack in BOOSTERS.values():
+        boosters.append(register(cli, *overrides))
+        craft(boosters[-1], attack)
     crafted = register(cli, *FOREST)
     craft(crafted, child_out_of_range)
     run_id = MlflowClient().get_model_version(MODEL, "1").run_id
@@ -77,10 +90,21 @@ def test_a_crafted_forest_is_refused_everywhere_and_every_process_lives_on(proje
         ):
             assert cli(*command) == 1, (command, cli.err)
             assert "outside the tree" in cli.err, (command, cli.err)
+        for booster in boosters:  # each made the candidate again (by hand), so promote gets as far as loading it
+            MlflowClient().set_registered_model_alias(MODEL, "candidate", booster)
+            assert cli("promote", "--version", booster) == 1 and "outside the tree" in cli.err, (booster, cli.err)
+        MlflowClient().set_registered_model_alias(MODEL, "candidate", crafted)
         assert cli.status()["aliases"]["production"] == "1" and not Path("out.csv").exists()
+        # when: production is moved to each crafted booster by hand, the replica refuses it and serves on with 1
+        for booster in boosters:
+            MlflowClient().set_registered_model_alias(MODEL, "production", booster)
+            info = follow(url, booster)
+            assert info["version"] == "1" and "outside the tree" in info["refused"]["reason"], (booster, info)
+            answer = httpx.post(url + "/predict", json={"records": record["records"][:1]})
+            assert answer.status_code == 200 and answer.json()["model_version"] == "1"
         # when: production is moved to it by hand
         MlflowClient().set_registered_model_alias(MODEL, "production", crafted)
-        # then: the serving replica keeps answering with 1 and says why it refused 2
+        # then: the serving replica keeps answering with 1 and says why it refused the forest
         info = follow(url, crafted)
         assert info["version"] == "1" and "outside the tree" in info["refused"]["reason"], info
         answer = httpx.post(url + "/predict", json={"records": record["records"][:1]})
@@ -99,15 +123,17 @@ def test_a_crafted_forest_is_refused_everywhere_and_every_process_lives_on(proje
         notes = json.loads(Path("reports/gate.json").read_text())["notes"]
         assert any(f"production v{crafted} refused" in n and "outside the tree" in n for n in notes), notes
         # and smoke refuses to pass it
-        assert cli("smoke", "--version", crafted) == 1 and "outside the tree" in cli.err
+        for version in (crafted, *boosters):
+            assert cli("smoke", "--version", version) == 1 and "outside the tree" in cli.err, (version, cli.err)
         assert httpx.get(url + "/health").status_code == 200
 
 
-def test_with_a_verify_key_a_tampered_production_fails_the_gate_before_anything_loads(project, cli, monkeypatch):
-    # given: signed releases, production 1 and a signed candidate 2; then 2's model is crafted and moved to by hand
-    assert cli("keygen", "--out", "keys") == 0
+def test_with_a_verify_key_a_tampered_production_fails_the_gate_before_anything_loads(
+    project, cli, monkeypatch, releases
+):
+    # given: signed releases, production 1 and a signed forest candidate 2; then 2 is crafted and moved to by hand
+    releases.restore(project, versions=1, signed=True)  # project/keys: the pair keygen made and 1 was signed with
     monkeypatch.setenv("RELEASE_SIGNING_KEY", str(project / "keys" / "release.key"))
-    deploy(cli, *FOREST)
     crafted = register(cli, *FOREST)
     craft(crafted, child_out_of_range)
     MlflowClient().set_registered_model_alias(MODEL, "production", crafted)

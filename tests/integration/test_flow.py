@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from .candidate import restore_smoked_candidate
+
 pytestmark = pytest.mark.integration
 
 WEAKER_MODEL = "model.logistic_regression.class_weight=null"  # F1 about 0.57 vs 0.62: passes f1_min, drops > 0.02
@@ -28,6 +30,10 @@ def deploy(cli, *overrides: str) -> str:
     assert cli("smoke", "--version", version) == 0, cli.err
     assert cli("promote", "--version", version) == 0, cli.err
     return version
+
+
+def version_3(cli) -> dict:
+    return next(v for v in cli.status()["versions"] if v["version"] == "3")
 
 
 def register_candidate(cli) -> str:
@@ -89,8 +95,8 @@ def test_training_run_logs_what_people_and_later_stages_need(project, cli):
     assert "customerID" not in model.signature.inputs.input_names()
 
 
-def test_a_failing_gate_registers_nothing_and_leaves_production(project, cli):
-    assert cli("run") == 0
+def test_a_failing_gate_registers_nothing_and_leaves_production(project, cli, releases):
+    releases.restore(project, versions=1)  # what `run` leaves
     before = cli.status()
     assert cli("run", "--set", "gates.f1_min=0.99") == 1
     assert "gate failed" in cli.err
@@ -109,8 +115,8 @@ def test_a_failing_gate_on_an_empty_registry_creates_no_model(project, cli):
     assert cli.status()["versions"] == []
 
 
-def test_champion_challenger_refuses_a_worse_candidate(project, cli):
-    assert cli("run") == 0
+def test_champion_challenger_refuses_a_worse_candidate(project, cli, releases):
+    releases.restore(project, versions=1)  # what `run` leaves
     assert cli("run", "--set", WEAKER_MODEL) == 1
     report = json.loads((project / "reports" / "gate.json").read_text())
     rules = {rule["rule"]: rule for rule in report["rules"]}
@@ -132,24 +138,19 @@ def test_register_is_idempotent_and_refuses_an_ungated_run(project, cli):
 
 
 def test_promote_refuses_when_a_newer_candidate_was_registered(project, cli, releases):
-    releases.restore(project, versions=1)
-    assert cli("train") == 0
-    run_2 = cli.out.strip()
-    assert cli("gate", "--run-id", run_2) == 0 and cli("register", "--run-id", run_2) == 0
-    assert cli("smoke", "--version", "2") == 0
-    assert cli("train") == 0
-    run_3 = cli.out.strip()
-    assert cli("gate", "--run-id", run_3) == 0 and cli("register", "--run-id", run_3) == 0
+    # given: production 2, and 3 gated against it and smoke-tested; then 4 registered
+    restore_smoked_candidate(releases, project)
+    register_candidate(cli)
     before = cli.status()
-    assert cli("promote", "--version", "2") == 1
-    assert "candidate alias points at 3, not 2" in cli.err
+    assert before["aliases"] == {"candidate": "4", "production": "2"}
+    assert cli("promote", "--version", "3") == 1
+    assert "candidate alias points at 4, not 3" in cli.err
     assert cli.status() == before
 
 
 def test_promote_refuses_when_production_moved_after_the_gate(project, cli, releases):
-    releases.restore(project, versions=2)
-    register_candidate(cli)
-    assert cli("smoke", "--version", "3") == 0
+    # given: production 2, and 3 gated against it and smoke-tested
+    restore_smoked_candidate(releases, project)
     assert cli("rollback", "--reason", "incident 42") == 0  # production 2 -> 1 underneath
     before = cli.status()
     assert cli("promote", "--version", "3") == 1
@@ -165,29 +166,29 @@ def test_promote_is_idempotent(project, cli, releases):
     assert len(cli.status()["history"]) == moves
 
 
-def test_promote_refuses_a_version_whose_smoke_failed(project, cli):
-    run_id = register_candidate(cli)
+def test_promote_refuses_a_version_whose_smoke_failed(project, cli, releases):
+    restore_smoked_candidate(releases, project)  # production 2; 3 gated, registered and smoke-tested
+    run_id = version_3(cli)["run_id"]
     # Tamper with the stored expectations so the served model genuinely disagrees.
     client = MlflowClient()
     with open(client.download_artifacts(run_id, "smoke/examples.json")) as stored_examples:
         examples = json.load(stored_examples)
     examples["predictions"] = ["No" if p == "Yes" else "Yes" for p in examples["predictions"]]
     client.log_dict(run_id, examples, "smoke/examples.json")
-    assert cli("smoke", "--version", "1") == 1
+    assert cli("smoke", "--version", "3") == 1
     # the first load's probe already meets the disagreement, before the HTTP checks would
     assert "stored example 0 is answered" in cli.err and "recorded at training" in cli.err
-    assert cli("promote", "--version", "1") == 1
+    assert cli("promote", "--version", "3") == 1
     assert "has not passed smoke" in cli.err
-    [version] = cli.status()["versions"]
-    assert version["smoke"] == "failed" and production(cli) is None
+    assert version_3(cli)["smoke"] == "failed" and production(cli) == "2"
 
 
-def test_smoke_starts_the_api_with_the_serving_section_of_params(project, cli):
-    register_candidate(cli)
+def test_smoke_starts_the_api_with_the_serving_section_of_params(project, cli, releases):
+    restore_smoked_candidate(releases, project)  # 3 registered, a candidate
     # the 25 smoke examples go in one request: a batch limit of 10 reaches the API smoke starts, which refuses them
-    assert cli("smoke", "--version", "1", "--set", "serving.max_batch_size=10") == 1
+    assert cli("smoke", "--version", "3", "--set", "serving.max_batch_size=10") == 1
     assert "25 records exceed the batch limit of 10" in cli.err
-    assert cli("smoke", "--version", "1", "--set", "serving.max_batch_size=25") == 0, cli.err
+    assert cli("smoke", "--version", "3", "--set", "serving.max_batch_size=25") == 0, cli.err
 
 
 def test_rollback_to_previous_and_to_a_named_version(project, cli, releases):
@@ -195,6 +196,9 @@ def test_rollback_to_previous_and_to_a_named_version(project, cli, releases):
     assert production(cli) == "3"
     assert cli("rollback", "--reason", "latency regression") == 0
     assert cli.out.strip() == "2" and production(cli) == "2"
+    # a re-run deploy cannot promote the version production was rolled back away from (still @candidate)
+    assert cli("promote", "--version", "3") == 1
+    assert "version 3 was rolled back out of production" in cli.err and production(cli) == "2"
     assert cli("rollback", "--to", "3", "--reason", "false alarm") == 0
     assert production(cli) == "3"
     assert cli("rollback", "--to", "1", "--reason", "back to the first") == 0
@@ -208,10 +212,10 @@ def test_rollback_to_previous_and_to_a_named_version(project, cli, releases):
     assert cli.status()["aliases"]["candidate"] == "3"  # rollback moves production only
 
 
-def test_rollback_refusals_change_nothing(project, cli):
+def test_rollback_refusals_change_nothing(project, cli, releases):
     assert cli("rollback", "--reason", "x") == 2  # no model registered at all
     assert "not registered" in cli.err
-    deploy(cli)
+    releases.restore(project, versions=1)  # what a deploy leaves
     before = cli.status()
     assert cli("rollback", "--reason", "no older version") == 1
     assert "nothing to roll back to" in cli.err
@@ -281,15 +285,15 @@ def test_another_csv_works_by_pointing_params_at_it(project, cli):
     assert state["aliases"]["production"] == "1" and state["versions"][0]["metrics"]["f1"] > 0.3
 
 
-def test_smoke_of_an_image_needs_an_http_tracking_server(project, cli):
-    assert cli("run") == 0
+def test_smoke_of_an_image_needs_an_http_tracking_server(project, cli, releases):
+    releases.restore(project, versions=1)  # what `run` leaves
     assert cli("smoke", "--version", "1", "--image", "churn-api:any") == 2
     assert "needs a tracking server the container can reach over HTTP" in cli.err
     assert cli.status()["versions"][0]["smoke"] == "passed"  # the refusal recorded nothing
 
 
-def test_status_table_shows_versions_aliases_and_history(project, cli):
+def test_status_table_shows_versions_aliases_and_history(project, cli, releases):
     assert cli("status") == 0 and "no versions registered yet" in cli.out
-    deploy(cli)
+    releases.restore(project, versions=1)  # what a deploy leaves
     assert cli("status") == 0
     assert "@production -> 1" in cli.out and "alias history" in cli.out and "promoted after" in cli.out

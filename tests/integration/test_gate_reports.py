@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .test_flow import WEAKER_MODEL, deploy
+from .test_flow import WEAKER_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +56,13 @@ def test_a_candidate_that_lost_a_column_fails_naming_it_unless_the_break_is_allo
     assert "lack column(s) 'tenure'" in rules["max_f1_drop"]["detail"]
     assert "column 'tenure' is gone" in report(project)["drift"]["warnings"]
 
-    # allowed: production is scored with the column missing, and the version and the ledger say so
-    version = deploy(cli, without, "gates.allow_breaking_schema=true")
+    # allowed: the same run gated again, production is scored with the column missing, and the version and the
+    # ledger say so
+    allowed = sets(without, "gates.allow_breaking_schema=true")
+    assert cli("gate", "--run-id", run_id, *allowed) == 0, cli.err
+    assert cli("register", "--run-id", run_id) == 0, cli.err
+    version = cli.out.strip()
+    assert cli("smoke", "--version", version) == 0 and cli("promote", "--version", version) == 0, cli.err
     rules = {r["rule"]: r for r in report(project)["rules"]}
     assert rules["serving_schema"]["passed"] and "ALLOWED" in rules["serving_schema"]["detail"]
     assert rules["max_f1_drop"]["value"] is not None
@@ -93,7 +98,11 @@ def test_a_loosened_floor_is_shown_at_the_top_of_the_report_and_does_not_block(p
 
 
 def test_the_model_card_is_logged_with_the_run_and_linked_from_the_version(project, cli):
-    version = deploy(cli, "card.intended_use=Ranking accounts for the retention team.")
+    # the card is the gate's, and register links it: smoke and promote add nothing to it
+    use = "card.intended_use=Ranking accounts for the retention team."
+    run_id = train(cli, use)
+    assert cli("gate", "--run-id", run_id, *sets(use)) == 0 and cli("register", "--run-id", run_id) == 0, cli.err
+    version = cli.out.strip()
     card = (project / "reports" / "model_card.md").read_text()
     assert "Ranking accounts for the retention team." in card and "**Gate: passed**" in card
     assert "| f1 |" in card and "sha256:" in card and "`Contract` categorical" in card

@@ -1,4 +1,4 @@
-"""HTTP limits (api/http_limits.py) against a real `python -m api`, with raw sockets for the hostile clients.
+"""HTTP limits (api/http_protocol.py, api/body_budget.py) against `python -m api`, raw sockets as hostile clients.
 
 The API has no model (MODEL_NAME=nothing): /health answers 200 and POST /predict reads its
 body and answers 503, which is all the HTTP layer needs. Short deadlines keep the file fast.
@@ -29,6 +29,8 @@ HEADER_TIMEOUT_S = 1
 BODY_TIMEOUT_S = 1
 KEEP_ALIVE_TIMEOUT_S = 1
 MAX_HEADER_BYTES = 32768  # the default
+MIB = 1024 * 1024
+BUDGET = 24 * MIB  # MAX_BODY_BYTES_IN_FLIGHT: bodies over 64 KiB may fill 21 MiB of it, MAX_BODY_BYTES is 20 MiB
 SLACK_S = 2.0  # scheduling on a loaded machine: a deadline of 1 s is met in under 1 + SLACK_S
 HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -73,8 +75,10 @@ def api(tmp_path_factory):
         HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
         KEEP_ALIVE_TIMEOUT_S=str(KEEP_ALIVE_TIMEOUT_S),
+        MAX_BODY_BYTES_IN_FLIGHT=str(BUDGET),
     )
     env.pop("MAX_HEADER_BYTES", None)
+    env.pop("MAX_BODY_BYTES", None)
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen([sys.executable, "-m", "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -387,16 +391,112 @@ def test_a_pipelined_request_split_across_reads_is_answered(api):
         assert [read_response(sock, buffer)[0] for _ in range(2)] == [200, 200]
 
 
+# The body budget (MAX_BODY_BYTES_IN_FLIGHT) and what the metrics count
+
+
+def head(path: str, length: int) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+def held_body(api: Api, length: int, sent: int) -> socket.socket:
+    """A connection whose request declares `length` bytes of body and sends `sent` of them (the budget reserves all)."""
+    sock = api.connect()
+    sock.sendall(head("/predict", length) + b" " * sent)
+    return sock
+
+
+def metric(api: Api, line_start: str) -> float:
+    text = httpx.get(api.url + "/metrics", timeout=10).text
+    found = [line for line in text.splitlines() if line.startswith(line_start + " ")]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_a_body_past_the_budget_gets_503_with_retry_after_before_it_is_read_and_fits_once_one_ends(api):
+    refused_before = metric(api, "api_body_budget_refused_total")
+    with held_body(api, 20 * MIB, 1 * MIB):  # 20 of the 21 MiB large bodies may hold: 1 MiB sent, 19 to come
+        time.sleep(0.2)
+        with api.connect() as second:
+            second.sendall(head("/predict", 2 * MIB))  # its body is never sent: refused on its head alone
+            status, headers, body = refusal(read_until_closed(second))
+        with api.connect() as small:  # a one-record request still fits: the last 1/8 is for bodies up to 64 KiB
+            small.sendall(post("/predict", b'{"records": [{"tenure": 1}]}'))
+            small_status, _, small_body = read_response(small, bytearray())
+    assert status == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
+    assert body == {"detail": f"request bodies in flight would exceed {BUDGET} bytes; try again shortly"}
+    assert small_status == 503 and b"no model loaded" in small_body  # the app read it and answered (no model here)
+    time.sleep(0.2)  # the held connection closed: its 20 MiB are released
+    with api.connect() as again:
+        again.sendall(post("/predict", b" " * (2 * MIB - 2) + b"{}"))
+        status, _, body = read_response(again, bytearray())
+    assert status == 503 and b"no model loaded" in body  # read whole this time
+    assert metric(api, "api_body_budget_refused_total") == refused_before + 1
+    assert metric(api, "api_body_bytes_in_flight") == 0
+
+
+def test_a_chunked_body_growing_past_the_budget_gets_503_and_the_connection_closed(api):
+    with held_body(api, 20 * MIB, 1000), api.connect() as chunked:
+        time.sleep(0.2)
+        chunked.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"%x\r\n%s\r\n" % (256 * 1024, b" " * (256 * 1024))
+        try:
+            for _ in range(8):  # 2 MiB, past the 1 MiB left
+                chunked.sendall(piece)
+        except OSError:  # refused and closed while sending
+            pass
+        status, headers, body = refusal(read_until_closed(chunked))
+    assert status == 503 and headers["retry-after"] == "1"
+    assert body == {"detail": f"request bodies in flight would exceed {BUDGET} bytes"}
+
+
+def test_a_client_leaving_mid_body_is_counted_499_and_a_body_timeout_408_never_500(api):
+    before = {
+        code: metric(api, f'api_requests_total{{endpoint="/predict",status="{code}",version=""}}')
+        for code in ("499", "408")
+    }
+    with api.connect() as sock:
+        sock.sendall(post("/predict", b'{"records": []}' + b" " * 100)[:-50])  # then it leaves
+    status, _ = assert_closed_after(
+        api, lambda s: s.sendall(post("/predict", b"{}" + b" " * 100)[:-50]), BODY_TIMEOUT_S
+    )
+    assert status == 408
+    time.sleep(0.2)
+    text = httpx.get(api.url + "/metrics", timeout=10).text
+    after = {
+        code: metric(api, f'api_requests_total{{endpoint="/predict",status="{code}",version=""}}')
+        for code in ("499", "408")
+    }
+    assert after == {"499": before["499"] + 1, "408": before["408"] + 1}
+    assert 'endpoint="/predict",status="500"' not in text
+
+
 # Settings
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("MAX_HEADER_BYTES", "abc"), ("MAX_HEADER_BYTES", "0"), ("HEADER_TIMEOUT_S", "-1"), ("BODY_TIMEOUT_S", "nan")],
+    [
+        ("MAX_HEADER_BYTES", "abc"),
+        ("MAX_HEADER_BYTES", "0"),
+        ("HEADER_TIMEOUT_S", "-1"),
+        ("BODY_TIMEOUT_S", "nan"),
+        ("MAX_BODY_BYTES_IN_FLIGHT", str(8 * MIB)),  # under 8/7 of MAX_BODY_BYTES (20 MiB)
+        ("METRICS_PORT", "70000"),
+    ],
 )
-def test_an_invalid_setting_stops_the_start_with_one_line_naming_it(tmp_path, name, value):
+def test_an_invalid_setting_stops_the_start_with_exit_2_and_one_line_naming_it(tmp_path, name, value):
     env = api_env(tmp_path, PORT=str(free_port()), **{name: value})
     done = subprocess.run([sys.executable, "-m", "api"], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
+    assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{name}={value!r} "), done.stderr
+
+
+def test_a_placeholder_secret_stops_the_start_naming_the_setting_never_the_value(tmp_path):
+    placeholders = {"MLFLOW_TRACKING_PASSWORD": "change-me-api-password", "MODEL_INFO_TOKEN": "Change-Me-token-1"}
+    env = api_env(tmp_path, PORT=str(free_port()), **placeholders)
+    done = subprocess.run([sys.executable, "-m", "api"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (
+        "MLFLOW_TRACKING_PASSWORD, MODEL_INFO_TOKEN still hold a 'change-me' placeholder (env.example's): "
+        "set the real secret"
+    )

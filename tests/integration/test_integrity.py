@@ -23,6 +23,7 @@ from pipeline.core import interrupts
 from pipeline.core.errors import CheckFailed
 from pipeline.store.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
 
+from .candidate import restore_smoked_candidate
 from .test_flow import deploy, register_candidate
 
 pytestmark = pytest.mark.integration
@@ -47,9 +48,12 @@ def forge_pickle_version(project: Path, marker: Path) -> str:
     payload = Payload()
     payload.marker = str(marker)
     with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(payload, name="model", serialization_format="pickle")
+        # Requirements named, as an attacker would: inferring them costs a subprocess that unpickles the payload.
+        info = mlflow.sklearn.log_model(
+            payload, name="model", serialization_format="pickle", pip_requirements=["scikit-learn"]
+        )
         mlflow.log_dict({"features": [], "positive_label": "Yes"}, contract.FEATURE_SCHEMA)
-    marker.unlink(missing_ok=True)  # MLflow itself unpickles at logging time; only what follows counts
+    marker.unlink(missing_ok=True)  # in case MLflow unpickled it while logging; only what follows counts
     mv = client.create_model_version(
         MODEL, source=f"models:/{info.model_id}", run_id=run.info.run_id, model_id=info.model_id
     )
@@ -120,9 +124,7 @@ def test_hand_set_verdict_tags_count_for_nothing(project, cli):
 
 def test_a_model_corrupted_after_its_smoke_is_refused_everywhere(project, cli, releases):
     # given: versions 1 and 2 released, 3 smoke-tested; then 2's and 3's model files change on the store
-    releases.restore(project, versions=2)
-    register_candidate(cli)
-    assert cli("smoke", "--version", "3") == 0
+    restore_smoked_candidate(releases, project)
     stores = {v: Path(MlflowClient().get_model_version_download_uri(MODEL, v).removeprefix("file://")) for v in "23"}
     for store in stores.values():
         with open(store / "model.skops", "ab") as model:

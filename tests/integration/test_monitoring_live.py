@@ -48,7 +48,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.runtime.api_process import uvicorn_process
 from pipeline.runtime.processes import free_port, stop, wait_for
-from pipeline.store.tracking import load_test_set
+from pipeline.store.training_runs import load_test_set
 
 from ..conftest import ROOT
 from ..deploy.test_grafana import dashboard, panels
@@ -237,7 +237,7 @@ def test_shifted_traffic_fires_the_drift_alert_naming_the_features_and_the_versi
     for alert in fired:
         labels, annotations = alert["labels"], alert["annotations"]
         assert labels["version"] == "2" and labels["environment"] == ENVIRONMENT
-        assert labels["severity"] == "critical" and labels["action"] == "rollback"
+        assert labels["severity"] == "critical" and labels["action"] == "page"  # drift pages a person, never rolls back
         assert f"feature {labels['feature']}" in annotations["summary"] and "version 2" in annotations["summary"]
         assert float(alert["value"]) > DRIFT_ALERT_PSI
     warned = {a["labels"]["feature"] for a in seen.alerts_when_fired if a["labels"]["alertname"] == DRIFT_ALERTS[1]}

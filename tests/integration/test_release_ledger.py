@@ -81,3 +81,57 @@ def test_a_hand_move_with_a_matching_entry_and_malformed_entries_are_anomalies_n
     assert cli("status") == 0 and "ledger entry alias_history.9" in cli.out and "is malformed" in cli.out
     # and rollback still finds its way back along the verified entries
     assert cli("rollback", "--reason", "hand move") == 0 and cli.out.strip() == "1"
+
+
+def test_a_rollouts_ledger_entries_bind_its_canary_state_and_unsigned_it_runs_no_canary_step(
+    project, cli, monkeypatch, releases
+):
+    from api.release.traffic import Traffic
+    from api.release.traffic_reading import read_traffic
+    from pipeline.core.release_keys import load_signing_key, verify_key
+    from pipeline.store import alias_moves
+    from pipeline.store.release_lock import release_lock
+
+    # given: signed releases 1, 2, 3, production rolled back to 2: 3 is never rolled out again
+    releases.restore(project, versions=3, signed=True)
+    monkeypatch.setenv("RELEASE_SIGNING_KEY", str(project / "keys" / "release.key"))
+    assert cli("rollback", "--reason", "make room for a rollout") == 0 and cli.out.strip() == "2"
+    assert cli("rollout", "--version", "3", "--api-url", "http://127.0.0.1:9") == 1
+    assert "version 3 was rolled back out of production" in cli.err
+    # and a new candidate, 4, gated against 2 and smoke-tested
+    assert cli("train") == 0, cli.err
+    run_id = cli.out.strip().splitlines()[-1]
+    assert cli("gate", "--run-id", run_id) == 0 and cli("register", "--run-id", run_id) == 0, cli.err
+    candidate = cli.out.strip()
+    assert cli("smoke", "--version", candidate) == 0, cli.err
+    # when: rollout runs without a signing key
+    monkeypatch.delenv("RELEASE_SIGNING_KEY")
+    code = cli("rollout", "--version", candidate, "--api-url", "http://127.0.0.1:9")
+    # then: it refuses its canary steps before anything moves (an unsigned weight is honoured by no replica)
+    assert code == 2 and "rollout.steps needs RELEASE_SIGNING_KEY" in cli.err and "steps=[]" in cli.err
+    assert "canary" not in cli.status()["aliases"]
+    # given: a rollout of 3 started as rollout starts it, its state signed; then @canary moved by hand to 1
+    key = load_signing_key(str(project / "keys" / "release.key"))
+    monkeypatch.setenv("RELEASE_VERIFY_KEY", str(project / "keys" / "release.pub"))
+    client = MlflowClient()
+    with release_lock(client, MODEL):
+        rollout = alias_moves.start_rollout(client, MODEL, "canary", "3", "rollout: shadow", key)
+        state = Traffic("shadow", "3", 0, 0.5, salt="ab" * 16, rollout=rollout, expires="2999-01-01T00:00:00+00:00")
+        alias_moves.set_traffic(client, MODEL, state, key)
+    tags = client.get_registered_model(MODEL).tags
+    assert read_traffic(tags, "3", MODEL, verify_key()) == state
+    client.set_registered_model_alias(MODEL, "canary", "1")
+    # when: the rollout ends (it finds @canary elsewhere: it records its end where the alias is, and leaves it)
+    with release_lock(client, MODEL):
+        alias_moves.end_rollout(client, MODEL, "canary", "3", rollout.id, "rollout ended: aborted", key)
+    # then: the ledger names the end, explains everything but the hand move, and the copied state is refused
+    status = cli.status()
+    last = status["history"][-1]
+    assert (last["alias"], last["from"], last["to"], last["rollout"]) == ("canary", "1", "1", rollout.id)
+    assert {(a["kind"], a["version"]) for a in status["anomalies"]} == {("unrecorded_move", "1")}
+    client.set_registered_model_alias(MODEL, "canary", "3")
+    for name, value in {k: v for k, v in tags.items() if k.startswith("canary.")}.items():
+        client.set_registered_model_tag(MODEL, name, value)
+    replayed = read_traffic(client.get_registered_model(MODEL).tags, "3", MODEL, verify_key())
+    assert replayed.mode == "off" and replayed.refused == "ended" and "aborted" in (replayed.problem or "")
+    assert cli.status()["canary"]["refused"] == "ended"

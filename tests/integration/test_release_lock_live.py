@@ -16,14 +16,21 @@ from pipeline.runtime.tracking_server import tracking_server
 from pipeline.store.release_lock import EXPIRES, HOLDER, TICKET_SOURCE, lock_name, release_lock
 
 from ..conftest import ROOT
-from .test_flow import deploy
+from .released import copy_store
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with tracking_server(tmp_path_factory.mktemp("lock-server")) as url:
+def server(tmp_path_factory, releases):
+    """A real `mlflow server` on a sqlite store that holds versions 1 and 2 released (production on 2).
+
+    The store is a copy of the `releases` snapshot (what two deploys leave), so its model artifacts are files
+    the clients read directly; aliases, tags, tickets and the ledger go through the server.
+    """
+    directory = tmp_path_factory.mktemp("lock-server")
+    copy_store(releases.snapshot(2), directory)
+    with tracking_server(directory) as url:
         yield url
 
 
@@ -102,8 +109,7 @@ def test_a_lock_held_past_its_lifetime_is_renewed_not_taken_over(server):
 def test_sigterm_or_sigint_during_rollback_leaves_lock_alias_and_ledger_consistent(server, project, cli, monkeypatch):
     # given: production 2 and a good 1 on a real server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    deploy(cli)
-    deploy(cli)
+    assert cli.status()["aliases"] == {"candidate": "2", "production": "2"}
     client = MlflowClient(server)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.core.config import load_params
+from pipeline.core.params_file import load_params
 from pipeline.runtime.api_process import uvicorn_process
 from pipeline.runtime.processes import free_port, stop, wait_for
 from pipeline.runtime.tracking_server import start_tracking_server

@@ -30,7 +30,7 @@ def webhook(*alerts_):
 def test_a_firing_rollback_alert_becomes_one_dispatch_with_reason_version_and_labels():
     decision = alerts.rollback_dispatches(webhook(alert()))
     [dispatch] = decision.dispatches
-    assert dispatch.key == f"f1@{STARTS}" and decision.ignored == []
+    assert dispatch.key == "production/7/ChurnApiHigh5xxRatio" and decision.ignored == []
     assert dispatch.body() == {
         "event_type": "rollback",
         "client_payload": {
@@ -54,6 +54,8 @@ def test_resolved_unlabelled_and_versionless_alerts_are_ignored_and_named():
             alert(action="page"),
             alert(version=None, alertname="NoVersion"),
             alert(version="7; rm -rf /", alertname="OddVersion"),
+            alert(version="٣", alertname="ArabicIndicDigit"),
+            alert(version="７", alertname="FullwidthDigit"),
         )
     )
     assert decision.dispatches == []
@@ -63,16 +65,35 @@ def test_resolved_unlabelled_and_versionless_alerts_are_ignored_and_named():
         "ChurnApiHigh5xxRatio: not labelled action=rollback",
         "NoVersion: no version label naming the version to roll back from",
         "OddVersion: no version label naming the version to roll back from",
+        "ArabicIndicDigit: no version label naming the version to roll back from",
+        "FullwidthDigit: no version label naming the version to roll back from",
     ]
 
 
-def test_a_long_summary_is_cut_and_a_missing_fingerprint_is_computed_from_the_labels():
+def test_a_long_summary_is_cut_and_the_key_is_the_meaning_not_what_the_sender_picked():
     long = alert(fingerprint=None)
     long["annotations"]["summary"] = "x" * 2000
     [dispatch] = alerts.rollback_dispatches(webhook(long)).dispatches
     assert len(dispatch.reason) == alerts.MAX_REASON and dispatch.reason.endswith("…")
-    [again] = alerts.rollback_dispatches(webhook(long)).dispatches
-    assert dispatch.key == again.key and dispatch.key.endswith(f"@{STARTS}")
+    [again] = alerts.rollback_dispatches(webhook(alert(fingerprint="other", starts="2030-01-01T00:00:00Z"))).dispatches
+    assert dispatch.key == again.key == "production/7/ChurnApiHigh5xxRatio"
+
+
+def test_reasons_and_labels_reach_the_workflow_as_plain_single_lines():
+    crafted = alert(alertname="Boom\n## [click](https://evil.example)`$(id)`", team="a\r\nb*c*")
+    crafted["annotations"]["summary"] = "line one\n\n> **quoted** <script>x</script> | table |"
+    [dispatch] = alerts.rollback_dispatches(webhook(crafted)).dispatches
+    payload = dispatch.body()["client_payload"]
+    for text in [payload["reason"], *payload["alert"].values(), *payload["alert"]]:
+        assert "\n" not in text and "\r" not in text
+        assert not set(text) & set("#[]`$*<>|\\_!~") or text in payload["alert"]  # names keep underscores
+    assert payload["reason"] == "Boom click (https://evil.example) (id): line one quoted script x /script table"
+    assert payload["alert"]["team"] == "a b c"
+
+
+def test_a_body_of_too_many_alerts_is_refused_whole():
+    with pytest.raises(alerts.MalformedWebhook, match="more than 500"):
+        alerts.rollback_dispatches(webhook(*[alert(fingerprint=str(i)) for i in range(501)]))
 
 
 @pytest.mark.parametrize(
@@ -101,14 +122,22 @@ class FakeGitHub:
         return httpx.Response(self.status, json={"message": "Bad credentials"} if self.status >= 400 else None)
 
 
-def relay(github, relay_token=None):
-    settings = RelaySettings("org/repo", "ghp_secret_token", "https://github.example/api/v3", relay_token)
-    return Relay(settings, transport=httpx.MockTransport(github))
+def relay(github, relay_token=None, clock=None):
+    settings = RelaySettings("org/repo", "ghp_secret_token", "https://github.example/api/v3", relay_token, 600.0)
+    return Relay(settings, transport=httpx.MockTransport(github), **({"clock": clock} if clock else {}))
 
 
-def test_the_relay_dispatches_once_per_alert_and_retries_only_what_failed(capsys):
-    github = FakeGitHub()
-    the_relay = relay(github)
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_relay_dispatches_each_version_once_a_window_and_retries_only_what_failed(capsys):
+    github, clock = FakeGitHub(), Clock()
+    the_relay = relay(github, clock=clock)
     body = json.dumps(webhook(alert(), alert(fingerprint="f2", version="8"), alert(action=None))).encode()
     status, answer = the_relay.receive(body)
     assert status == 200 and [d["version"] for d in answer["dispatched"]] == ["7", "8"]
@@ -116,11 +145,23 @@ def test_the_relay_dispatches_once_per_alert_and_retries_only_what_failed(capsys
     assert str(request.url) == "https://github.example/api/v3/repos/org/repo/dispatches"
     assert request.headers["Authorization"] == "Bearer ghp_secret_token"
     assert json.loads(request.content)["client_payload"]["version"] == "7"
-    # delivered again (Alertmanager's repeat): nothing new is sent; a new firing (new startsAt) is
+    # delivered again, or "new firings" with fresh fingerprints and start times: nothing new within the window
     status, answer = the_relay.receive(body)
     assert status == 200 and answer["dispatched"] == [] and len(answer["already_sent"]) == 2
-    assert the_relay.receive(json.dumps(webhook(alert(starts="2025-01-01T11:00:00Z"))).encode())[0] == 200
+    refired = webhook(alert(fingerprint="new", starts="2025-01-01T11:00:00Z"), alert(alertname="ChurnApiSlow"))
+    assert the_relay.receive(json.dumps(refired).encode())[1]["already_sent"] == [
+        "production/7/ChurnApiHigh5xxRatio", "production/7/ChurnApiSlow",
+    ]  # fmt: skip
+    assert len(github.requests) == 2
+    # a flood naming many versions: at most MAX_VERSIONS_PER_WINDOW in all
+    flood = webhook(*[alert(fingerprint=str(i), version=str(i)) for i in range(100, 400)])
+    status, answer = the_relay.receive(json.dumps(flood).encode())
+    assert status == 200 and len(answer["dispatched"]) == 1 and len(answer["rate_limited"]) == 299
     assert len(github.requests) == 3
+    # after the window, the same version may be dispatched again (production may still serve it)
+    clock.now += 601
+    assert [d["version"] for d in the_relay.receive(body)[1]["dispatched"]] == ["7", "8"]
+    assert len(github.requests) == 5
     # GitHub refusing is a 502 (Alertmanager retries), not remembered as sent, and never prints the token
     failing = relay(FakeGitHub(401))
     status, answer = failing.receive(body)
@@ -130,7 +171,7 @@ def test_the_relay_dispatches_once_per_alert_and_retries_only_what_failed(capsys
     assert "ghp_secret_token" not in repr(failing.settings)
 
 
-def test_the_relay_requires_its_bearer_token_when_one_is_set():
+def test_the_relay_hears_only_its_bearer_token():
     the_relay = relay(FakeGitHub(), relay_token="relay-token")
     assert the_relay.authorized("Bearer relay-token")
     assert not the_relay.authorized(None) and not the_relay.authorized("Bearer wrong")
@@ -141,7 +182,8 @@ def test_the_relay_requires_its_bearer_token_when_one_is_set():
 def test_relay_settings_name_what_is_missing(monkeypatch):
     from pipeline.core.errors import ConfigError
 
-    for name in ("GITHUB_REPOSITORY", "GITHUB_TOKEN", "GITHUB_API_URL", "ALERT_RELAY_TOKEN"):
+    for name in ("GITHUB_REPOSITORY", "GITHUB_TOKEN", "GITHUB_API_URL", "ALERT_RELAY_TOKEN",
+                 "ALERT_RELAY_INSECURE_NO_TOKEN", "ALERT_RELAY_WINDOW_S"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="needs GITHUB_REPOSITORY and GITHUB_TOKEN"):
         RelaySettings.from_env()
@@ -150,4 +192,22 @@ def test_relay_settings_name_what_is_missing(monkeypatch):
     with pytest.raises(ConfigError, match="OWNER/NAME"):
         RelaySettings.from_env()
     monkeypatch.setenv("GITHUB_REPOSITORY", "org/repo")
+    # no relay token: refused, unless the loud local-test flag says exactly so
+    with pytest.raises(ConfigError, match=r"needs ALERT_RELAY_TOKEN.*rolls production back"):
+        RelaySettings.from_env()
+    monkeypatch.setenv("ALERT_RELAY_INSECURE_NO_TOKEN", "yes")
+    with pytest.raises(ConfigError, match="needs ALERT_RELAY_TOKEN"):
+        RelaySettings.from_env()
+    monkeypatch.setenv("ALERT_RELAY_INSECURE_NO_TOKEN", "local-test-only")
     assert RelaySettings.from_env() == RelaySettings("org/repo", "t", "https://api.github.com", None)
+    for token, message in [("change-me-relay-token-0123", "placeholder"), ("tiny-tok3n", "shorter than 16")]:
+        monkeypatch.setenv("ALERT_RELAY_TOKEN", token)
+        with pytest.raises(ConfigError, match=message) as caught:
+            RelaySettings.from_env()
+        assert token not in str(caught.value)
+    monkeypatch.setenv("ALERT_RELAY_TOKEN", "a-random-token-of-32-characters!")
+    monkeypatch.setenv("ALERT_RELAY_WINDOW_S", "60")
+    assert RelaySettings.from_env().window_s == 60.0
+    monkeypatch.setenv("ALERT_RELAY_WINDOW_S", "nan")
+    with pytest.raises(ConfigError, match="ALERT_RELAY_WINDOW_S"):
+        RelaySettings.from_env()

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.model.schema import FeatureSpec, RecordValidator, RequestError
-from pipeline.core.column_validator import NUMBER_TEXT, Coded, ColumnValidator, client_values
+from pipeline.scoring.column_validator import ColumnValidator, client_values
+from pipeline.scoring.column_values import NUMBER_TEXT, Coded
 
 from ..api.test_fuzz import CSV_SPELLINGS, LITERALS, anything, cell, numbers
 from ..api.test_hostile import HUGE, NON_FINITE_JSON

@@ -16,24 +16,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.churn_data import generate_churn
-from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.config import DataParams
 from pipeline.core.data import prepare
 from pipeline.core.errors import DataError
-from pipeline.core.formula_cells import TRIGGERS, neutralise
 from pipeline.core.train import train
-from pipeline.runtime import tables
-from pipeline.runtime.batch_scoring import BatchScorer
-from pipeline.runtime.columnar_model import ColumnarModel, api_columns
+from pipeline.scoring import csv_reader, formula_cells, input_source, table_formats, table_reader, table_writer
+from pipeline.scoring.batch_scorer import BatchScorer
+from pipeline.scoring.compiled_columns import ColumnarModel, api_columns
+from pipeline.scoring.formula_cells import TRIGGERS, neutralise
 
 from ..api.conftest import make_model
+from ..families import FAMILY_NAMES, quick_params
 
-MODEL_TYPES = ["logistic_regression", "random_forest", "hist_gradient_boosting"]
+MODEL_TYPES = FAMILY_NAMES
 
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
 def model(request):
     data = prepare(generate_churn(600, 11).astype(str), DataParams())
-    result = train(data, ModelParams(type=request.param), test_size=0.25, seed=11)
+    result = train(data, quick_params(request.param), test_size=0.25, seed=11)
     return make_model(result, max_batch_size=10_000), result
 
 
@@ -130,31 +131,31 @@ def test_neutralised_batches_are_neutralise_cell_by_cell(cells):
         batch,
         pa.RecordBatch.from_arrays([batch.column(0).dictionary_encode(), batch.column(1)], ["a", "n"]),
     ):
-        out = tables.neutralised(column).column("a")
+        out = formula_cells.neutralised(column).column("a")
         got = out.dictionary_decode().to_pylist() if pa.types.is_dictionary(out.type) else out.to_pylist()
         assert got == [neutralise(c) for c in cells]
 
 
 def test_a_sliced_and_a_large_string_column_are_neutralised_too():
     column = pa.array(["x", "=1", "-2", "@a", "ok"]).slice(1)
-    assert tables.neutralised(pa.RecordBatch.from_arrays([column], ["a"])).column("a").to_pylist() == [
+    assert formula_cells.neutralised(pa.RecordBatch.from_arrays([column], ["a"])).column("a").to_pylist() == [
         "'=1",
         "-2",
         "'@a",
         "ok",
     ]
     large = pa.array(["=1", "b"], type=pa.large_string())
-    assert tables.neutralised(pa.RecordBatch.from_arrays([large], ["a"])).column("a").to_pylist() == ["'=1", "b"]
+    assert formula_cells.neutralised(pa.RecordBatch.from_arrays([large], ["a"])).column("a").to_pylist() == ["'=1", "b"]
 
 
 def read_all(path: Path, batch_rows: int = 3, coded: tuple[str, ...] = ()) -> pa.Table:
-    source = tables.open_source(path, batch_rows, coded)
+    source = table_reader.open_source(path, batch_rows, coded)
     try:
         batches = list(source.batches)
     finally:
         source.close()
     assert all(b.num_rows <= batch_rows for b in batches)
-    decoded = [tables._as_declared(b, source.schema) for b in batches]  # coded columns as the text they hold
+    decoded = [table_writer._as_declared(b, source.schema) for b in batches]  # coded columns as the text they hold
     return pa.Table.from_batches(decoded, schema=source.schema)
 
 
@@ -175,7 +176,7 @@ def test_the_csv_reader_keeps_every_cell_as_the_text_it_is(tmp_path):
 def test_coded_csv_columns_arrive_dictionary_encoded_with_the_same_text(tmp_path):
     path = tmp_path / "in.csv"
     path.write_bytes(b'a,b,c\n"",NA,x\n =1 ,,"l\nm"\n=1,NA,x\n')
-    source = tables.open_source(path, 2, coded=["a", "c"])
+    source = table_reader.open_source(path, 2, coded=["a", "c"])
     try:
         batches = list(source.batches)
     finally:
@@ -198,10 +199,10 @@ def test_coded_csv_columns_arrive_dictionary_encoded_with_the_same_text(tmp_path
 
 
 def test_the_reader_thread_hands_over_the_batches_read_before_an_error_then_the_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(tables, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 64)
     path = tmp_path / "in.csv"
     path.write_text("a,b\n" + "".join(f"{i},x\n" for i in range(100)) + "1,2,3\n")
-    source = tables.open_source(path, 1000)
+    source = table_reader.open_source(path, 1000)
     got = []
     with pytest.raises(DataError, match="a row \\('1,2,3'\\) has 3 fields where the header names 2"):
         for batch in source.batches:
@@ -213,10 +214,10 @@ def test_the_reader_thread_hands_over_the_batches_read_before_an_error_then_the_
 
 
 def test_closing_a_source_part_way_stops_its_reader_thread(tmp_path, monkeypatch):
-    monkeypatch.setattr(tables, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 64)
     path = tmp_path / "in.csv"
     path.write_text("a\n" + "".join(f"{i}\n" for i in range(10_000)))
-    source = tables.open_source(path, 10)
+    source = table_reader.open_source(path, 10)
     first = next(source.batches)
     source.close()  # with the reader blocked on a full queue
     assert first.column("a").to_pylist()[:2] == ["0", "1"]
@@ -240,7 +241,7 @@ def test_batches_waiting_stay_within_the_read_ahead_limit_and_in_order():
             time.sleep(0.01)
         raise AssertionError("the reader thread did not get there")
 
-    reading = tables.ReadAhead(batches(), limit=1)  # less than a batch: one waits, the next is held back
+    reading = input_source.ReadAhead(batches(), limit=1)  # less than a batch: one waits, the next is held back
     until(lambda: len(produced) == 2)
     time.sleep(0.2)  # room for a third, were the limit not kept
     assert produced == [0, 1] and len(reading._waiting) == 1
@@ -254,20 +255,20 @@ def test_batches_waiting_stay_within_the_read_ahead_limit_and_in_order():
 def test_the_columns_read_dictionary_encoded_are_those_whose_first_block_repeats_its_values(tmp_path):
     path = tmp_path / "in.csv"
     path.write_text("id,kind,n\n" + "".join(f"{i},{'ab'[i % 2]},{i % 3}\n" for i in range(40)))
-    assert tables.repetitive(path, ["id", "kind", "n"]) == ["kind", "n"]
+    assert csv_reader.repetitive(path, ["id", "kind", "n"]) == ["kind", "n"]
     path.write_text("id,kind\n")
-    assert tables.repetitive(path, ["id", "kind"]) == []
+    assert csv_reader.repetitive(path, ["id", "kind"]) == []
 
 
-@pytest.mark.parametrize("fmt", [tables.CSV, tables.PARQUET])
+@pytest.mark.parametrize("fmt", [table_formats.CSV, table_formats.PARQUET])
 def test_a_sink_writes_coded_text_as_the_plain_text_its_schema_declares(tmp_path, fmt):
     schema = pa.schema([("a", pa.string()), ("n", pa.int64())])
     coded = pa.array(["=1", "x", "", "x"]).dictionary_encode()
-    sink = tables.Sink(tmp_path / "o", tmp_path / "o", fmt, schema)
+    sink = table_writer.Sink(tmp_path / "o", tmp_path / "o", fmt, schema)
     sink.write(pa.RecordBatch.from_arrays([coded, pa.array([1, 2, 3, 4])], names=["a", "n"]))
     sink.write(pa.RecordBatch.from_arrays([pa.array(["y"]), pa.array([5])], names=["a", "n"]))
     sink.close()
-    if fmt == tables.PARQUET:
+    if fmt == table_formats.PARQUET:
         import pyarrow.parquet as pq
 
         table = pq.read_table(tmp_path / "o")
@@ -287,7 +288,7 @@ def test_a_sink_writes_coded_text_as_the_plain_text_its_schema_declares(tmp_path
     ],
 )
 def test_the_csv_reader_refuses_what_it_cannot_read(tmp_path, monkeypatch, text, message):
-    monkeypatch.setattr(tables, "HEADER_BYTES", 5)  # the header is read from the first bytes, the rest by pyarrow
+    monkeypatch.setattr(csv_reader, "HEADER_BYTES", 5)  # the header is read from the first bytes, the rest by pyarrow
     path = tmp_path / "in.csv"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(DataError) as refused:
@@ -297,7 +298,7 @@ def test_the_csv_reader_refuses_what_it_cannot_read(tmp_path, monkeypatch, text,
 
 def test_a_write_error_names_the_target_and_not_the_temp_file(tmp_path):
     schema = pa.schema([("a", pa.string())])
-    sink = tables.Sink(Path("/dev/full"), tmp_path / "out.csv", tables.CSV, schema)
+    sink = table_writer.Sink(Path("/dev/full"), tmp_path / "out.csv", table_formats.CSV, schema)
     sink.write(pa.RecordBatch.from_pydict({"a": ["x" * 100_000]}, schema=schema))
     with pytest.raises(OSError) as failed:
         sink.close()
@@ -306,17 +307,17 @@ def test_a_write_error_names_the_target_and_not_the_temp_file(tmp_path):
 
 def test_an_empty_output_still_has_its_header(tmp_path):
     schema = pa.schema([("a", pa.string()), ("p", pa.float64())])
-    sink = tables.Sink(tmp_path / "o.csv", tmp_path / "o.csv", tables.CSV, schema)
+    sink = table_writer.Sink(tmp_path / "o.csv", tmp_path / "o.csv", table_formats.CSV, schema)
     sink.close()
     assert (tmp_path / "o.csv").read_text() == '"a","p"\n'
 
 
 def test_output_format_by_flag_or_suffix():
-    assert tables.output_format(Path("p.parquet"), None) == "parquet"
-    assert tables.output_format(Path("p.PQ"), None) == "parquet"
-    assert tables.output_format(Path("p.csv"), None) == "csv"
-    assert tables.output_format(Path("p.txt"), None) == "csv"
-    assert tables.output_format(Path("p.txt"), "parquet") == "parquet"
+    assert table_formats.output_format(Path("p.parquet"), None) == "parquet"
+    assert table_formats.output_format(Path("p.PQ"), None) == "parquet"
+    assert table_formats.output_format(Path("p.csv"), None) == "csv"
+    assert table_formats.output_format(Path("p.txt"), None) == "csv"
+    assert table_formats.output_format(Path("p.txt"), "parquet") == "parquet"
 
 
 def test_probabilities_in_csv_read_back_as_the_same_doubles():

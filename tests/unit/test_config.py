@@ -1,7 +1,8 @@
 import pytest
 
-from pipeline.core.config import Params, apply_overrides, build_params, load_params
+from pipeline.core.config import Params
 from pipeline.core.errors import ConfigError
+from pipeline.core.params_file import apply_overrides, build_params, load_params
 
 from ..conftest import ROOT
 
@@ -84,6 +85,31 @@ def test_missing_and_malformed_files_are_config_errors(tmp_path):
         load_params(listy)
 
 
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        (["nosuch.Thing"], r"model\.features\.0\.transformer: .*no module 'nosuch' in features/"),
+        (["churn.Nothing"], r"model\.features\.0\.transformer: .*features/churn\.py defines no class 'Nothing'"),
+        (["churn.np"], r"defines no class 'np'"),  # a name the module imports is not its class
+        ([{"transformer": "churn.TenureBucket", "extra": 1}], r"model\.features\.0\.extra"),
+    ],
+)
+def test_feature_steps_name_only_classes_of_features(features, message):
+    with pytest.raises(ConfigError, match=message):
+        build_params({"model": {"features": features}})
+
+
+def test_every_declared_family_is_a_model_type_with_its_own_section():
+    from families import FAMILIES
+
+    for name, family in FAMILIES.items():
+        params = build_params({"model": {"type": name}})
+        assert params.model.family is family
+        assert params.model.hyperparameters() == family.params().model_dump()
+    with pytest.raises(ConfigError, match=r"model\.xgboost\.max_depth"):
+        build_params({"model": {"xgboost": {"max_depth": 0}}})
+
+
 def test_hyperparameters_follow_the_selected_type():
     params = Params().model_copy(update={"model": Params().model.model_copy(update={"type": "random_forest"})})
     assert "n_estimators" in params.model.hyperparameters()
@@ -126,3 +152,21 @@ def test_a_duplicate_key_anywhere_is_refused_with_its_name_and_lines(tmp_path):
     path.write_text("data:\n  seed: 1\ngates: {}\ndata:\n  seed: 2\n")
     with pytest.raises(ConfigError, match=r"duplicate key 'data'"):
         load_params(path)
+
+
+def test_feature_store_is_off_by_default_and_named_when_wrong():
+    params = load_params(ROOT / "params.yaml")
+    assert params.feature_store.service is None  # the CSV at data.path unless a service is named
+    on = load_params(ROOT / "params.yaml", ["feature_store.service=churn_model", "feature_store.stale=warn"])
+    assert (on.feature_store.service, on.feature_store.stale) == ("churn_model", "warn")
+    for overrides, message in [
+        (["feature_store.stale=ignore"], r"feature_store\.stale"),
+        (["feature_store.service=churn model"], r"feature_store\.service: .*not a feature service name"),
+        (["feature_store.max_age_s.customer_profile=0"], r"feature_store\.max_age_s\.customer_profile"),
+        (["feature_store.skew.sample=0"], r"feature_store\.skew\.sample"),
+        (["feature_store.skew.tolerance=-1"], r"feature_store\.skew\.tolerance"),
+        (["feature_store.skew.tol=1"], r"unknown key feature_store\.skew\.tol"),
+        (["feature_store.lookup_timeout_ms=true"], r"feature_store\.lookup_timeout_ms"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_params(ROOT / "params.yaml", overrides)

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from pipeline.core.formula_cells import neutralise, neutralise_frame
+from pipeline.scoring.formula_cells import neutralise, neutralise_frame
 
 
 @pytest.mark.parametrize(

@@ -7,23 +7,24 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from api.model.schema import FeatureSpec as Field
-from gates.bootstrap import METRICS, Comparison, Scored, paired_bootstrap, resample_weights
+from gates.bootstrap import METRICS, Comparison, HeldOutAnswers, paired_bootstrap, resample_weights
 from gates.evaluate import GateResult, Production, evaluate
 from gates.report import COMMENT_MARKER, GateReport
 from gates.rules import Baseline, metric_floor, non_inferiority
 from gates.schema_diff import compare_schemas
 from gates.slices import slices_of
-from pipeline.core.config import GateParams, build_params
+from pipeline.core.config import GateParams
+from pipeline.core.params_file import build_params
 
 SKLEARN = {"f1": f1_score, "precision": precision_score, "recall": recall_score, "accuracy": accuracy_score}
 
 
-def answers(n: int = 1400, noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, Scored]:
+def answers(n: int = 1400, noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, HeldOutAnswers]:
     """Labels and a model's answers: scores that separate the classes, with ties (rounded)."""
     rng = np.random.default_rng(seed)
     y = np.random.default_rng(99).random(n) < 0.27
     score = np.clip(np.round(0.25 + 0.4 * y + rng.normal(0, 0.2 + noise, n), 2), 0, 1)
-    return y, Scored(score >= 0.5, score)
+    return y, HeldOutAnswers(score >= 0.5, score)
 
 
 # the bootstrap
@@ -178,7 +179,7 @@ def test_a_slice_that_regresses_fails_and_is_named_while_small_slices_are_shown_
     y, cand = answers(seed=1)
     basic = np.arange(len(y)) % 3 == 0
     # production is the candidate, except much better on the "basic" slice
-    better = Scored(np.where(basic, y, cand.predicted), np.where(basic, y.astype(float), cand.score))
+    better = HeldOutAnswers(np.where(basic, y, cand.predicted), np.where(basic, y.astype(float), cand.score))
     result = gate(gates(slices={"columns": ["plan"], "min_rows": 100}), Production("4", better))
     rule = next(r for r in result.rules if r.rule == "slice_f1_drop[plan]")
     assert not rule.passed and "plan = basic" in rule.detail and "plan = premium" not in rule.detail

@@ -96,3 +96,24 @@ def test_a_new_key_sorts_after_the_last_even_when_this_clock_is_behind():
     assert entry_key(last, 10, "bb") == "alias_history.00000000000000005001.bb"
     assert entry_key(None, 10, "bb") == "alias_history.00000000000000000010.bb"
     assert entry_key(last, 9_000, "bb") > last
+
+
+def test_a_rollouts_entries_carry_its_id_and_a_non_text_id_is_malformed():
+    tags = write([move(), {**move("canary", None, "2", "rollout"), "rollout": "r1"}])
+    ledger = read_ledger(MODEL, tags)
+    assert ledger.anomalies == [] and ledger.entries[-1]["rollout"] == "r1"
+    tags["alias_history.00000000000000009999.ff"] = json.dumps({**move("canary", "2", ""), "rollout": 7})
+    [anomaly] = read_ledger(MODEL, tags).anomalies
+    assert anomaly["kind"] == "malformed_entry" and "'rollout' is not text" in anomaly["detail"]
+
+
+def test_read_since_a_key_reads_from_that_entry_on_its_first_link_unchecked():
+    key = Ed25519PrivateKey.generate()
+    tags = write([move(), move(before="1", to="2"), move(before="2", to="3"), move(before="3", to="4")], key=key)
+    first, second, third, _ = sorted(tags)
+    tags[first] = "edited by hand"  # before `since`: not read, and the entry read first is pinned by its reader
+    ledger = read_ledger(MODEL, tags, key.public_key(), since=second)
+    assert [m["to"] for m in ledger.entries] == ["2", "3", "4"] and ledger.anomalies == []
+    del tags[third]  # removed after `since`: the next link breaks
+    [anomaly] = read_ledger(MODEL, tags, key.public_key(), since=second).anomalies
+    assert anomaly["kind"] == "broken_chain"

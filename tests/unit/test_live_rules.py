@@ -2,17 +2,15 @@
 
 import pytest
 
+from gates.live_decisions import Counted, ShadowCounted
 from gates.live_rules import (
     VersionWindow,
     buckets,
-    ceiling,
     labels_of,
-    psi,
     quantile,
-    shadow_counts,
-    shadow_score_shares,
     window,
 )
+from gates.psi import psi
 from gates.rollout_report import Phase
 from gates.rules import RuleResult
 
@@ -49,24 +47,22 @@ def test_version_window_ratios_and_p99_from_histogram_buckets():
     assert quantile(0.5, []) is None
 
 
-def test_shadow_compares_both_versions_on_the_same_records():
-    snapshot = histogram("api_shadow_production_score", [30, 10, 0], version="5")
-    snapshot.update(histogram("api_score", [30, 10, 0], version="5"))
-    snapshot[("api_shadow_agreement_total", labels_of({"version": "5", "agree": "true"}))] = 38
-    snapshot[("api_shadow_agreement_total", labels_of({"version": "5", "agree": "false"}))] = 2
-    production, shadow = shadow_score_shares(snapshot, "5")
-    assert production == shadow == [0.75, 0.25, 0.0] and psi(production, shadow) == 0
-    assert shadow_counts(snapshot, "5") == (40, 2)
-    shifted = {**snapshot, **histogram("api_score", [10, 30, 0], version="5")}
-    assert psi(*shadow_score_shares(shifted, "5")) > 0.5
+def test_shadow_decisions_count_one_record_per_request_and_psi_compares_shares():
+    snapshot = {
+        ("api_shadow_decision_total", labels_of({"version": "5", "event": event})): value
+        for event, value in (("counted", 40), ("disagreed", 2), ("moved", 3), ("refused", 1))
+    }
+    assert ShadowCounted.of(snapshot, "5") == ShadowCounted(40, 2, 3, 1)
+    assert ShadowCounted.of(snapshot, "6") == ShadowCounted(0, 0, 0, 0)
+    assert psi([0.75, 0.25, 0.0], [0.75, 0.25, 0.0]) == 0 and psi([0.75, 0.25, 0.0], [0.25, 0.75, 0.0]) > 0.5
     assert buckets(snapshot, "api_score", version="6") == []
 
 
-def test_a_ceiling_that_is_off_is_not_judged_and_nothing_measured_fails():
-    assert ceiling("max_p99_ms", "p99_ms", None, 900.0, "p99") is None
-    assert not ceiling("max_p99_ms", "p99_ms", 250.0, None, "p99").passed
-    held = ceiling("max_p99_ms", "p99_ms", 250.0, 120.0, "p99")
-    assert held.passed and held.detail == "p99 120 ≤ 250"
+def test_slow_requests_are_read_above_the_asked_bucket_only():
+    snapshot = histogram("api_decision_latency_seconds", [30, 10, 5], version="3")
+    assert Counted.of(snapshot, "3", slow_ms=500).slow == 15
+    assert Counted.of(snapshot, "3", slow_ms=1000).slow == 5
+    assert Counted.of(snapshot, "3", slow_ms=50).slow is None  # not a bound: nothing is guessed
 
 
 def test_a_phase_passes_once_judged_even_with_every_rule_off_and_never_without_a_verdict():

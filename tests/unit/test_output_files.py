@@ -201,3 +201,56 @@ def test_a_new_target_gets_the_umask_mode_not_a_private_one(here):
     finally:
         os.umask(old)
     assert stat.S_IMODE(Path("p.csv").stat().st_mode) == 0o644
+
+
+# ---- temp files a killed writer left ----
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from pipeline.runtime.output_files import atomic_outputs
+with atomic_outputs(Path("out.csv")) as staged:
+    staged[Path("out.csv")].write_text("half written")
+    print("writing", flush=True)
+    time.sleep(120)
+"""
+
+
+def start_writer() -> subprocess.Popen:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    return writer
+
+
+def test_the_temp_file_of_a_killed_writer_is_removed_by_the_next_run_and_a_live_writers_is_kept(here):
+    killed, alive = start_writer(), start_writer()
+    killed.kill()  # SIGKILL: no finally, no cleanup
+    killed.wait()
+    try:
+        temps = {p.name for p in here.glob(".out.csv.*.tmp")}
+        assert {name.split(".")[3] for name in temps} == {str(killed.pid), str(alive.pid)}
+        Path(".out.csv.0123abcd.tmp").write_text("an older writer's, untouched for an hour")  # named without a pid
+        os.utime(".out.csv.0123abcd.tmp", (1, 1))
+        Path(".out.csv.89abcdef.tmp").write_text("an older writer's, written a moment ago")
+
+        with atomic_outputs(Path("out.csv")) as staged:  # the next run
+            staged[Path("out.csv")].write_text("whole")
+
+        left = {p.name for p in here.glob(".out.csv.*.tmp")}
+        assert left == {n for n in temps if f".{alive.pid}." in n} | {".out.csv.89abcdef.tmp"}
+        assert Path("out.csv").read_text() == "whole"
+    finally:
+        alive.kill()
+        alive.wait()
+    with atomic_outputs(Path("out.csv")):
+        pass
+    assert listing(here) == {"out.csv", ".out.csv.89abcdef.tmp"}  # the live writer's went once it was killed
+
+
+def test_a_sweep_leaves_other_files_and_other_targets_temp_files_alone(here):
+    keep = [".out.csv.tmp", ".out.csv.1.zz.tmp", ".other.csv.99999999.0123abcd.tmp", "out.csv.1.0123abcd.tmp"]
+    for name in keep:
+        Path(name).write_text("not a stale temp file of out.csv")
+    with atomic_outputs(Path("out.csv")) as staged:
+        staged[Path("out.csv")].write_text("whole")
+    assert listing(here) == {"out.csv", *keep}

@@ -1,5 +1,5 @@
-from gates.policy_diff import CHANGED, LOOSENED, TIGHTENED, policy_changes
-from pipeline.core.config import build_params
+from gates.policy_diff import CHANGED, LOOSENED, TIGHTENED, policy_changes, rollout_changes
+from pipeline.core.params_file import build_params
 
 
 def gates(**section) -> dict:
@@ -55,3 +55,16 @@ def test_dropping_the_interval_or_a_metric_gate_is_loosening():
 def test_round_one_params_files_compare_with_the_new_shape():
     old = build_params({"gates": {"f1_min": 0.55, "max_f1_drop": 0.02}}).gates.model_dump()
     assert policy_changes(old, gates()) == []
+
+
+def test_rollout_rules_read_a_larger_tolerance_or_effect_as_looser_and_more_power_as_tighter():
+    base = {"alpha": 0.01, "power": 0.95, "shadow": {"disagreement": {"tolerated": 0.01, "effect": 0.04}},
+            "step_rules": {"errors": {"effect_ratio": 4, "min_rate": 0.02}}}  # fmt: skip
+    current = {"alpha": 0.01, "power": 0.99, "shadow": {"disagreement": {"tolerated": 0.02, "effect": 0.04}},
+               "step_rules": {"errors": {"effect_ratio": 4, "min_rate": 0.05}}}  # fmt: skip
+    changes = {c.key: c.direction for c in rollout_changes(base, current)}
+    assert changes == {
+        "rollout.shadow.disagreement.tolerated": LOOSENED,
+        "rollout.step_rules.errors.min_rate": LOOSENED,
+        "rollout.power": TIGHTENED,
+    }

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gates.profile import compare_profiles, profile, psi
+from gates.profile import compare_profiles, profile
+from gates.profile import percentile_psi as psi
 
 
 def frame(seed: int, shift: float = 0.0, plans=("basic", "premium")) -> pd.DataFrame:

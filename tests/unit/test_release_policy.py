@@ -32,6 +32,16 @@ def test_promotion_refusals(version, candidate, production, message):
         check_promotion(version, candidate, production)
 
 
+def test_a_version_rolled_back_out_of_production_is_never_promoted_again():
+    # given: 3 was gated against 2, promoted, and rolled back to 2; the candidate alias still points at 3
+    rolled_back = {"3"}
+    # then: a re-run deploy cannot promote it again, though every other precondition holds
+    with pytest.raises(ReleaseRefused, match=r"version 3 was rolled back out of production.*rollback --to 3"):
+        check_promotion(state("3", baseline="2"), candidate="3", production="2", rolled_back=rolled_back)
+    # and a version that was not rolled back still goes ahead
+    assert check_promotion(state("4", baseline="2"), candidate="4", production="2", rolled_back=rolled_back) is True
+
+
 VERSIONS = [state("1"), state("2", smoke="failed"), state("3"), state("4")]
 # Production's moves in the ledger, as (from, to, was it a rollback): 1, then 3, then 4.
 SERVED = [(None, "1", False), ("1", "3", False), ("3", "4", False)]

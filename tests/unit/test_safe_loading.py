@@ -11,10 +11,12 @@ from api.release.redact import redact
 from api.release.safe_model import ALLOWED_TYPES, RefusedModel, artifact_digest, load_estimator, types_in
 from api.release.verdicts import Verdict, load_verify_key, refusal, verifies
 from pipeline.core.churn_data import generate_churn
-from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.config import DataParams
 from pipeline.core.data import prepare
 from pipeline.core.release_keys import load_signing_key, new_key_pair, sign
 from pipeline.core.train import train
+
+from ..families import FAMILY_NAMES, TEAM_FEATURES, quick_params
 
 MLMODEL = """flavors:
   python_function: {loader_module: mlflow.sklearn, model_path: %(file)s}
@@ -25,8 +27,10 @@ MLMODEL = """flavors:
 @pytest.fixture(scope="module")
 def models():
     data = prepare(generate_churn(500, 5).astype(str), DataParams())
-    kinds = ("logistic_regression", "random_forest", "hist_gradient_boosting")
-    return {kind: train(data, ModelParams(type=kind), test_size=0.25, seed=5).model for kind in kinds}
+    models = {kind: train(data, quick_params(kind), test_size=0.25, seed=5).model for kind in FAMILY_NAMES}
+    for kind in FAMILY_NAMES:  # and each behind the team's feature code
+        models[f"{kind}+features"] = train(data, quick_params(kind, features=TEAM_FEATURES), 0.25, 5).model
+    return models
 
 
 def model_dir(tmp_path, payload: bytes, fmt="skops", code="null", file="model.skops"):
@@ -131,3 +135,35 @@ def test_refusal_reasons():
 )
 def test_redact(text, expected):
     assert redact(text) == expected
+
+
+def test_a_version_naming_feature_code_this_serving_code_lacks_is_refused_with_the_class_named(models, tmp_path):
+    # given: a pipeline with the team's features, whose file names a class features/ does not have (another commit's)
+    data = skops.io.dumps(models["logistic_regression+features"])
+    renamed = rewrite_schema(data, "TenureBucket", "TenureBand")
+    # then: refused before anything is imported or built, the class named
+    with pytest.raises(RefusedModel, match=r"project's own code that this serving code does not have: "
+                       r"features\.churn\.TenureBand"):  # fmt: skip
+        load_estimator(model_dir(tmp_path, renamed))
+    # and a module outside the project named as if it were feature code is refused the same way
+    outside = rewrite_schema(data, "features.churn", "os", "TenureBucket", "system")
+    with pytest.raises(RefusedModel, match=r"types outside the allow-list: os\.ChargesPerTenureMonth, os\.system$"):
+        load_estimator(model_dir(tmp_path / "os", outside))
+
+
+def rewrite_schema(data: bytes, *replacements: str) -> bytes:
+    """The skops file with schema.json's text edited (pairs of old, new)."""
+    import io
+    import zipfile
+
+    source, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for name in source.namelist():
+            content = source.read(name)
+            if name == "schema.json":
+                text = content.decode()
+                for old, new in zip(replacements[::2], replacements[1::2], strict=True):
+                    text = text.replace(old, new)
+                content = text.encode()
+            target.writestr(name, content)
+    return out.getvalue()
