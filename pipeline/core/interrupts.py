@@ -22,24 +22,27 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
 class _State(TypedDict):
-    """The main thread's critical sections: how deep it is in them, and the signal waiting for the last to end."""
+    """The main thread's signal state: critical-section depth, the pending signal, the last Interrupted raised."""
 
     depth: int
     pending: int | None
-
-
-_state: _State = {"depth": 0, "pending": None}
+    raised: Interrupted | None
 
 
 class Interrupted(InfrastructureError):
     """The command was stopped by a signal (exit 3); what it had started was finished or undone."""
 
 
+_state: _State = {"depth": 0, "pending": None, "raised": None}
+
+
 def _raise(signum: int) -> None:
-    raise Interrupted(
+    interrupted = Interrupted(
         f"interrupted by {signal.Signals(signum).name}: stopped with nothing half-done "
         "(no alias move without its ledger entry, the release lock let go)"
     )
+    _state["raised"] = interrupted
+    raise interrupted
 
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
@@ -50,7 +53,12 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
 
 
 def within(exc: BaseException) -> Interrupted | None:
-    """The Interrupted behind `exc`, if a library caught it and raised its own (MLflow's REST client does)."""
+    """The Interrupted behind `exc`, if a library caught it and raised its own.
+
+    MLflow's REST client chains it; pydantic-core, interrupted while it builds a validator, raises a SchemaError
+    that does not. So the Interrupted this `handled` block raised counts too: whatever failed after a signal
+    stopped the command failed because of it.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -58,19 +66,27 @@ def within(exc: BaseException) -> Interrupted | None:
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+    return _state["raised"]
 
 
 @contextlib.contextmanager
-def handled() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into Interrupted for the block (a no-op off the main thread)."""
+def handled(*, then_block: bool = False) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into Interrupted for the block (a no-op off the main thread).
+
+    `then_block`: the process ends after the block, whose outcome is decided once it has left it. The two
+    signals are then blocked, so a late one cannot turn that outcome into a kill (exit -15 while the
+    interpreter shuts down, its handlers already reset) or a wrong "nothing done".
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _state["raised"] = None
     previous = {sig: signal.signal(sig, _handler) for sig in HANDLED}
     try:
         yield
     finally:
+        if then_block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _state["pending"] = None
