@@ -1,0 +1,71 @@
+"""The prediction log's layout: where segments live and what their columns are.
+
+Shared by the API (which writes predictions and the labels POST /outcomes
+takes) and the pipeline (`outcomes`, `quality`, `training-set`, which read
+them and write labels). The root is a local folder or `s3://BUCKET/PREFIX`
+(PREDICTION_LOG_URI); S3 is reached through pyarrow's own client, with the
+endpoint of the team server's store (MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL).
+
+    ROOT/predictions/MODEL/YYYY-MM-DD/HHMMSS.ffffff-REPLICA-SEQ.parquet
+    ROOT/labels/SHA256.parquet   (named by content: the same labels fed twice are one object)
+
+A segment is whole or absent: local files are written aside and renamed, S3
+objects are one PUT.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+PREDICTIONS = "predictions"
+LABELS = "labels"
+
+# One row per answered record. features: the record's values as JSON, or for records read from a feature store
+# by id, {"feature_service": NAME, "entity_id": ID} (the values are the store's, point in time).
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("prediction_id", pa.string()),
+        ("entity_id", pa.string()),
+        ("model", pa.string()),
+        ("version", pa.string()),
+        ("role", pa.string()),  # production | canary | shadow
+        ("score", pa.float64()),  # the positive class's probability (null: the model gives none)
+        ("label", pa.string()),
+        ("features", pa.string()),
+    ]
+)
+
+# One row per outcome given: by prediction_id, or by entity_id and observed_at.
+LABEL_SCHEMA = pa.schema(
+    [
+        ("prediction_id", pa.string()),
+        ("entity_id", pa.string()),
+        ("observed_at", pa.timestamp("us", tz="UTC")),
+        ("outcome", pa.string()),
+        ("received_at", pa.timestamp("us", tz="UTC")),
+        ("source", pa.string()),  # file:NAME | api
+    ]
+)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, base path) for a log root: a local folder or s3://BUCKET/PREFIX."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        options: dict[str, object] = {}
+        if endpoint:
+            target = urlparse(endpoint)
+            options = {"endpoint_override": target.netloc or target.path, "scheme": target.scheme or "https"}
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        if region:
+            options["region"] = region
+        return pafs.S3FileSystem(**options), f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
+    if parsed.scheme not in ("", "file"):
+        raise ValueError(f"prediction log: {parsed.scheme}:// is not supported (a local folder or s3://BUCKET/PREFIX)")
+    return pafs.LocalFileSystem(), os.path.abspath(parsed.path if parsed.scheme == "file" else uri)
