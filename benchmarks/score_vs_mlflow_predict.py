@@ -56,7 +56,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FLOOR_SHARE_GOAL = 0.50  # score's rows/s, at least this share of the I/O floor's
+FLOOR_SHARE_GOAL = 0.80  # score's rows/s, at least this share of the I/O floor's, on a file this large:
+FLOOR_GOAL_ROWS = 10_000_000  # smaller files are dominated by start-up (imports, loading the version)
 MLFLOW_RATIO_GOAL = 5.0  # score at least this many times as fast as mlflow models predict
 RSS_GOAL = 1_000_000_000  # bytes: score's peak RSS under 1 GB
 CHUNK_ROWS = 250_000  # rows generated at a time
@@ -434,8 +435,11 @@ def main() -> int:
         score, floor = facts["score"], facts["floor"]
         assert isinstance(score, Line) and isinstance(floor, Line) and score.run
         share = score.rate / floor.rate
-        print(f"  {n:>12,} rows: score {share:.0%} of the I/O floor's rows/s (>= {FLOOR_SHARE_GOAL:.0%}): "
-              f"{verdict(share >= FLOOR_SHARE_GOAL)}")  # fmt: skip
+        if n >= FLOOR_GOAL_ROWS:
+            print(f"  {n:>12,} rows: score {share:.0%} of the I/O floor's rows/s (>= {FLOOR_SHARE_GOAL:.0%}): "
+                  f"{verdict(share >= FLOOR_SHARE_GOAL)}")  # fmt: skip
+        else:
+            print(f"  {n:>12,} rows: score {share:.0%} of the I/O floor (judged from {FLOOR_GOAL_ROWS:,} rows)")
         mlflow = facts.get("mlflow")
         if isinstance(mlflow, Line):
             ratio = score.rate / mlflow.rate
