@@ -3,7 +3,8 @@
 `create_app` builds the app around a ModelHolder, so nothing loads at import
 time and tests hand in a tiny model; the module-level `app` reads the
 environment (MLFLOW_TRACKING_URI, MODEL_NAME, MODEL_ALIAS or MODEL_VERSION,
-RELOAD_INTERVAL_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, RELEASE_VERIFY_KEY).
+RELOAD_INTERVAL_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, RELEASE_VERIFY_KEY,
+PREDICTION_LOG_URI and OUTCOMES_TOKEN: api/prediction_log.py, api/outcomes_route.py).
 """
 
 import asyncio
@@ -28,7 +29,10 @@ from api.model.loaded_model import LoadedModel
 from api.model.online_store import Lookup, open_store
 from api.model.schema import RequestError
 from api.openapi import document
+from api.outcomes_route import answer as outcomes_answer
 from api.predict_route import PredictRoute
+from api.prediction_log import PREDICTION_ID_HEADER, PredictionLog
+from api.prediction_log import request_id as prediction_request_id
 from api.release.redact import redact, redact_logging
 from api.request_path import RequestPath
 from api.settings import Settings, apply_mlflow_http_defaults, current
@@ -49,7 +53,13 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     timeout_s = settings.feature_lookup_timeout_ms / 1000
     store = open_store(settings.feature_store_url, timeout_s) if settings.feature_store_url else None
     lookup = Lookup(store, settings.feast_project, timeout_s)  # records by customer id (api/model/online_store.py)
-    path = RequestPath(stats, shadow, decisions, lookup, metrics)  # the one step both doors share
+    log = (
+        PredictionLog(settings.prediction_log_uri, settings.prediction_log_flush_s, settings.prediction_log_max_rows,
+                      metrics)
+        if settings.prediction_log_uri
+        else None
+    )  # fmt: skip
+    path = RequestPath(stats, shadow, decisions, lookup, metrics, log)  # the one step both doors share
     invocation_route = InvocationRoute(holder, path)
 
     def serving(model: LoadedModel) -> None:
@@ -67,6 +77,8 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if log is not None:
+            log.start()
         tasks = [asyncio.create_task(_flush_forever(flush, lambda: shadow.follow(holder.shadowed)))]
         if holder.source is not None:
             # Load in the background: /health answers at once, /ready once a model is in.
@@ -78,6 +90,8 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         shadow.follow(None)
+        if log is not None:  # a graceful stop (SIGTERM) writes what the log holds before the process ends
+            await asyncio.to_thread(log.close)
         if store is not None:
             store.close()
 
@@ -119,10 +133,23 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
         """MLflow's scoring protocol: dataframe_split, dataframe_records, inputs, instances (JSON), or CSV."""
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")
-        status, text, version = await invocation_route.answer(body, content_type, request.scope)
+        request_id = prediction_request_id(request.scope)
+        status, text, version = await invocation_route.answer(body, content_type, request.scope, request_id)
         # Errors too: MLflow's {"error_code", "message"} shape, a 415 included (api/model/invocation_input.py).
-        headers = {VERSION_HEADER: version} if version else None
+        headers = {VERSION_HEADER: version} if version else {}
+        if status == 200:  # MLflow's body stays as it is: record i's prediction id is `<this id>-<i>`
+            headers[PREDICTION_ID_HEADER] = request_id
         return Response(text, status_code=status, media_type="application/json", headers=headers)
+
+    @app.post("/outcomes")
+    async def outcomes(request: Request) -> JSONResponse:
+        """What became of predictions (api/outcomes_route.py): a bearer token (OUTCOMES_TOKEN) required."""
+        body = await request.body()
+        status, answer = await outcomes_answer(
+            request.headers.get("authorization"), body, settings.outcomes_token, settings.prediction_log_uri
+        )
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(answer, status_code=status, headers=headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

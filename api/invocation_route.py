@@ -57,8 +57,14 @@ class InvocationRoute:
     def __init__(self, holder: ModelHolder, path: RequestPath) -> None:
         self.holder, self.path = holder, path
 
-    async def answer(self, body: bytes, content_type: str, scope: Scope | None) -> tuple[int, bytes | str, str | None]:
-        """(status, JSON text, version for the header) for one request body, read whole just now."""
+    async def answer(
+        self, body: bytes, content_type: str, scope: Scope | None, request: str | None = None
+    ) -> tuple[int, bytes | str, str | None]:
+        """(status, JSON text, version for the header) for one request body, read whole just now.
+
+        `request`: the request's id, under which a 200 goes to the prediction log (None: not logged). MLflow's
+        answer stays `{"predictions": [...]}`: the ids are only in the app's X-Prediction-Id header.
+        """
         started = time.perf_counter()  # the body read whole: the version's time starts
         # Read once: this request keeps these models even if a swap happens.
         production, canary, traffic = self.holder.current, self.holder.canary, self.holder.traffic
@@ -77,8 +83,9 @@ class InvocationRoute:
         inline = len(body) <= INLINE_BODY_BYTES
         try:
             served = await self.path.answer(
-                production, canary, traffic, decode, body, scope, started, records_body, quick=True, inline=inline
-            )
+                production, canary, traffic, decode, body, scope, started, records_body, quick=True, inline=inline,
+                request=request,
+            )  # fmt: skip
             answer: dict[str, object] = {"predictions": served.prediction.labels}
             if served.warnings:
                 answer["warnings"] = served.warnings
@@ -109,7 +116,7 @@ class InvocationRoute:
             if chosen:
                 self.path.failed(side, scope, started, scored.rows or records)
         elif scored.status == 200:
-            await self._count(scored, side, chosen, production, canary, traffic, scope, started, inline)
+            await self._count(scored, side, chosen, production, canary, traffic, scope, started, inline, request)
         elif side is not production and scored.status < 500 and self.path.decisions.admit(scope):
             # The canary refused what production read: counted against it if production answers the body.
             accepted = await asyncio.to_thread(score, production, body, content_type)
@@ -129,11 +136,14 @@ class InvocationRoute:
         scope: Scope | None,
         started: float,
         inline: bool,
+        request: str | None = None,
     ) -> None:
-        """A slow path's 200, counted by the shared step; a shadow copy of production's answer as on the quick path."""
+        """A slow path's 200, counted and logged by the shared step; a shadow copy as on the quick path."""
         labels = [] if scored.labels is None else scored.labels.tolist()
         columns = scored.columns or {}
         admitted = self.path.served(model, columns, labels, scored.probabilities, scope, started, counted=chosen)
+        if request is not None and labels:
+            self.path.logged(model, production, request, columns, labels, scored.probabilities)
         shadowed = canary is not None and traffic.mode == "shadow" and model is production
         if admitted and shadowed and scored.probabilities is not None and random.random() < traffic.shadow_share:
             assert canary is not None  # for mypy: `shadowed` says so

@@ -9,13 +9,16 @@ endpoint of the team server's store (MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL)
     ROOT/predictions/MODEL/YYYY-MM-DD/HHMMSS.ffffff-REPLICA-SEQ.parquet
     ROOT/labels/SHA256.parquet   (named by content: the same labels fed twice are one object)
 
-A segment is whole or absent: local files are written aside and renamed, S3
-objects are one PUT.
+A segment is whole or absent: local files are written aside (a dot-name ending
+.tmp, in the same folder) and renamed, S3 objects are one PUT. Readers take
+only names ending .parquet.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from datetime import datetime
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -69,3 +72,19 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if parsed.scheme not in ("", "file"):
         raise ValueError(f"prediction log: {parsed.scheme}:// is not supported (a local folder or s3://BUCKET/PREFIX)")
     return pafs.LocalFileSystem(), os.path.abspath(parsed.path if parsed.scheme == "file" else uri)
+
+
+def prediction_segment(base: str, model: str, at: datetime, replica: str, seq: int) -> str:
+    """The path of one flush's segment: ROOT/predictions/MODEL/YYYY-MM-DD/HHMMSS.ffffff-REPLICA-SEQ.parquet."""
+    day, clock = at.strftime("%Y-%m-%d"), at.strftime("%H%M%S.%f")
+    return f"{base}/{PREDICTIONS}/{_safe(model)}/{day}/{clock}-{_safe(replica)}-{seq:06d}.parquet"
+
+
+def label_segment(base: str, digest: str) -> str:
+    """The path of a labels segment named by the SHA-256 of its content: ROOT/labels/SHA256.parquet."""
+    return f"{base}/{LABELS}/{digest}.parquet"
+
+
+def _safe(part: str) -> str:
+    """A name usable as one path component (a model or host name with odd characters: replaced by _)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", part) or "_"

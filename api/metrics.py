@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.http_protocol import ANSWERED_BY_PROTOCOL
 
-KNOWN_PATHS = {"/health", "/ready", "/model", "/predict", "/invocations", "/metrics"}
+KNOWN_PATHS = {"/health", "/ready", "/model", "/predict", "/invocations", "/outcomes", "/metrics"}
 DISCONNECTED = "499"  # the status label of a request whose client left before any answer
 VERSION_HEADER = "X-Model-Version"  # which version answered: on every answer a model gave, errors included
 VERSION_HEADER_BYTES = VERSION_HEADER.lower().encode()
@@ -215,6 +215,21 @@ class ServiceMetrics:
             "api_feature_lookup_seconds",
             "Seconds to read a request's records from the online store (reads that answered)",
             buckets=LOOKUP_BUCKETS,
+            registry=own,
+        )
+        # The prediction log (api/prediction_log.py): rows written, rows dropped (over PREDICTION_LOG_MAX_ROWS
+        # waiting), flushes that failed (their rows wait for the next one).
+        self.log_written = Counter(
+            "prediction_log_written_total", "Answered records written to the prediction log", registry=own
+        )
+        self.log_dropped = Counter(
+            "prediction_log_dropped_total",
+            "Answered records left out of the prediction log: PREDICTION_LOG_MAX_ROWS rows were already waiting",
+            registry=own,
+        )
+        self.log_flush_failures = Counter(
+            "prediction_log_flush_failures_total",
+            "Prediction log flushes that failed (their rows are kept, up to the bound, for the next flush)",
             registry=own,
         )
         self._budget_refused_seen = 0

@@ -5,7 +5,9 @@ record), so FastAPI's per-request machinery (routing, the Request object, the
 endpoint runner, the response class) was most of its cost. Answered here, a
 one-record request skips it; the middlewares around the app (metrics, body
 limit) still see every request. Everything but /predict goes on to FastAPI.
-The answers are those the FastAPI route gave: 200 with the version header,
+The answers are those the FastAPI route gave: 200 with the version header
+(and, since the prediction log, `prediction_ids` in the body and the
+request's id in X-Prediction-Id: record i's id is `<id>-<i>`),
 the RequestError and not-ready bodies of the app's handlers, 405 for another
 method. Its OpenAPI entry is written in api/openapi.py.
 """
@@ -19,15 +21,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.decisions import Decisions
 from api.holder import ModelHolder
-from api.metrics import VERSION_HEADER
+from api.metrics import VERSION_HEADER_BYTES
 from api.model.loaded_model import LoadedModel
 from api.model.online_store import StoreUnavailable
 from api.model.schema import RequestError
+from api.prediction_log import PREDICTION_ID_HEADER, prediction_ids, request_id
 from api.release.redact import redact
 from api.request_path import Refused, RequestPath
 from api.shadow import Shadow
 
 PATH = "/predict"
+PREDICTION_ID_HEADER_BYTES = PREDICTION_ID_HEADER.lower().encode()
 _decode = LoadedModel.request_columns  # a /predict body as one model's columns (its own schema)
 
 
@@ -56,26 +60,30 @@ class PredictRoute:
         body = await _read_body(receive)
         if body is None:  # the client went away
             return None
-        status, payload, version = await self.answer(body, scope, time.perf_counter())
-        return await _send(
-            send, status, payload, [(VERSION_HEADER.lower().encode(), version.encode())] if version else []
-        )
+        request = request_id(scope)
+        status, payload, version = await self.answer(body, scope, time.perf_counter(), request)
+        headers = [(VERSION_HEADER_BYTES, version.encode())] if version else []
+        if status == 200:
+            headers.append((PREDICTION_ID_HEADER_BYTES, request.encode()))
+        return await _send(send, status, payload, headers)
 
     async def answer(
-        self, body: bytes, scope: Scope | None = None, read_at: float | None = None
+        self, body: bytes, scope: Scope | None = None, read_at: float | None = None, request: str | None = None
     ) -> tuple[int, bytes, str | None]:
         """(status, JSON body, model version for the header) for one request body, read whole at `read_at`.
 
-        The records decoded, the side chosen, predicted and counted by the
-        request path both doors share (api/request_path.py).
+        The records decoded, the side chosen, predicted, counted and logged by
+        the request path both doors share (api/request_path.py). `request`: the
+        request's id (None: a random one); record i's prediction id is `<request>-<i>`.
         """
+        request = request or request_id(None)
         # Read once: this request keeps these models even if a swap happens.
         production, canary, traffic = self.holder.current, self.holder.canary, self.holder.traffic
         if production is None:
             return 503, orjson.dumps({"detail": redact(self.holder.not_ready_reason)}), None
         started = time.perf_counter() if read_at is None else read_at
         try:
-            served = await self.path.answer(production, canary, traffic, _decode, body, scope, started)
+            served = await self.path.answer(production, canary, traffic, _decode, body, scope, started, request=request)
         except RequestError as exc:  # production cannot read it: no side decided, nothing counted
             return exc.status, orjson.dumps(exc.answer()), production.version
         except Refused as refused:  # the version that refused it, for metrics
@@ -84,7 +92,8 @@ class PredictRoute:
             return 503, orjson.dumps({"detail": redact(exc.message), "reason": exc.reason}), production.version
         model, prediction = served.model, served.prediction
         answer: dict[str, object] = {"model_version": model.version, "predictions": prediction.labels,
-                                     "probabilities": prediction.probabilities}  # fmt: skip
+                                     "probabilities": prediction.probabilities,
+                                     "prediction_ids": prediction_ids(request, len(prediction.labels))}  # fmt: skip
         if served.warnings:  # stale features served (the version's feature service says warn)
             answer["warnings"] = served.warnings
         return 200, orjson.dumps(answer), model.version

@@ -14,7 +14,8 @@ problem, a store down or slow a 503 (StoreUnavailable), counted by reason, on
 either side: never a version's error, never in the release decisions.
 Then the answer is counted once, wherever it came in: live stats and drift bins
 (api/live_stats.py), the release decisions within the client's budget
-(api/decisions.py), and a shadow copy of a counted request (api/shadow.py).
+(api/decisions.py), a shadow copy of a counted request (api/shadow.py), and
+an entry in the prediction log under the request's id (api/prediction_log.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from api.model.loaded_model import LoadedModel, Prediction
 from api.model.online_store import FeatureLookupError, Lookup, StoreUnavailable
 from api.model.schema import RequestError
 from api.model.scoring import UNSCORABLE
+from api.prediction_log import PredictionLog
 from api.release.traffic import Traffic
 from api.shadow import Shadow
 
@@ -89,10 +91,12 @@ class RequestPath:
         decisions: Decisions,
         lookup: Lookup | None = None,
         metrics: ServiceMetrics | None = None,
+        log: PredictionLog | None = None,
     ) -> None:
         self.stats, self.shadow, self.decisions = stats, shadow, decisions
         self.lookup = lookup or Lookup(None, "churn", 0.05)  # no store: records by id are answered 503
         self.metrics = metrics
+        self.log = log  # the prediction log (None: off)
 
     @staticmethod
     def side(
@@ -113,6 +117,7 @@ class RequestPath:
         to_copy: Callable[[Columns], bytes] | None = None,
         quick: bool = False,
         inline: bool = True,
+        request: str | None = None,
     ) -> Served:
         """The chosen side's answer to `body`, counted; read once by the caller: production, canary, traffic.
 
@@ -121,9 +126,11 @@ class RequestPath:
         side's is Refused. `quick`: values the side cannot score are Declined
         (the door's slow path words it); the side failing on them is counted as
         its error, then Declined too. `inline` False: a large body, decoded and
-        predicted in a thread, its shadow copy built in one.
+        predicted in a thread, its shadow copy built in one. `request`: the
+        request's id, under which the answer goes to the prediction log (None: not logged).
         """
         decoded = decode(production, body) if inline else await asyncio.to_thread(decode, production, body)
+        sent = decoded  # as the client sent the records (by id: the store's features ABSENT), for the log
         records = len(next(iter(decoded.values())))
         read, warnings = await self.complete(production, decoded, not inline or records > INLINE_RECORDS)
         if read is not decoded and to_copy is None:  # features read by id: the shadow's copy carries them
@@ -132,7 +139,7 @@ class RequestPath:
         model, columns = self.side(production, canary, traffic, customers(decoded, production.entity_field)), decoded
         try:
             if model is not production:  # decoded with the canary's own schema, its own features read
-                columns = decode(model, body) if inline else await asyncio.to_thread(decode, model, body)
+                sent = columns = decode(model, body) if inline else await asyncio.to_thread(decode, model, body)
                 columns, warnings = await self.complete(model, columns, not inline or records > INLINE_RECORDS)
             prediction = await _predict(model, columns, not inline or records > INLINE_RECORDS, quick)
         except Declined:
@@ -152,6 +159,8 @@ class RequestPath:
                 raise Declined(model, records, counted=True) from None
             raise
         admitted = self.served(model, columns, prediction.labels, prediction.probabilities, scope, started)
+        if request is not None:
+            self.logged(model, production, request, sent, prediction.labels, prediction.probabilities)
         # Copies of counted requests only: no client weighs more in the shadow's counts than in the others.
         if admitted and canary is not None and traffic.mode == "shadow" and random.random() < traffic.shadow_share:
             # Built within the shadow's guard (a copy that cannot be made is the canary's loss), off the loop if large.
@@ -218,6 +227,20 @@ class RequestPath:
         positive = len(labels) > 0 and labels[int(random.random() * len(labels))] == model.positive_label
         self.decisions.count(model.version, seconds, len(labels) or 1, "positive" if positive else None)
         return True
+
+    def logged(
+        self,
+        model: LoadedModel,
+        production: LoadedModel,
+        request: str,
+        columns: Columns,
+        labels: Sequence[object],
+        probabilities: Sequence[float] | None,
+    ) -> None:
+        """Hand an answer to the prediction log (if on), in its side's role: references only, built at flush time."""
+        if self.log is not None:
+            self.log.append(model, "production" if model is production else "canary", request, columns, labels,
+                            probabilities)  # fmt: skip
 
     def failed(self, model: LoadedModel, scope: Scope | None, started: float, records: int) -> None:
         """A 5xx: the answering version's error, counted within the client's budget."""

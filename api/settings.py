@@ -53,13 +53,15 @@ def share_metrics_through(path: str) -> None:
 
 # The secrets the service reads (MLflow's credentials, boto's for an S3 artifact store, the /model token), and any
 # other setting named like one: env.example's `change-me` placeholders in them stop the start.
-SECRET_SETTINGS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MODEL_INFO_TOKEN", "AWS_SECRET_ACCESS_KEY")
+SECRET_SETTINGS = (
+    "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MODEL_INFO_TOKEN", "OUTCOMES_TOKEN", "AWS_SECRET_ACCESS_KEY",
+)  # fmt: skip
 SECRET_SUFFIXES = ("_PASSWORD", "_TOKEN", "_SECRET", "_SECRET_KEY", "_SECRET_ACCESS_KEY")
 PLACEHOLDER_PREFIX = "change-me"
 # Text settings where an empty value means unset (None), as `VAR=` in a compose file says.
 OPTIONAL_TEXT = (
     "model_version", "smoke_test_version", "verify_key_pem", "entity_id_field", "model_info_token", "multiproc_dir",
-    "feature_store_url",
+    "feature_store_url", "prediction_log_uri", "outcomes_token",
 )  # fmt: skip
 FEATURE_STORE_SCHEMES = ("redis://", "rediss://", "sqlite:///")
 MIB = 1024 * 1024
@@ -118,6 +120,16 @@ class Settings(ProbeSettings):
         default=50.0, gt=0, le=60_000, allow_inf_nan=False, validation_alias="FEATURE_LOOKUP_TIMEOUT_MS"
     )
 
+    # The prediction log (api/prediction_log.py): a local folder or s3://BUCKET/PREFIX (unset: no log), flushed
+    # every PREDICTION_LOG_FLUSH_S; past PREDICTION_LOG_MAX_ROWS rows waiting, answers are dropped from it (counted).
+    prediction_log_uri: str | None = Field(default=None, validation_alias="PREDICTION_LOG_URI")
+    prediction_log_flush_s: float = Field(
+        default=2.0, gt=0, le=3600, allow_inf_nan=False, validation_alias="PREDICTION_LOG_FLUSH_S"
+    )
+    prediction_log_max_rows: int = Field(default=100_000, gt=0, validation_alias="PREDICTION_LOG_MAX_ROWS")
+    # A bearer token POST /outcomes requires (unset: the route answers 503).
+    outcomes_token: str | None = Field(default=None, repr=False, validation_alias="OUTCOMES_TOKEN")
+
     # How `python -m api` runs: where it listens, its workers, where their metrics meet.
     host: str = Field(default="0.0.0.0", validation_alias="HOST")  # a container listens on all its interfaces
     port: int = Field(default=8000, validation_alias="PORT")
@@ -135,6 +147,10 @@ class Settings(ProbeSettings):
             raise ValueError(
                 f"FEATURE_STORE_URL={redact(self.feature_store_url)!r} must start with redis://, rediss:// or "
                 "sqlite:/// (an absolute path)"
+            )
+        if self.prediction_log_uri is not None and not _log_root_ok(self.prediction_log_uri):
+            raise ValueError(
+                f"PREDICTION_LOG_URI={redact(self.prediction_log_uri)!r} must be a local folder or s3://BUCKET/PREFIX"
             )
         if self.metrics_port is not None and (self.metrics_port > 65535 or self.metrics_port == self.port):
             raise ValueError(f"METRICS_PORT={str(self.metrics_port)!r} must be a port (1-65535) other than PORT")
@@ -196,6 +212,14 @@ class Settings(ProbeSettings):
     def shared_metrics(self) -> bool:
         """Whether the workers' samples meet in files (PROMETHEUS_MULTIPROC_DIR set): api/metrics.py."""
         return self.multiproc_dir is not None
+
+
+def _log_root_ok(uri: str) -> bool:
+    """Whether a prediction log root is a local folder (a path, file://) or s3://BUCKET[/PREFIX]."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return bool(uri.strip())
+    return scheme == "file" or (scheme == "s3" and bool(rest.split("/", 1)[0]))
 
 
 @functools.cache
