@@ -16,9 +16,12 @@ only names ending .parquet.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -88,3 +91,16 @@ def label_segment(base: str, digest: str) -> str:
 def _safe(part: str) -> str:
     """A name usable as one path component (a model or host name with odd characters: replaced by _)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", part) or "_"
+
+
+def label_digest(rows: Iterable[tuple[str | None, str | None, datetime | None, str | None]]) -> str:
+    """SHA-256 naming a labels segment: its (prediction_id, entity_id, observed_at, outcome) rows, sorted.
+
+    When and from where they were received is left out, so the same labels fed by file or posted to
+    /outcomes, in any order, are one segment (pipeline/store/prediction_log.py's canonical_digest, the same bytes).
+    """
+    lines = sorted(
+        json.dumps([pid, eid, None if at is None else at.astimezone(UTC).isoformat(), outcome])
+        for pid, eid, at, outcome in rows
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -11,15 +11,15 @@ as every other. 401 without the token or with another; 503 naming what is not
 configured (OUTCOMES_TOKEN, PREDICTION_LOG_URI) or the store that failed; 422
 naming each bad row and its problem. The rows are written synchronously (in a
 thread) as LABEL_SCHEMA rows, source "api", in a segment named by the SHA-256
-of their canonical content (the rows sorted, received_at left out): the same
-outcomes posted twice are one object. 200 {"accepted": n, "segment": NAME}
+of their canonical content (api/log_layout.py's label_digest: the rows sorted,
+received_at and source left out): the same outcomes posted twice, or fed by
+file with `pipeline outcomes`, are one object. 200 {"accepted": n, "segment": NAME}
 only once the segment is durable (synced and renamed, or PUT).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from api.log_layout import LABEL_SCHEMA, filesystem, label_segment
+from api.log_layout import LABEL_SCHEMA, filesystem, label_digest, label_segment
 from api.prediction_log import write_atomically
 from api.release.redact import redact
 
@@ -49,9 +49,9 @@ class Outcome:
     observed_at: datetime | None
     outcome: str
 
-    def canonical(self) -> tuple[str, str, str, str]:
-        """The row as text, for sorting and hashing (None as "")."""
-        at = "" if self.observed_at is None else self.observed_at.isoformat(timespec="microseconds")
+    def key(self) -> tuple[str, str, str, str]:
+        """The row as text, for a canonical order (None as "")."""
+        at = "" if self.observed_at is None else self.observed_at.isoformat()
         return (self.prediction_id or "", self.entity_id or "", at, self.outcome)
 
 
@@ -147,10 +147,9 @@ def _unprocessable(problems: list[tuple[int | None, str]]) -> Refused:
 
 
 def segment_of(outcomes: list[Outcome]) -> tuple[str, list[Outcome]]:
-    """(the SHA-256 of the rows' canonical content, the rows in canonical order)."""
-    ordered = sorted(outcomes, key=Outcome.canonical)
-    digest = hashlib.sha256(orjson.dumps([o.canonical() for o in ordered])).hexdigest()
-    return digest, ordered
+    """(the labels' digest, as a file feed of the same labels has it: api/log_layout.py; the rows in order)."""
+    digest = label_digest((o.prediction_id, o.entity_id, o.observed_at, o.outcome) for o in outcomes)
+    return digest, sorted(outcomes, key=Outcome.key)
 
 
 def write(uri: str, outcomes: list[Outcome], received_at: datetime | None = None) -> str:
