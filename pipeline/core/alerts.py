@@ -1,4 +1,4 @@
-"""Alertmanager's webhook → GitHub `repository_dispatch` requests for the rollback workflow (pure).
+"""Alertmanager's webhook → GitHub `repository_dispatch` requests for the rollback and retrain workflows (pure).
 
 Alertmanager posts a group of alerts (webhook format version 4). Each alert
 that is firing and labelled `action="rollback"` becomes one dispatch of event
@@ -8,6 +8,10 @@ label: the workflow rolls back only while production still serves it) and the
 alert's labels. A dispatch is identified by what it means (environment,
 version, alert name), never by the fingerprint or start time a sender picks:
 the relay dispatches a meaning once per window however often it is posted.
+An alert labelled `action="retrain"` (live quality falling short) becomes a
+dispatch of event type `retrain` (`dispatches`): the same checks and payload,
+identified by its environment alone (`<environment>/retrain/<alertname>`), as
+a retrain learns from the whole labelled log, not from one version.
 Everything that reaches the workflow is plain text: versions are ASCII digits,
 reasons and labels single lines of letters, digits and plain punctuation
 (nothing Markdown or a shell reads), each of bounded length.
@@ -22,6 +26,8 @@ from typing import Any
 
 EVENT_TYPE = "rollback"
 ACTION_LABEL, ACTION = "action", "rollback"
+RETRAIN = "retrain"  # both the action label's value and the event type the retrain workflow listens for
+RETRAIN_TARGET = "retrain"  # the dedup key's middle part for retrains, where a rollback's has the version
 MAX_REASON = 200  # the ledger entry's reason and the workflow run's title
 MAX_LABEL_VALUE = 100
 MAX_LABELS = 50
@@ -39,15 +45,16 @@ class MalformedWebhook(ValueError):
 class Dispatch:
     """One repository_dispatch to send: its dedup key and the request body."""
 
-    key: str  # environment/version/alertname: what it means
+    key: str  # environment/version/alertname (a retrain: environment/retrain/alertname): what it means
     version: str
     reason: str
     labels: dict[str, str] = field(default_factory=dict)
+    event_type: str = EVENT_TYPE
 
     def body(self) -> dict[str, Any]:
         """The JSON body of `POST /repos/{owner}/{repo}/dispatches`."""
         return {
-            "event_type": EVENT_TYPE,
+            "event_type": self.event_type,
             "client_payload": {"reason": self.reason, "version": self.version, "alert": dict(self.labels)},
         }
 
@@ -92,8 +99,23 @@ def plain_labels(labels: dict[str, str]) -> dict[str, str]:
 
 def rollback_dispatches(webhook: dict[str, Any]) -> Decision:
     """The dispatches a webhook asks for: firing alerts labelled action="rollback" that name a version."""
+    return _decide(webhook, (ACTION,))
+
+
+def dispatches(webhook: dict[str, Any]) -> Decision:
+    """Rollbacks as `rollback_dispatches`, and retrains for firing alerts labelled action="retrain".
+
+    A retrain alert names a version too (the one whose quality fell short), checked like a rollback's:
+    the workflow run's title and the ledger show it.
+    """
+    return _decide(webhook, (ACTION, RETRAIN))
+
+
+def _decide(webhook: dict[str, Any], actions: tuple[str, ...]) -> Decision:
+    """Firing alerts whose action label is one of `actions`, with a version, as dispatches; the rest, with why."""
     dispatches: list[Dispatch] = []
     ignored: list[str] = []
+    wanted = " or ".join(f"{ACTION_LABEL}={action}" for action in actions)
     if len(webhook["alerts"]) > MAX_ALERTS:
         raise MalformedWebhook(f"{len(webhook['alerts'])} alerts in one body, more than {MAX_ALERTS}")
     for index, alert in enumerate(webhook["alerts"]):
@@ -102,18 +124,22 @@ def rollback_dispatches(webhook: dict[str, Any]) -> Decision:
         labels = _text_map(alert.get("labels"), f"alerts[{index}].labels")
         annotations = _text_map(alert.get("annotations"), f"alerts[{index}].annotations")
         name = plain(labels.get("alertname", "") or f"alerts[{index}]", MAX_LABEL_VALUE)
+        action = labels.get(ACTION_LABEL)
         if alert.get("status") != "firing":
             ignored.append(f"{name}: {alert.get('status', 'no status')}, not firing")
-        elif labels.get(ACTION_LABEL) != ACTION:
-            ignored.append(f"{name}: not labelled {ACTION_LABEL}={ACTION}")
+        elif action not in actions:
+            ignored.append(f"{name}: not labelled {wanted}")
         elif not VERSION.fullmatch(labels.get("version", "")):
-            ignored.append(f"{name}: no version label naming the version to roll back from")
+            what = "roll back from" if action == ACTION else "retrain for"
+            ignored.append(f"{name}: no version label naming the version to {what}")
         elif len(labels) > MAX_LABELS:
             ignored.append(f"{name}: {len(labels)} labels, more than {MAX_LABELS}")
         else:
             summary = annotations.get("summary", "")
             reason = plain(f"{name}: {summary}" if summary.strip() else name, MAX_REASON)
             version, environment = labels["version"], plain(labels.get("environment", ""), MAX_LABEL_VALUE)
-            key = f"{environment or '-'}/{version}/{name}"
-            dispatches.append(Dispatch(key, version, reason, plain_labels(labels)))
+            target = version if action == ACTION else RETRAIN_TARGET
+            key = f"{environment or '-'}/{target}/{name}"
+            event_type = EVENT_TYPE if action == ACTION else RETRAIN
+            dispatches.append(Dispatch(key, version, reason, plain_labels(labels), event_type))
     return Decision(dispatches, ignored)

@@ -111,6 +111,77 @@ def test_a_body_that_is_not_a_webhook_is_named(body, message):
         alerts.rollback_dispatches(alerts.parse_webhook(body))
 
 
+def quality_alert(action="rollback", **labels):
+    """An alert as rules.yml's churn-api.quality group fires it (ModelLiveQualityFailed, or the retrain warning)."""
+    name = "ModelLiveQualityFailed" if action == "rollback" else "ModelLiveQualityLow"
+    fired = alert(alertname=name, action=action, severity="critical" if action == "rollback" else "warning", **labels)
+    fired["annotations"]["summary"] = f"production: version {labels.get('version', '7')} failed its live quality"
+    return fired
+
+
+def test_a_live_quality_alert_rolls_back_exactly_as_the_other_rollback_alerts_do():
+    # given the quality alert beside a 5xx alert about the same version
+    decision = alerts.rollback_dispatches(webhook(quality_alert(), alert()))
+    # then both are rollback dispatches of that version, each keyed by what it means
+    assert [d.key for d in decision.dispatches] == [
+        "production/7/ModelLiveQualityFailed", "production/7/ChurnApiHigh5xxRatio",
+    ]  # fmt: skip
+    body = decision.dispatches[0].body()
+    assert body["event_type"] == "rollback" and body["client_payload"]["version"] == "7"
+    assert body["client_payload"]["reason"] == "ModelLiveQualityFailed: production: version 7 failed its live quality"
+    # and it is checked as they are: a version that is not ASCII digits, or no version, dispatches nothing
+    refused = alerts.rollback_dispatches(webhook(quality_alert(version="٣"), quality_alert(version=None)))
+    assert (
+        refused.dispatches == []
+        and refused.ignored
+        == [
+            "ModelLiveQualityFailed: no version label naming the version to roll back from",
+        ]
+        * 2
+    )
+
+
+def test_retrain_alerts_become_retrain_dispatches_keyed_by_environment_only_where_asked():
+    # given a retrain warning for version 7 and one for version 8, a rollback alert and a page
+    body = webhook(quality_alert("retrain"), quality_alert("retrain", version="8"), alert(), alert(action="page"))
+    # when the relay's rollback-only reading sees them: the retrains are not rollbacks
+    only_rollbacks = alerts.rollback_dispatches(body)
+    assert [d.event_type for d in only_rollbacks.dispatches] == ["rollback"]
+    assert only_rollbacks.ignored[:2] == ["ModelLiveQualityLow: not labelled action=rollback"] * 2
+    # when both are read: each retrain is a `retrain` dispatch whose key names the environment, not the version
+    decision = alerts.dispatches(body)
+    assert [(d.event_type, d.key) for d in decision.dispatches] == [
+        ("retrain", "production/retrain/ModelLiveQualityLow"),
+        ("retrain", "production/retrain/ModelLiveQualityLow"),
+        ("rollback", "production/7/ChurnApiHigh5xxRatio"),
+    ]
+    assert decision.ignored == ["ChurnApiHigh5xxRatio: not labelled action=rollback or action=retrain"]
+    retrain = decision.dispatches[0].body()
+    assert retrain == {
+        "event_type": "retrain",
+        "client_payload": {
+            "reason": "ModelLiveQualityLow: production: version 7 failed its live quality",
+            "version": "7",
+            "alert": {"alertname": "ModelLiveQualityLow", "environment": "production", "action": "retrain",
+                      "version": "7", "severity": "warning"},
+        },
+    }  # fmt: skip
+
+
+def test_retrain_alerts_pass_the_same_checks_as_rollbacks():
+    crafted = quality_alert("retrain", version="7; rm -rf /")
+    resolved = {**quality_alert("retrain"), "status": "resolved"}
+    crowded = quality_alert("retrain", **{f"l{i}": "x" for i in range(60)})
+    decision = alerts.dispatches(webhook(crafted, resolved, crowded))
+    assert decision.dispatches == [] and decision.ignored == [
+        "ModelLiveQualityLow: no version label naming the version to retrain for",
+        "ModelLiveQualityLow: resolved, not firing",
+        "ModelLiveQualityLow: 65 labels, more than 50",
+    ]
+    with pytest.raises(alerts.MalformedWebhook, match="more than 500"):
+        alerts.dispatches(webhook(*[quality_alert("retrain") for _ in range(501)]))
+
+
 class FakeGitHub:
     """httpx transport recording dispatches; answers `status` (GitHub: 204)."""
 
@@ -169,6 +240,22 @@ def test_the_relay_dispatches_each_version_once_a_window_and_retries_only_what_f
     assert failing.receive(body)[0] == 502  # tried again
     assert "ghp_secret_token" not in capsys.readouterr().err + json.dumps(answer)
     assert "ghp_secret_token" not in repr(failing.settings)
+
+
+def test_the_relay_dispatches_a_quality_alert_as_a_rollback_once_a_window():
+    # given the relay as Alertmanager's rollback route reaches it, and the quality alert about production's version
+    github = FakeGitHub()
+    the_relay = relay(github, clock=Clock())
+    body = json.dumps(webhook(quality_alert())).encode()
+    # when it is posted twice (Alertmanager's repeat)
+    first, again = the_relay.receive(body), the_relay.receive(body)
+    # then one rollback dispatch names the version and the reason; the repeat is already sent
+    assert first == (200, {"dispatched": [{"alert": "production/7/ModelLiveQualityFailed", "version": "7"}],
+                           "already_sent": [], "rate_limited": [], "failed": [], "ignored": []})  # fmt: skip
+    assert again[1]["already_sent"] == ["production/7/ModelLiveQualityFailed"]
+    [request] = github.requests
+    sent = json.loads(request.content)
+    assert sent["event_type"] == "rollback" and sent["client_payload"]["version"] == "7"
 
 
 def test_the_relay_hears_only_its_bearer_token():
