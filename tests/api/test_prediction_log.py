@@ -1,0 +1,277 @@
+"""The prediction log: ids on every answer, segments written off the request path, what a stop or a crash keeps.
+
+The API runs as a real uvicorn process (`serving`), the conftest's tiny model
+trained in the child, records carrying a customer id (ENTITY_ID_FIELD).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.holder import ModelHolder
+from api.log_layout import PREDICTION_SCHEMA
+from api.release.traffic import Target, Traffic
+from api.settings import Settings
+from pipeline.runtime.processes import free_port, stop, wait_for
+
+from ..conftest import ROOT
+from .test_canary import serving as rollout_serving
+
+SERVE = """
+import os, sys
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import uvicorn
+from api.app import create_app
+from api.holder import ModelHolder
+from api.http_protocol import PROTOCOL
+from api.settings import Settings
+from pipeline.core.churn_data import generate_churn
+from pipeline.core.config import DataParams, ModelParams
+from pipeline.core.data import prepare
+from pipeline.core.train import train
+from tests.api.conftest import make_model
+
+result = train(prepare(generate_churn(800, 3).astype(str), DataParams()), ModelParams(), test_size=0.25, seed=3)
+model = make_model(result)
+model.entity_field = "customerID"
+model.__post_init__()  # rebuilt with the customer field accepted
+app = create_app(ModelHolder(model=model), Settings.from_env())
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, http=PROTOCOL, log_level="warning")
+"""
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class Served:
+    """A real API process and its log folder."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process, self.url, self.log = process, url, log
+
+
+@contextlib.contextmanager
+def serving(log: str | Path, **env: str) -> Iterator[Served]:
+    """The tiny model served by `python -c SERVE` on a free port, logging to `log`; stopped (SIGTERM) at the end."""
+    port = free_port()
+    variables = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PREDICTION_LOG_URI": str(log),
+        "DECISION_CLIENT_BUDGET": "1000000",
+        **env,
+    }
+    process = subprocess.Popen([sys.executable, "-c", SERVE, str(port)], env=variables, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/ready", 120, process)
+        yield Served(process, url, Path(log))
+    finally:
+        if process.poll() is None:
+            stop(process)
+
+
+def customer_records(records: list[dict], prefix: str = "c") -> list[dict]:
+    return [{**record, "customerID": f"{prefix}{i}"} for i, record in enumerate(records)]
+
+
+def logged(folder: Path) -> pa.Table:
+    """Every prediction segment under `folder` (names ending .parquet, none a dot-name), in one table."""
+    paths = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+    tables = [pq.read_table(p) for p in paths]
+    return pa.concat_tables(tables) if tables else PREDICTION_SCHEMA.empty_table()
+
+
+def wait_logged(folder: Path, ids: set[str], within_s: float = 30) -> dict[str, dict]:
+    """The logged rows by prediction id once every one of `ids` is there."""
+    deadline = time.monotonic() + within_s
+    while True:
+        rows = {row["prediction_id"]: row for row in logged(folder).to_pylist()}
+        if ids <= rows.keys() or time.monotonic() > deadline:
+            assert ids <= rows.keys(), f"{len(ids - rows.keys())} ids never logged"
+            return rows
+        time.sleep(0.1)
+
+
+def metric(url: str, name: str) -> float:
+    found = re.search(rf"^{name} ([\d.e+]+)$", httpx.get(url + "/metrics").text, re.MULTILINE)
+    assert found, name
+    return float(found.group(1))
+
+
+def wait_metric(url: str, name: str, at_least: float, within_s: float = 30) -> float:
+    deadline = time.monotonic() + within_s
+    while (value := metric(url, name)) < at_least:
+        assert time.monotonic() < deadline, f"{name} stayed at {value}"
+        time.sleep(0.1)
+    return value
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Iterator[Served]:
+    """One replica logging to a folder, flushing often."""
+    with serving(tmp_path_factory.mktemp("log"), PREDICTION_LOG_FLUSH_S="0.2") as served:
+        yield served
+
+
+def test_every_answer_carries_ids_and_its_rows_are_logged_as_answered(api, records):
+    # given: records naming customers, a client request id, and one request without any
+    batch = customer_records(records[:3])
+    # when: /predict answers them
+    with httpx.Client(base_url=api.url) as http:
+        named = http.post("/predict", json={"records": batch}, headers={"X-Request-Id": "order-42:a.b_c"})
+        anonymous = http.post("/predict", json={"records": batch[:1]})
+    # then: each record's id is the request's id and its index, the request's id in the header
+    assert named.status_code == 200 and named.headers["X-Prediction-Id"] == "order-42:a.b_c"
+    body = named.json()
+    assert body["prediction_ids"] == ["order-42:a.b_c-0", "order-42:a.b_c-1", "order-42:a.b_c-2"]
+    assert set(body) == {"model_version", "predictions", "probabilities", "prediction_ids"}  # nothing else changed
+    assert HEX_ID.fullmatch(anonymous.headers["X-Prediction-Id"])
+    assert anonymous.json()["prediction_ids"] == [anonymous.headers["X-Prediction-Id"] + "-0"]
+    # and: each record's row holds the answer, its version, role, customer and the features it was given
+    rows = wait_logged(api.log, set(body["prediction_ids"]))
+    for i, pid in enumerate(body["prediction_ids"]):
+        row = rows[pid]
+        assert (row["version"], row["role"], row["model"]) == ("7", "production", "churn")
+        assert row["score"] == body["probabilities"][i] and row["label"] == body["predictions"][i]
+        assert row["entity_id"] == f"c{i}"
+        features = json.loads(row["features"])
+        assert features["tenure"] == batch[i]["tenure"] and features["Contract"] == batch[i]["Contract"]
+        assert row["time"].tzinfo is not None
+
+
+def test_a_bad_request_id_is_replaced_and_invocations_keep_mlflows_body(api, records):
+    # given: request ids that are too long or hold characters outside [A-Za-z0-9._:-]
+    with httpx.Client(base_url=api.url) as http:
+        for bad in ("x" * 101, "a b", "ü".encode(), "../x", ""):
+            # when: a record is sent with one
+            answer = http.post("/predict", json={"records": records[:1]}, headers={"X-Request-Id": bad})
+            # then: a random id answers instead
+            assert HEX_ID.fullmatch(answer.headers["X-Prediction-Id"]), bad
+        # when: /invocations answers MLflow's scoring protocol
+        invoked = http.post("/invocations", json={"dataframe_records": records[:2]}, headers={"X-Request-Id": "inv-1"})
+        refused = http.post("/predict", json={"records": [{"tenure": "many"}]})
+    # then: its body is MLflow's, the id only in the header, and its rows are logged as /predict's
+    assert invoked.json() == {"predictions": invoked.json()["predictions"]}
+    assert invoked.headers["X-Prediction-Id"] == "inv-1"
+    rows = wait_logged(api.log, {"inv-1-0", "inv-1-1"})
+    assert [rows[f"inv-1-{i}"]["label"] for i in range(2)] == invoked.json()["predictions"]
+    # and: a refused request has no id and nothing logged
+    assert refused.status_code == 422 and "X-Prediction-Id" not in refused.headers
+
+
+def test_sigterm_writes_every_answered_row_before_the_process_ends(tmp_path, records):
+    # given: a replica whose timer never flushes within the test
+    with serving(tmp_path, PREDICTION_LOG_FLUSH_S="3600") as api:
+        with httpx.Client(base_url=api.url) as http:
+            answers = [http.post("/predict", json={"records": records[: 1 + i % 3]}) for i in range(40)]
+        answered = [pid for answer in answers for pid in answer.json()["prediction_ids"]]
+        assert logged(tmp_path).num_rows == 0
+        # when: it is told to stop
+        api.process.send_signal(signal.SIGTERM)
+        assert api.process.wait(60) in (0, -signal.SIGTERM)  # uvicorn raises the signal again once shut down
+    # then: every answered row is in the log, once
+    ids = logged(tmp_path).column("prediction_id").to_pylist()
+    assert sorted(ids) == sorted(answered) and len(set(ids)) == len(ids)
+
+
+def test_sigkill_mid_traffic_loses_only_the_rows_answered_since_the_last_flush(tmp_path, records):
+    # given: a replica flushing every 0.3 s, one client sending one-record requests one after another
+    with serving(tmp_path, PREDICTION_LOG_FLUSH_S="0.3", PREDICTION_LOG_MAX_ROWS="100000") as api:
+        answered: list[str] = []
+        stopped = threading.Event()
+
+        def hammer() -> None:
+            with httpx.Client(base_url=api.url, timeout=5) as http:
+                while not stopped.is_set():
+                    try:
+                        answer = http.post("/predict", json={"records": records[:1]})
+                    except httpx.HTTPError:
+                        return
+                    answered.extend(answer.json()["prediction_ids"])
+
+        client = threading.Thread(target=hammer, daemon=True)
+        client.start()
+        try:
+            # when: segments have been written, and it is killed while traffic goes on
+            while logged(tmp_path).num_rows < 50:
+                assert client.is_alive()
+                time.sleep(0.05)
+            os.kill(api.process.pid, signal.SIGKILL)
+            api.process.wait(30)
+        finally:
+            stopped.set()
+            client.join(30)
+    # then: what is logged is exactly the answers up to a flush, each once; only the answers after it are lost
+    ids = logged(tmp_path).column("prediction_id").to_pylist()
+    assert len(set(ids)) == len(ids) and len(ids) >= 50
+    in_flight = set(ids) - set(answered)  # logged, flushed, and killed before its answer reached the client
+    assert len(in_flight) <= 1
+    flushed = len(ids) - len(in_flight)
+    assert set(answered[:flushed]) == set(ids) - in_flight  # one client: the flushed rows are the first answered
+    lost = answered[flushed:]
+    assert len(lost) <= 100_000  # and never more than PREDICTION_LOG_MAX_ROWS
+    print(f"answered {len(answered)}, logged {len(ids)}, lost {len(lost)} (answered since the last flush)")
+
+
+def test_a_failing_flush_fails_no_request_counts_keeps_up_to_the_bound_and_writes_them_later(tmp_path, records):
+    # given: a log whose predictions folder cannot be created (a file stands in its place: even root cannot write),
+    # and room for 5 rows
+    (tmp_path / "predictions").write_text("in the way")
+    with (
+        serving(tmp_path, PREDICTION_LOG_FLUSH_S="0.2", PREDICTION_LOG_MAX_ROWS="5") as api,
+        httpx.Client(base_url=api.url) as http,
+    ):
+        # when: 8 one-record requests are answered while flushes fail
+        answers = [http.post("/predict", json={"records": records[:1]}) for _ in range(8)]
+        # then: every request is answered, the failures counted, the rows past the bound dropped and counted
+        assert [a.status_code for a in answers] == [200] * 8
+        assert wait_metric(api.url, "prediction_log_flush_failures_total", 1) >= 1
+        assert metric(api.url, "prediction_log_dropped_total") == 3
+        assert metric(api.url, "prediction_log_written_total") == 0
+        # when: the folder can be written again
+        (tmp_path / "predictions").unlink()
+        # then: the 5 kept rows are written by a later flush
+        assert wait_metric(api.url, "prediction_log_written_total", 5) == 5
+    ids = sorted(logged(tmp_path / "predictions").column("prediction_id").to_pylist())
+    assert ids == sorted(a.json()["prediction_ids"][0] for a in answers[:5])
+
+
+def test_a_canary_answer_is_logged_in_the_canarys_role_and_version(trained, records, tmp_path):
+    # given: a rollout sending every customer to canary version 2 (in process: the side is what matters here)
+    holder, _ = rollout_serving(trained, Target("1", "2", Traffic("canary", "2", 100)))
+    app = create_app(holder, Settings(prediction_log_uri=str(tmp_path), decision_client_budget=1_000_000))
+    with TestClient(app) as client:
+        # when: a customer's record is answered
+        answer = client.post("/predict", json={"records": customer_records(records[:2], "k")})
+    # then (the lifespan's end flushed): its rows say canary, version 2
+    assert answer.json()["model_version"] == "2"
+    rows = {r["prediction_id"]: r for r in logged(tmp_path).to_pylist()}
+    assert {(r["role"], r["version"]) for r in rows.values()} == {("canary", "2")}
+    assert [rows[p]["score"] for p in answer.json()["prediction_ids"]] == answer.json()["probabilities"]
+
+
+def test_the_log_is_off_without_a_uri_yet_ids_are_given(trained, records, tmp_path):
+    # given: no PREDICTION_LOG_URI
+    from .conftest import make_model
+
+    with TestClient(create_app(ModelHolder(model=make_model(trained)), Settings())) as client:
+        # when: a record is answered
+        answer = client.post("/predict", json={"records": records[:1]}, headers={"X-Request-Id": "r1"})
+    # then: it still has its id
+    assert answer.json()["prediction_ids"] == ["r1-0"] and answer.headers["X-Prediction-Id"] == "r1"
