@@ -2,8 +2,10 @@
 
 Each answered request bumps a few counters of its version in place: how many
 records were predicted and how many positive, which bucket each probability
-falls in, and which training-profile bin each feature value falls in
-(api/model/drift.py). Nothing of the request outlives it (keeping requests for
+falls in, and which training-profile bin (api/model/drift.py) each feature
+value of at most SAMPLED_RECORDS of its records falls in, drawn at random in
+a larger batch (api/live_bins.py: what that keeps of the drift alerts'
+sensitivity, and why one batch may not weigh as its records). Nothing of the request outlives it (keeping requests for
 a later flush filled the garbage collector's old generations: full passes
 paused the service for hundreds of milliseconds). `flush`, every second and
 before each scrape, hands the counts to the Prometheus metrics.
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from api.live_bins import SAMPLED_RECORDS, ColumnBins, pick
 from api.metrics import SCORE_BUCKETS, ServiceMetrics
 from api.model.columns import Columns
 from api.model.loaded_model import LoadedModel
@@ -37,8 +40,14 @@ RETIRED_SERIES_KEPT = 2  # versions let go whose metric series are still exporte
 class VersionCounts:
     """The counts of one loaded version since the last flush; bumped under a lock (answers come from threads too)."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(
+        self, model: LoadedModel, sample: int = SAMPLED_RECORDS, rng: np.random.Generator | None = None
+    ) -> None:
+        if sample < 2:
+            raise ValueError(f"sample: a request's records whose values are binned must be at least 2, not {sample}")
         self.model = model
+        self.sample = sample
+        self.rng = rng if rng is not None else np.random.default_rng()  # fresh entropy: a forked scorer's own
         self.lock = threading.Lock()
         self.predictions = 0
         self.positives = 0
@@ -54,22 +63,37 @@ class VersionCounts:
             for b in model.drift_bins
             if b.edges is None
         ]
+        self._columns = [ColumnBins(b) for b in model.drift_bins]  # more than one record: whole columns at once
 
-    def add(self, columns: Columns, labels: Sequence[Any], probabilities: Sequence[float] | None) -> None:
-        """Count one answer: its records, positives, probabilities and each feature value's bin."""
+    def add(
+        self,
+        columns: Columns,
+        labels: Sequence[Any],
+        probabilities: Sequence[float] | None,
+        sizes: Sequence[int] | None = None,
+    ) -> None:
+        """Count answered records: how many, positives, probabilities, and their feature values' bins.
+
+        `sizes`: the requests these records are, in order (one request: `[len(labels)]`); of each, at most
+        `sample` records drawn at random have their values binned. None: every record's values are.
+        """
         positive = self.model.positive_label
         with self.lock:
             self.predictions += len(labels)
-            self.positives += sum(1 for label in labels if label == positive)
+            if isinstance(labels, list):
+                self.positives += labels.count(positive)
+            else:
+                self.positives += sum(1 for label in labels if label == positive)
             if probabilities is not None:
                 self._scores(probabilities)
             if len(labels) == 1:
                 self._one(columns)
                 return
-            for bins in self.model.drift_bins:
+            picked = None if sizes is None else pick(sizes, self.sample, self.rng)
+            for bins in self._columns:
                 values = columns.get(bins.name)
                 if values is not None:
-                    bins.observe(values)
+                    bins.count(values if picked is None else picked.of(values))
 
     def _one(self, columns: Columns) -> None:
         get = columns.get
@@ -122,8 +146,9 @@ class VersionCounts:
 class LiveStats:
     """Counts of served predictions, scores and feature values per version, flushed into the metrics."""
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, sample: int = SAMPLED_RECORDS, seed: int | None = None) -> None:
         self.metrics = metrics
+        self.sample, self.seed = sample, seed  # each version's draws: from `seed` when given (tests), else fresh
         self._versions: dict[str, VersionCounts] = {}
         self._retired: deque[str] = deque()  # versions let go, oldest first, whose series are still exported
         self._lock = threading.Lock()
@@ -138,15 +163,19 @@ class LiveStats:
             if found is None or found.model is not model:
                 if found is not None:
                     self._flush(found)
-                found = self._versions[model.version] = VersionCounts(model)
+                rng = np.random.default_rng(self.seed)
+                found = self._versions[model.version] = VersionCounts(model, self.sample, rng)
                 self._series(model)
         return found
 
     def record(
         self, model: LoadedModel, columns: Columns, labels: Sequence[Any], probabilities: Sequence[float] | None
     ) -> None:
-        """Count one answered request (probabilities None: /invocations, which answers labels only)."""
-        self.counts(model).add(columns, labels, probabilities)
+        """Count one answered request (probabilities None: /invocations, which answers labels only).
+
+        Its predictions, positives and scores all; its feature values of at most `sample` records (api/live_bins.py).
+        """
+        self.counts(model).add(columns, labels, probabilities, (len(labels),))
 
     def merge(self, model: LoadedModel, counted: Mapping[str, Any]) -> None:
         """Add counts of `model`'s answers made in another process (VersionCounts.merge)."""
