@@ -203,7 +203,7 @@ def compare_with_gate(
             verdict = "is below the floor, established" if failed else "reaches the floor"
             detail = f"{shown} {verdict} {threshold}"
         else:
-            bound = _drop_bound(point, upper, gate, live.confidence)
+            bound = drop_bound(point, upper, gate, live.confidence)
             failed = bound < threshold - TOLERANCE
             verdict = "a drop is established" if failed else "no drop established"
             detail = (
@@ -214,8 +214,11 @@ def compare_with_gate(
     return out
 
 
-def _drop_bound(point: float, upper: float, gate: GateFigure, confidence: float) -> float:
-    """The upper bound of live − gate: the two half-widths (the gate's rescaled to the same z) in quadrature."""
+def drop_bound(point: float, upper: float, gate: GateFigure, confidence: float) -> float:
+    """The upper bound of live − gate: the two half-widths (the gate's rescaled to the same z) in quadrature.
+
+    `point` and `upper`: the live estimate and its interval's upper bound at `confidence`.
+    """
     gate_width = 0.0
     if gate.interval is not None and gate.confidence is not None:
         gate_width = max(gate.value - gate.interval[0], 0.0) * _z(confidence) / _z(gate.confidence)

@@ -140,6 +140,29 @@ def _features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", action="store_true", help="build: add an older snapshot per customer")
 
 
+def _outcomes_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="FILE",
+        help="CSV or Parquet: prediction_id, or entity_id and observed_at; and outcome",
+    )
+
+
+def _since_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="T", help="only predictions made at or after T (ISO 8601; no zone: UTC)")
+
+
+def _quality_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", metavar="V", help="judge only this version (default: every logged version)")
+    _since_args(p)
+
+
+def _training_set_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="PATH", help="the CSV to write (shaped like data.path)")
+    _since_args(p)
+
+
 def _relay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9095, help="port (default 9095; 0: a free one)")
@@ -193,6 +216,12 @@ COMMANDS: tuple[Command, ...] = (
             lambda m, p, a: m.features_stage(p, a.action, config=a.config, full=a.full, end=a.end,
                                              snapshot=a.snapshot, history=a.history),
             _features_args),
+    Command("outcomes", "record a labels file in the prediction log (once), then join it and count what was used",
+            "outcomes", lambda m, p, a: m.outcomes_stage(p, a.labels), _outcomes_args),
+    Command("quality", "live quality per version from the labelled log; signed verdicts (exit 1 when one fails)",
+            "quality", lambda m, p, a: m.quality_stage(p, a.version, a.since), _quality_args),
+    Command("training-set", "write data.path plus the labelled prediction log as one training CSV", "outcomes",
+            lambda m, p, a: m.training_set_stage(p, a.out, a.since), _training_set_args),
     Command("alert-relay",
             "relay Alertmanager's action=rollback alerts (POST /alert) to GitHub as repository_dispatch `rollback`",
             "relay", lambda m, _, a: m.alert_relay_stage(a.host, a.port), _relay_args, takes_params=False),

@@ -86,3 +86,9 @@ CANARY_SIGNATURE = "canary.signature"
 ROLLOUT = "rollout"  # passed | aborted
 ROLLOUT_SIGNATURE = "rollout.signature"
 ROLLOUT_DETAIL = "rollout.detail"
+
+# Model version tags of the live quality verdict (`python -m pipeline quality`, from delayed outcomes)
+QUALITY = "quality"  # passed | failed | inconclusive
+QUALITY_SIGNATURE = "quality.signature"  # covers the verdict and QUALITY_FIGURES
+QUALITY_FIGURES = "quality.figures"  # JSON: when, labelled rows, each metric live with its interval and the gate's
+QUALITY_LOOKS = "quality.looks"  # how many times quality judged the version (its look budget's count)

@@ -2,7 +2,8 @@
 
 A verdict is signed (Ed25519) over model name, version, run id, artifact
 digest, verdict and git sha, plus what promote and publish trust beside it:
-the gate's baseline version and the smoke's image ID. With a verify key, only verdicts that verify
+the gate's baseline version and the smoke's image ID; a quality verdict also covers its
+figures (live metrics, intervals, labelled rows, the gate's figures). With a verify key, only verdicts that verify
 count; without one, the verdict tags are trusted and every surface says
 "unsigned". Keys come as PEM text, or as the path of a PEM file.
 """
@@ -13,6 +14,7 @@ import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -32,19 +34,24 @@ class BadKey(ValueError):
 class Verdict:
     """What a release signature covers: the version, its artifact digest and the verdict on it."""
 
-    kind: str  # gate | smoke | image
+    kind: str  # gate | smoke | image | rollout | quality
     model: str
     version: str  # "" for a run's gate verdict, before registration
     run_id: str
     artifact_digest: str
-    verdict: str  # passed | failed; for an image, the published REF@DIGEST
+    verdict: str  # passed | failed (quality: or inconclusive); for an image, the published REF@DIGEST
     git_sha: str
     baseline: str = ""  # gate: the production version it compared against (gate.baseline_version)
     image: str = ""  # smoke: the image ID it ran (smoke.image_digest), "" for a process
+    figures: str = ""  # quality: the figures behind the verdict (quality.figures, JSON), "" for the others
 
     def payload(self) -> bytes:
-        """The bytes signed and verified: every field, as compact JSON with sorted keys."""
-        return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":")).encode()
+        """The bytes signed and verified: every field, as compact JSON with sorted keys.
+
+        `figures` is left out when empty, so signatures made before it existed still verify.
+        """
+        fields = {k: v for k, v in self.__dict__.items() if k != "figures" or v}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
 # (kind, signature tag, verdict tag) of the verdicts a release carries, gate first.
@@ -173,3 +180,45 @@ def signature_state(
         if not verifies(verify_key, verdict, tags[tag]):
             return "invalid"
     return "verified"
+
+
+@dataclass(frozen=True)
+class QualityVerdict:
+    """A version's live quality verdict as its tags state it, and whether a key vouches for it."""
+
+    verdict: str  # passed | failed | inconclusive
+    figures: dict[str, Any]  # what quality.figures holds (pipeline/stages/quality.py writes it)
+    state: str  # verified | unsigned (no verify key: trusted, as every verdict is then)
+
+
+def quality_statement(
+    tags: dict[str, str], *, model: str, version: str, run_id: str, verdict: str, figures: str
+) -> Verdict:
+    """The statement a quality signature covers: the verdict and its figures, bound to the version's artifact."""
+    digest, sha = tags.get(contract.ARTIFACT_DIGEST, ""), tags.get(contract.GIT_SHA, "")
+    return Verdict("quality", model, version, run_id, digest, verdict, sha, figures=figures)
+
+
+def quality_verdict(
+    tags: dict[str, str], verify_key: Ed25519PublicKey | None, *, model: str, version: str, run_id: str
+) -> QualityVerdict | None:
+    """The version's quality verdict, or None: none recorded, unreadable, or (with a key) not signed by it.
+
+    With a verify key only a verdict that verifies counts (what /metrics may show); without one it is
+    returned as "unsigned".
+    """
+    verdict, text = tags.get(contract.QUALITY), tags.get(contract.QUALITY_FIGURES, "")
+    if verdict not in ("passed", "failed", "inconclusive"):
+        return None
+    try:
+        figures = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(figures, dict):
+        return None
+    if verify_key is None:
+        return QualityVerdict(verdict, figures, "unsigned")
+    statement = quality_statement(tags, model=model, version=version, run_id=run_id, verdict=verdict, figures=text)
+    if not verifies(verify_key, statement, tags.get(contract.QUALITY_SIGNATURE)):
+        return None
+    return QualityVerdict(verdict, figures, "verified")

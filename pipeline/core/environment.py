@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from api.release.verdicts import SIGNING_KEY_VAR, VERIFY_KEY_VAR
 
 GITHUB_API = "https://api.github.com"
+# The prediction log's root when PREDICTION_LOG_URI is unset (embedded mode): a folder of the working directory,
+# the project's, where `python -m api` runs with PREDICTION_LOG_URI=predictions-log writes it too.
+DEFAULT_PREDICTION_LOG = "predictions-log"
 MLFLOW_AUTH_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
@@ -65,6 +68,8 @@ class PipelineEnv:
     score_max_cell_bytes: str = ""  # SCORE_MAX_CELL_BYTES, as given (score checks it; empty: the default)
     score_max_batch_bytes: str = ""  # SCORE_MAX_BATCH_BYTES, as given
     feature_store_url: str = field(default="", repr=False)  # FEATURE_STORE_URL: the online store smoke's API reads
+    # PREDICTION_LOG_URI: the prediction log's root, a local folder or s3://BUCKET/PREFIX (unset: predictions-log/)
+    prediction_log_uri: str = field(default=DEFAULT_PREDICTION_LOG, repr=False)
     github: GitHubEnv = GitHubEnv()
     relay: RelayEnv = RelayEnv()
 
@@ -91,6 +96,7 @@ class PipelineEnv:
             score_max_cell_bytes=get("SCORE_MAX_CELL_BYTES", ""),
             score_max_batch_bytes=get("SCORE_MAX_BATCH_BYTES", ""),
             feature_store_url=get("FEATURE_STORE_URL", ""),
+            prediction_log_uri=get("PREDICTION_LOG_URI", "") or DEFAULT_PREDICTION_LOG,
             github=GitHubEnv(
                 actions=get("GITHUB_ACTIONS") == "true",
                 output=get("GITHUB_OUTPUT", ""),

@@ -83,7 +83,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         path, value = parse_override(text)
         node = merged
         for i, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
+            if node.get(part) is None:  # missing or null (a rule that is off): --set a.b.c=V turns it on
+                node[part] = {}
+            child = node[part]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {text}: {'.'.join(path[: i + 1])} is not a section")
             node = child

@@ -110,6 +110,32 @@ class StepRules(Section):
     refused: RateRule | None = RateRule(tolerated=0.001, effect=0.01)  # records production accepts
 
 
+class QualityRule(Section):
+    """A rule on a version's signed live quality verdict (`python -m pipeline quality`), judged on its figures.
+
+    Fails when the verdict rests on at least `min_labelled` labelled predictions and a drop of more than
+    `max_drop` below the gate's figure is established: the upper bound of (live - gate), the live interval
+    and the gate's combined (gates/live_quality.py), lies below -max_drop. Fewer rows, or no verdict: not judged.
+    """
+
+    min_labelled: Annotated[int, Field(gt=0)] = 200
+    max_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+
+class OutcomesParams(Section):
+    """Delayed outcomes and live quality: `outcomes` joins labels to the prediction log, `quality` judges versions."""
+
+    horizon_days: Annotated[float, Field(gt=0)] = 30  # an outcome by customer labels predictions this long before it
+    min_labelled: Annotated[int, Field(gt=0)] = 200  # fewer labelled predictions of a version: inconclusive
+    # A gated metric (gates.metrics) whose live value is below the version's gate figure by more than this,
+    # established on the intervals, fails quality (null: only the floors gates.metrics.*.min are held live).
+    max_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.05
+    # The chance that quality ever fails a version whose live quality is in fact acceptable, over its first
+    # `max_looks` looks (each `quality` run is a look; later looks are inconclusive: reset by a new version).
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    max_looks: Annotated[int, Field(gt=0, le=10_000)] = 30
+
+
 class BakeRules(Section):
     """After promotion, `watch` judges production for `duration_s`; a rule that fails rolls it back.
 
@@ -121,6 +147,7 @@ class BakeRules(Section):
     poll_s: Seconds = 10
     errors: RateRule | None = RateRule(tolerated=0.002, effect=0.02)
     slow: SlowRule | None = SlowRule(tolerated=0.01, effect=0.04)
+    quality: QualityRule | None = None  # production's signed quality verdict; failing it rolls back (null: off)
 
 
 class RolloutParams(Section):
@@ -136,6 +163,8 @@ class RolloutParams(Section):
     step_rules: StepRules = StepRules()
     bake: BakeRules = BakeRules()
     phase_timeout_s: Seconds = 600  # a phase that has not seen its requests by then aborts the rollout
+    quality: QualityRule | None = None  # the candidate's signed quality verdict; failing it: not promoted (null: off)
+    outcomes: OutcomesParams = OutcomesParams()
     poll_s: Seconds = 2  # how often live metrics are read during a phase
 
     @field_validator("canary_alias")

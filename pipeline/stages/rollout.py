@@ -10,6 +10,13 @@ answers nothing again, its alias is removed, the ledger records the end of
 the rollout (replicas refuse its states from then on), the version says why,
 and production never moved. watch judges the bake rules after a
 promotion and rolls back through rollback when one fails.
+
+With `rollout.quality` (`rollout.bake.quality`) set, the candidate's
+(production's) signed live quality verdict (`python -m pipeline quality`) is
+held to that rule: rollout refuses to promote a candidate whose verdict shows
+an established drop below its gate figure (checked before it starts and again
+before it promotes), watch rolls production back at the start of the bake.
+No verdict, one that does not verify, or too few labelled rows: not judged.
 """
 
 from __future__ import annotations
@@ -25,18 +32,21 @@ from mlflow.entities.model_registry import ModelVersion
 
 from api.release import contract
 from api.release.traffic import Rollout, Traffic
+from api.release.verdicts import quality_verdict
 from gates.live_decisions import Look, phase_outcome
 from gates.live_rules import Snapshot, window
 from gates.release_policy import check_promotion
 from gates.rollout_report import Phase, RolloutReport
+from gates.rules import RuleResult
 from pipeline.ci import github
 from pipeline.ci.progress import say, stage
 from pipeline.core.config import Params
 from pipeline.core.environment import GitHubEnv
 from pipeline.core.errors import CheckFailed, ConfigError
+from pipeline.core.quality_rules import RecordedCheck, judge_recorded
 from pipeline.core.release_keys import sign
 from pipeline.core.release_rules import BakeJudge, RolloutJudge
-from pipeline.core.rollout_params import RolloutParams
+from pipeline.core.rollout_params import QualityRule, RolloutParams
 from pipeline.runtime.live_metrics import MetricsSource, metrics_source
 from pipeline.stages.context import Context
 from pipeline.stages.release import promote_stage, rollback_stage, rolled_back_from
@@ -72,6 +82,12 @@ def rollout_stage(params: Params, version: str, api_urls: Sequence[str]) -> str:
     _, refusal = ctx.release_refusal(mv)
     if refusal:
         raise CheckFailed(f"version {version} refused: {refusal}; nothing rolled out")
+    if params.rollout.quality is not None:
+        check = quality_check(ctx, version, params.rollout.quality)
+        say(f"  live quality of {version}: {check.outcome}: {check.detail}")
+        if check.failed:
+            raise CheckFailed(f"version {version} refused: its live quality failed rollout.quality ({check.detail}); "
+                              "nothing rolled out")  # fmt: skip
     if production is None:  # nothing serves yet: nothing to shadow or split traffic with
         say("  production points at nothing: no live traffic to judge the version on; promoting it")
         promote_stage(params, version)
@@ -83,6 +99,10 @@ def rollout_stage(params: Params, version: str, api_urls: Sequence[str]) -> str:
     with stage("rollout", f"version {version} against production {production}: {plan}"):
         try:
             _run(ctx, source, report, version, production)
+            if params.rollout.quality is not None:  # a quality verdict recorded during the rollout counts too
+                check = quality_check(ctx, version, params.rollout.quality)
+                if check.failed:
+                    raise Aborted(f"live quality failed rollout.quality: {check.detail}")
             promote_stage(params, version)
             report.verdict = "passed"
         except (Aborted, CheckFailed) as exc:
@@ -98,6 +118,15 @@ def rollout_stage(params: Params, version: str, api_urls: Sequence[str]) -> str:
         where = f"production is still {production}" if now == production else f"production is {now or 'nothing'}"
         raise CheckFailed(f"rollout of version {version} aborted: {report.reason}; {where}, the rollout moved nothing")
     return version
+
+
+def quality_check(ctx: Context, version: str, rule: QualityRule) -> RecordedCheck:
+    """`rule` held to the version's quality verdict: only one that verifies counts when a verify key is set."""
+    mv = ctx.version(version)
+    found = quality_verdict(mv.tags, ctx.verify_key, model=ctx.model, version=version, run_id=str(mv.run_id))
+    if found is None and contract.QUALITY in mv.tags:
+        return RecordedCheck("inconclusive", "its quality verdict does not verify against the release key: ignored")
+    return judge_recorded(None if found is None else found.figures, rule)
 
 
 def state_lifetime_s(settings: RolloutParams) -> float:
@@ -241,11 +270,15 @@ def watch_stage(params: Params, api_urls: Sequence[str]) -> str:
     rolled back by one bake with probability at most `rollout.alpha`.
     """
     ctx = Context.open(params)
-    source = metrics_source(api_urls, ctx.env.prometheus_vars())
     bake = params.rollout.bake
+    if bake.quality is None:
+        source = metrics_source(api_urls, ctx.env.prometheus_vars())
     production = alias_moves.alias_version(ctx.client, ctx.model, ctx.registry.production_alias)
     if production is None:
         raise ConfigError(f"@{ctx.registry.production_alias} points at nothing: there is nothing to watch")
+    if bake.quality is not None:  # judged first: a failed verdict rolls back without waiting for live metrics
+        _watch_quality(ctx, production, bake.quality)
+        source = metrics_source(api_urls, ctx.env.prometheus_vars())
     judge = BakeJudge(params.rollout, production)
     report = RolloutReport("watch", ctx.model, production, production, source.describe())
     phase = Phase("bake", "bake", 100)
@@ -279,3 +312,20 @@ def watch_stage(params: Params, api_urls: Sequence[str]) -> str:
         to = rollback_stage(params, f"watch: {report.reason} on version {production}")
         raise CheckFailed(f"version {production} failed its bake ({report.reason}); production rolled back to {to}")
     return report.verdict
+
+
+def _watch_quality(ctx: Context, production: str, rule: QualityRule) -> None:
+    """Production's quality verdict against `rollout.bake.quality`: a failure rolls back (CheckFailed, exit 1)."""
+    check = quality_check(ctx, production, rule)
+    say(f"  live quality of {production}: {check.outcome}: {check.detail}")
+    if not check.failed:
+        return
+    report = RolloutReport("watch", ctx.model, production, production, "the version's signed quality verdict")
+    phase = Phase("quality", "bake", 100, judged=True)
+    phase.rules = [RuleResult("quality", "live_quality", -rule.max_drop, None, False, check.detail)]
+    report.phases.append(phase)
+    report.verdict, report.reason = "rolled back", f"quality: {check.detail}"
+    _write(report, ctx.env.github)
+    to = rollback_stage(ctx.params, f"watch: live quality: {check.detail} on version {production}")
+    raise CheckFailed(f"version {production} failed rollout.bake.quality ({check.detail}); production rolled back "
+                      f"to {to}")  # fmt: skip

@@ -1,0 +1,160 @@
+"""Delayed outcomes end to end: a prediction log as the API writes it, labels fed by file, live quality, watch.
+
+Real components: signed releases 1 and 2 in a sqlite MLflow registry (the shared snapshots), prediction
+segments written with pyarrow in PREDICTION_LOG_URI's layout and schema, the CLI in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from api.log_layout import PREDICTION_SCHEMA
+from api.release import contract
+from api.release.verdicts import load_verify_key, quality_verdict
+
+MODEL = "churn-classifier"
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+CUSTOMERS = 400
+
+
+@pytest.fixture
+def signed(project, releases, monkeypatch):
+    """Signed releases 1 and 2 (production 2), both keys set, the log in project/log."""
+    releases.restore(project, versions=2, signed=True)
+    monkeypatch.setenv("RELEASE_SIGNING_KEY", str(project / "keys" / "release.key"))
+    monkeypatch.setenv("RELEASE_VERIFY_KEY", str(project / "keys" / "release.pub"))
+    monkeypatch.setenv("PREDICTION_LOG_URI", str(project / "log"))
+    return project
+
+
+def write_segment(project, version: str, role: str, rows: pd.DataFrame, wrong: bool) -> None:
+    """One flush of answers for `rows` of the data, as the API logs them; `wrong`: every label the opposite."""
+    truth = rows["Churn"] == "Yes"
+    says_yes = ~truth if wrong else truth
+    features = rows.drop(columns=["Churn"])
+    table = pa.Table.from_pydict(
+        {
+            "time": [T0 + timedelta(minutes=i) for i in range(len(rows))],
+            "prediction_id": [f"{role}-{version}-{c}" for c in rows["customerID"]],
+            "entity_id": list(rows["customerID"]),
+            "model": [MODEL] * len(rows),
+            "version": [version] * len(rows),
+            "role": [role] * len(rows),
+            "score": [0.9 if yes else 0.1 for yes in says_yes],
+            "label": ["Yes" if yes else "No" for yes in says_yes],
+            "features": [json.dumps(record) for record in features.to_dict("records")],
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+    folder = project / "log" / "predictions" / MODEL / T0.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / f"120000.000000-test-{version}-{role}.parquet")
+
+
+def labels_file(project, rows: pd.DataFrame) -> str:
+    """Outcomes for the customers: half by prediction id, half by customer; then 5 repeats, 3 conflicts, 2 unknown."""
+    half = len(rows) // 2
+    by_id = pd.DataFrame({"prediction_id": [f"production-2-{c}" for c in rows["customerID"][:half]],
+                          "outcome": list(rows["Churn"][:half])})  # fmt: skip
+    by_customer = pd.DataFrame({
+        "entity_id": list(rows["customerID"][half:]),
+        "observed_at": [(T0 + timedelta(days=10)).isoformat()] * (len(rows) - half),
+        "outcome": list(rows["Churn"][half:]),
+    })  # fmt: skip
+    repeats = by_id.iloc[:5]
+    conflicts = by_id.iloc[5:8].assign(outcome=lambda f: f["outcome"].map({"Yes": "No", "No": "Yes"}))
+    unknown = pd.DataFrame({"prediction_id": ["ghost-1", "ghost-2"], "outcome": ["Yes", "No"]})
+    path = project / "labels.csv"
+    pd.concat([by_id, by_customer, repeats, conflicts, unknown], ignore_index=True).to_csv(path, index=False)
+    return str(path)
+
+
+def test_labels_fed_twice_then_a_degraded_version_fails_quality_signed_and_watch_rolls_it_back(signed, cli):
+    # given: production v2's answers for 400 customers, every one wrong, and the customers' outcomes in a file
+    data = pd.read_csv(signed / "data" / "churn.csv", dtype=str, keep_default_na=False).iloc[:CUSTOMERS]
+    write_segment(signed, "2", "production", data, wrong=True)
+    labels = labels_file(signed, data)
+    # when: the file is fed twice
+    assert cli("outcomes", "--labels", labels) == 0, cli.err
+    first = cli.out
+    assert cli("outcomes", "--labels", labels) == 0, cli.err
+    # then: one label segment; the second feed wrote nothing and the join counts the same
+    assert "recorded as labels/" in first and "already recorded" in cli.out
+    assert len(list((signed / "log" / "labels").glob("*.parquet"))) == 1
+    assert first.splitlines()[1:] == cli.out.splitlines()[1:]
+    # each conflict leaves its prediction unlabelled: both the first outcome and the contradicting one are unused
+    assert "not used, duplicate: 5" in cli.out and "not used, conflicting: 6" in cli.out
+    assert "not used, unknown id: 2" in cli.out and "predictions left unlabelled by conflicting outcomes: 3" in cli.out
+    assert f"labelling {CUSTOMERS - 3} predictions" in cli.out
+
+    # when: live quality is judged
+    assert cli("quality") == 1
+    assert "live quality failed for v2" in cli.err
+    # then: v2's verdict is failed, its figures signed and verified, and the reports are written
+    mv = MlflowClient().get_model_version(MODEL, "2")
+    assert mv.tags[contract.QUALITY] == "failed" and mv.tags[contract.QUALITY_LOOKS] == "1"
+    key = load_verify_key(str(signed / "keys" / "release.pub"))
+    found = quality_verdict(mv.tags, key, model=MODEL, version="2", run_id=str(mv.run_id))
+    assert found is not None and found.state == "verified" and found.verdict == "failed"
+    assert found.figures["labelled"] == CUSTOMERS - 3 and found.figures["metrics"]["f1"]["live"] == 0.0
+    assert found.figures["metrics"]["f1"]["gate"] > 0.5
+    report = json.loads((signed / "reports" / "quality.json").read_text())
+    assert report["versions"]["2"]["verdict"] == "failed" and report["join"]["not_used_duplicate"] == 5
+    assert "❌ failed" in (signed / "reports" / "quality.md").read_text()
+    # and a figure changed by hand no longer verifies: the verdict is not read
+    tampered = {
+        **mv.tags,
+        contract.QUALITY_FIGURES: mv.tags[contract.QUALITY_FIGURES].replace('"labelled":397', '"labelled":9'),
+    }
+    assert quality_verdict(tampered, key, model=MODEL, version="2", run_id=str(mv.run_id)) is None
+
+    # when: the bake watches production with a quality rule
+    assert cli("watch", "--set", "rollout.bake.quality.max_drop=0.05") == 1
+    # then: production is rolled back to v1, saying why
+    assert "failed rollout.bake.quality" in cli.err and "rolled back to 1" in cli.err
+    assert str(MlflowClient().get_registered_model(MODEL).aliases["production"]) == "1"
+    assert json.loads((signed / "reports" / "watch.json").read_text())["verdict"] == "rolled back"
+
+
+def test_too_few_labels_is_inconclusive_and_the_labelled_rows_become_training_rows(signed, cli):
+    # given: 60 of production's answers (right), 40 of a shadow's, all labelled by customer
+    data = pd.read_csv(signed / "data" / "churn.csv", dtype=str, keep_default_na=False).iloc[:60]
+    write_segment(signed, "2", "production", data, wrong=False)
+    write_segment(signed, "1", "shadow", data.iloc[:40], wrong=False)
+    outcomes = pd.DataFrame({"entity_id": data["customerID"], "observed_at": (T0 + timedelta(days=1)).isoformat(),
+                             "outcome": data["Churn"]})  # fmt: skip
+    outcomes.to_parquet(signed / "labels.parquet")
+    assert cli("outcomes", "--labels", str(signed / "labels.parquet")) == 0, cli.err
+    assert "labelling 100 predictions" in cli.out
+    # when: quality runs with the default 200 labelled rows needed
+    assert cli("quality") == 0, cli.err
+    # then: both versions are inconclusive and say why; nothing fails
+    assert cli.out.strip() == "v1 inconclusive, v2 inconclusive"
+    report = json.loads((signed / "reports" / "quality.json").read_text())
+    assert "not enough labelled rows (60 of the 200" in report["versions"]["2"]["reason"]
+    assert report["versions"]["1"]["paired"]["with"] == "2" and report["versions"]["1"]["paired"]["pairs"] == 40
+    # when: the training set is built from the base data and the log
+    assert cli("training-set", "--out", str(signed / "build" / "train.csv")) == 0, cli.err
+    # then: the 60 production rows are appended in the data's shape; the shadow's copies are counted, not added
+    built = pd.read_csv(signed / "build" / "train.csv", dtype=str, keep_default_na=False)
+    base = pd.read_csv(signed / "data" / "churn.csv", dtype=str, keep_default_na=False)
+    assert list(built.columns) == list(base.columns) and len(built) == len(base) + 60
+    pd.testing.assert_frame_equal(built.iloc[len(base) :].reset_index(drop=True), data.reset_index(drop=True))
+    assert "60 from the labelled prediction log" in cli.out and "skipped 40 shadow answers" in cli.out
+
+
+def test_a_labels_file_without_an_outcome_column_is_refused_naming_it(signed, cli):
+    (signed / "bad.csv").write_text("prediction_id,result\np1,Yes\n")
+    assert cli("outcomes", "--labels", str(signed / "bad.csv")) == 2
+    assert "no outcome column" in cli.err
+    (signed / "bad2.csv").write_text("entity_id,outcome,observed_at\nc1,Yes,not a time\n")
+    assert cli("outcomes", "--labels", str(signed / "bad2.csv")) == 2
+    assert "column observed_at must hold ISO 8601 times" in cli.err
+    assert not (signed / "log" / "labels").exists()
