@@ -116,9 +116,10 @@ def rollout_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list
     """Every rollout threshold that differs between the base params' `rollout` and these, loosened first.
 
     By name: `max_*` and a rule's tolerance, effect, minimum rate and slow threshold are allowances (higher
-    is looser: more is let through, or only larger harm is caught); `min_*`, `power` and a bake's
-    `duration_s` are floors (higher is tighter: more evidence before a verdict);
-    anything else that differs (the alias, shares, the canary weights) is shown as changed.
+    is looser: more is let through, or only larger harm is caught); `min_*` (e.g. the quality rules'
+    `min_labelled`), `power` and a bake's `duration_s` are floors (higher is tighter: more evidence before a
+    verdict); a rule turned on from null tightens, turned off loosens; anything else that differs (the alias,
+    shares, the canary weights, the outcomes' horizon, α and look count) is shown as changed.
     """
     changes: list[PolicyChange | None] = []
     _walk("rollout", base, current, changes)
@@ -127,7 +128,23 @@ def rollout_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list
     return sorted(found, key=lambda c: order[c.direction])
 
 
+# Rollout keys named like an allowance that are none: more looks spread α thinner but watch longer (changed).
+NEITHER = frozenset({"max_looks"})
+
+
+def _settings(rule: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in rule.items())
+
+
 def _walk(key: str, before: Any, after: Any, changes: list[PolicyChange | None]) -> None:
+    rule = f"rollout's {key.removeprefix('rollout.').replace('.', ' ').replace('_', ' ')} rule"
+    if before is None and isinstance(after, Mapping):  # a rule that was off (null) is on
+        changes.append(PolicyChange(key, None, dict(after), TIGHTENED, f"turns on the {rule} ({_settings(after)})"))
+        return
+    if isinstance(before, Mapping) and after is None:
+        message = f"turns off the {rule} (was {_settings(before)})"
+        changes.append(PolicyChange(key, dict(before), None, LOOSENED, message))
+        return
     if isinstance(before, Mapping) and isinstance(after, Mapping):
         for name in sorted(set(before) | set(after), key=lambda n: list(after).index(n) if n in after else 1e9):
             _walk(f"{key}.{name}", before.get(name), after.get(name), changes)
@@ -145,7 +162,7 @@ def _walk(key: str, before: Any, after: Any, changes: list[PolicyChange | None])
         return
     name = key.rsplit(".", 1)[-1]
     what = f"{key.removeprefix('rollout.').replace('.', ' ').replace('_', ' ')}"
-    if name.startswith("max_") or name in ALLOWANCES:
+    if (name.startswith("max_") and name not in NEITHER) or name in ALLOWANCES:
         changes.append(_threshold(key, f"rollout's {what}", before, after, floor=False))
     elif name.startswith("min_") or name in ("duration_s", "power"):
         changes.append(_threshold(key, f"rollout's {what}", before, after, floor=True))
