@@ -21,6 +21,7 @@ from gates.outcomes import REASONS, JoinResult, join
 from pipeline.ci import github
 from pipeline.ci.progress import say
 from pipeline.core.config import Params
+from pipeline.core.environment import PipelineEnv
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.quality_rules import training_rows
 from pipeline.stages.context import Context
@@ -98,12 +99,12 @@ def model_classes(ctx: Context) -> Classes:
     return Classes(positive, negative, f"version {version}'s {contract.FEATURE_SCHEMA} and test set")
 
 
-def join_log(ctx: Context, log: PredictionLog, classes: Classes, since: datetime | None = None) -> LogJoin:
+def join_log(params: Params, log: PredictionLog, classes: Classes, since: datetime | None = None) -> LogJoin:
     """Every label segment joined to the model's logged predictions (made at or after `since` when given)."""
-    predictions = log.predictions(ctx.model, since)
+    predictions = log.predictions(params.registry.model_name, since)
     repeated = predictions["prediction_id"].duplicated(keep=False) | predictions["prediction_id"].isna()
     labels = log.labels()
-    horizon = timedelta(days=ctx.params.rollout.outcomes.horizon_days)
+    horizon = timedelta(days=params.rollout.outcomes.horizon_days)
     result = join(predictions[~repeated], labels, horizon, classes.positive, classes.negative)
     return LogJoin(predictions[~repeated].reset_index(drop=True), len(labels), int(repeated.sum()), result)
 
@@ -142,7 +143,7 @@ def outcomes_stage(params: Params, labels: str) -> str:
     else:
         head = f"labels: {path.name} already recorded (labels/{name}): nothing new written"
     classes = model_classes(ctx)
-    joined = join_log(ctx, log, classes)
+    joined = join_log(params, log, classes)
     lines = [head, *describe_join(joined), f"classes: {classes.positive!r} positive, from {classes.source}"]
     github.write_summary("### Outcomes\n\n```\n" + "\n".join(lines) + "\n```", ctx.env.github)
     return "\n".join(lines)
@@ -167,8 +168,8 @@ def training_set_stage(params: Params, out: str, since: str | None) -> str:
             "service (point in time): add the labelled entities to feature_store.entities instead"
         )
     start = parse_since(since)
-    ctx = Context.open(params)
-    log = PredictionLog.open(ctx.env.prediction_log_uri)
+    env = PipelineEnv.read()  # the log and the data alone: no tracking store
+    log = PredictionLog.open(env.prediction_log_uri)
     base = _base_data(params)
     target = params.data.target
     positive = params.data.positive_label
@@ -176,7 +177,7 @@ def training_set_stage(params: Params, out: str, since: str | None) -> str:
     if len(others) != 1:
         raise DataError(f"data.path's target {target!r} must have {positive!r} and one other class, has {others}")
     classes = Classes(positive, others[0], "params data")
-    joined = join_log(ctx, log, classes, start)
+    joined = join_log(params, log, classes, start)
     features = dict(zip(joined.predictions["prediction_id"], joined.predictions["features"], strict=True))
     found = training_rows(joined.result.labelled, features, list(base.columns), target, (positive, others[0]),
                           params.data.id_column)  # fmt: skip

@@ -54,7 +54,7 @@ def quality_stage(params: Params, version: str | None, since: str | None) -> str
     classes = model_classes(ctx)
     at = datetime.now(UTC).isoformat(timespec="seconds")
     with stage("quality", f"live quality of {('version ' + version) if version else 'every logged version'}"):
-        joined = join_log(ctx, log, classes, start)
+        joined = join_log(params, log, classes, start)
         for line in describe_join(joined):
             say(f"  {line}")
         report = QualityReport(ctx.model, at, start.isoformat() if start else None, "", joined.counts())
@@ -97,9 +97,10 @@ def _judge(ctx: Context, joined: LogJoin, version: str, report: QualityReport) -
     floors = {m: gated[m].min for m in metrics}
     gate = gate_figures(stored_json(ctx.client, str(mv.run_id), contract.GATE_REPORT), metrics)
     budget = LookBudget(outcomes.alpha, outcomes.max_looks, rule_count(metrics, floors, gate, outcomes.max_drop))
-    look = _looks(mv) + 1
     samples, seed = ctx.params.gates.bootstrap_samples, ctx.params.data.seed
     live = quality(rows, metrics, samples, budget.confidence, seed)
+    # A look spends budget only when it can judge: with too few labelled rows it is not counted.
+    look = _looks(mv) + 1 if live.rows >= outcomes.min_labelled else max(_looks(mv), 1)
     judged = judge_version(version, roles, live, gate, floors, outcomes.max_drop, budget, look, outcomes.min_labelled)
     production = alias_moves.alias_version(ctx.client, ctx.model, ctx.registry.production_alias)
     if production is not None and production != version and set(roles) & set(PAIRED_ROLES):
@@ -122,7 +123,8 @@ def _record(ctx: Context, judged: VersionQuality, at: str, since: str | None) ->
     """The verdict and its figures on the version, signed when a key is set; the look counted."""
     mv = ctx.version(judged.version)
     figures = json.dumps(judged.figures(at, since), sort_keys=True, separators=(",", ":"))
-    tags = {contract.QUALITY_LOOKS: str(judged.look), contract.QUALITY_FIGURES: figures}
+    counted = judged.live.rows >= ctx.params.rollout.outcomes.min_labelled
+    tags = {contract.QUALITY_LOOKS: str(judged.look if counted else _looks(mv)), contract.QUALITY_FIGURES: figures}
     if ctx.signing_key is not None:
         statement = quality_statement(mv.tags, model=ctx.model, version=judged.version, run_id=str(mv.run_id),
                                       verdict=judged.verdict, figures=figures)  # fmt: skip

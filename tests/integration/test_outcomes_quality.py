@@ -19,6 +19,8 @@ from api.log_layout import PREDICTION_SCHEMA
 from api.release import contract
 from api.release.verdicts import load_verify_key, quality_verdict
 
+from .candidate import restore_smoked_candidate
+
 MODEL = "churn-classifier"
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 CUSTOMERS = 400
@@ -158,3 +160,30 @@ def test_a_labels_file_without_an_outcome_column_is_refused_naming_it(signed, cl
     assert cli("outcomes", "--labels", str(signed / "bad2.csv")) == 2
     assert "column observed_at must hold ISO 8601 times" in cli.err
     assert not (signed / "log" / "labels").exists()
+
+
+def test_rollout_refuses_a_candidate_whose_quality_verdict_failed(project, cli, releases, monkeypatch):
+    # given: 1 and 2 released, 3 a smoked candidate whose canary answers were all wrong, labelled by customer
+    restore_smoked_candidate(releases, project)
+    monkeypatch.setenv("PREDICTION_LOG_URI", str(project / "log"))
+    data = pd.read_csv(project / "data" / "churn.csv", dtype=str, keep_default_na=False).iloc[:CUSTOMERS]
+    write_segment(project, "3", "canary", data, wrong=True)
+    write_segment(project, "2", "production", data, wrong=False)
+    outcomes = pd.DataFrame({"entity_id": data["customerID"], "observed_at": (T0 + timedelta(days=3)).isoformat(),
+                             "outcome": data["Churn"]})  # fmt: skip
+    outcomes.to_csv(project / "labels.csv", index=False)
+    assert cli("outcomes", "--labels", str(project / "labels.csv")) == 0, cli.err
+    assert cli("quality", "--version", "3") == 1
+    # then: the canary is paired with production on the same customers in the report
+    paired = json.loads((project / "reports" / "quality.json").read_text())["versions"]["3"]["paired"]
+    assert paired["with"] == "2" and paired["pairs"] == CUSTOMERS and paired["delta"]["f1"] < -0.5
+    # when: the rollout holds candidates to a quality rule
+    assert cli("rollout", "--version", "3", "--api-url", "http://127.0.0.1:9",
+               "--set", "rollout.quality={min_labelled: 200, max_drop: 0.05}") == 1  # fmt: skip
+    # then: it is refused before any traffic moves; production is still 2
+    assert "version 3 refused: its live quality failed rollout.quality" in cli.err
+    assert str(MlflowClient().get_registered_model(MODEL).aliases["production"]) == "2"
+    # and without the rule, the verdict is not held against it (existing behaviour: the rollout goes on to need
+    # live traffic, which nothing serves here)
+    assert cli("rollout", "--version", "3", "--api-url", "http://127.0.0.1:9") != 0
+    assert "live quality" not in cli.err
