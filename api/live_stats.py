@@ -5,9 +5,10 @@ records were predicted and how many positive, which bucket each probability
 falls in, and which training-profile bin (api/model/drift.py) each feature
 value of at most SAMPLED_RECORDS of its records falls in, drawn at random in
 a larger batch (api/live_bins.py: what that keeps of the drift alerts'
-sensitivity, and why one batch may not weigh as its records). Nothing of the request outlives it (keeping requests for
-a later flush filled the garbage collector's old generations: full passes
-paused the service for hundreds of milliseconds). `flush`, every second and
+sensitivity, and why one batch may not weigh as its records). Nothing of the
+request outlives it (keeping requests for a later flush filled the garbage
+collector's old generations: full passes paused the service for hundreds of
+milliseconds). `flush`, every second and
 before each scrape, hands the counts to the Prometheus metrics.
 
 A version no longer serving is let go at the first flush that finds nothing
