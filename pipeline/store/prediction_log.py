@@ -10,8 +10,6 @@ one object and the second feed writes nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from api.log_layout import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, filesystem
+from api.log_layout import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, filesystem, label_digest, label_segment
 from pipeline.core.errors import ConfigError, DataError
 
 ID_COLUMNS = ("prediction_id", "entity_id")
@@ -104,13 +102,9 @@ class PredictionLog:
         """Every label segment's rows (LABEL_SCHEMA's columns): file feeds and POST /outcomes alike."""
         return self._read(self._segments(f"{self.base}/{LABELS}"), LABEL_SCHEMA)
 
-    def label_segment(self, digest: str) -> str:
-        """Where the labels with this canonical digest live."""
-        return f"{self.base}/{LABELS}/{digest}.parquet"
-
     def write_labels(self, table: pa.Table) -> tuple[str, bool]:
         """Store `table` (LABEL_SCHEMA) as the segment named by its digest: (its path, False when already there)."""
-        path = self.label_segment(canonical_digest(table))
+        path = label_segment(self.base, canonical_digest(table))
         if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
             return path, False
         if isinstance(self.fs, pafs.LocalFileSystem):  # aside, then renamed: whole or absent
@@ -124,27 +118,13 @@ class PredictionLog:
 
 
 def canonical_digest(table: pa.Table) -> str:
-    """SHA-256 of the labels themselves: their rows sorted, without when or from where they were received.
+    """SHA-256 of the labels themselves (api/log_layout.py's label_digest): rows sorted, without when or whence.
 
     The same labels fed again (in another order, from a file of another name, or through POST /outcomes)
     have the same digest, so they are one segment.
     """
-    frame = table.select(["prediction_id", "entity_id", "observed_at", "outcome"]).to_pandas()
-    observed = pd.to_datetime(frame["observed_at"], utc=True)
-    rows = sorted(
-        json.dumps(
-            [
-                None if pd.isna(pid) else str(pid),
-                None if pd.isna(eid) else str(eid),
-                None if pd.isna(at) else at.isoformat(),
-                None if pd.isna(outcome) else str(outcome),
-            ]
-        )
-        for pid, eid, at, outcome in zip(
-            frame["prediction_id"], frame["entity_id"], observed, frame["outcome"], strict=True
-        )
-    )
-    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    columns = table.select(["prediction_id", "entity_id", "observed_at", "outcome"]).to_pylist()
+    return label_digest((r["prediction_id"], r["entity_id"], r["observed_at"], r["outcome"]) for r in columns)
 
 
 def read_labels_file(path: Path) -> pd.DataFrame:

@@ -7,19 +7,22 @@ segments written with pyarrow in PREDICTION_LOG_URI's layout and schema, the CLI
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from api.log_layout import PREDICTION_SCHEMA
+from api.log_layout import LABELS, PREDICTION_SCHEMA, PREDICTIONS, filesystem
 from api.release import contract
 from api.release.verdicts import load_verify_key, quality_verdict
 
 from .candidate import restore_smoked_candidate
+from .test_team_server import BUCKET, S3_KEYS, s3  # noqa: F401  # s3: the moto server fixture, reused
 
 MODEL = "churn-classifier"
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -38,10 +41,17 @@ def signed(project, releases, monkeypatch):
 
 def write_segment(project, version: str, role: str, rows: pd.DataFrame, wrong: bool) -> None:
     """One flush of answers for `rows` of the data, as the API logs them; `wrong`: every label the opposite."""
+    folder = project / "log" / "predictions" / MODEL / T0.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(segment(version, role, rows, wrong), folder / f"120000.000000-test-{version}-{role}.parquet")
+
+
+def segment(version: str, role: str, rows: pd.DataFrame, wrong: bool) -> pa.Table:
+    """The answers of `version` (as `role`) for `rows` of the data, in PREDICTION_SCHEMA."""
     truth = rows["Churn"] == "Yes"
     says_yes = ~truth if wrong else truth
     features = rows.drop(columns=["Churn"])
-    table = pa.Table.from_pydict(
+    return pa.Table.from_pydict(
         {
             "time": [T0 + timedelta(minutes=i) for i in range(len(rows))],
             "prediction_id": [f"{role}-{version}-{c}" for c in rows["customerID"]],
@@ -55,9 +65,6 @@ def write_segment(project, version: str, role: str, rows: pd.DataFrame, wrong: b
         },
         schema=PREDICTION_SCHEMA,
     )
-    folder = project / "log" / "predictions" / MODEL / T0.strftime("%Y-%m-%d")
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / f"120000.000000-test-{version}-{role}.parquet")
 
 
 def labels_file(project, rows: pd.DataFrame) -> str:
@@ -187,3 +194,28 @@ def test_rollout_refuses_a_candidate_whose_quality_verdict_failed(project, cli, 
     # live traffic, which nothing serves here)
     assert cli("rollout", "--version", "3", "--api-url", "http://127.0.0.1:9") != 0
     assert "live quality" not in cli.err
+
+
+def test_a_log_in_s3_takes_a_labels_file_once(project, cli, s3, monkeypatch):  # noqa: F811
+    # given: a log under a prefix of the team server's bucket (moto), holding 50 answers of an unregistered model
+    for name, value in {**S3_KEYS, "AWS_ENDPOINT_URL": s3, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    uri = f"s3://{BUCKET}/prediction-log-{secrets.token_hex(4)}"
+    monkeypatch.setenv("PREDICTION_LOG_URI", uri)
+    fs, base = filesystem(uri)
+    data = pd.read_csv(project / "data" / "churn.csv", dtype=str, keep_default_na=False).iloc[:50]
+    pq.write_table(segment("1", "production", data, wrong=False), f"{base}/{PREDICTIONS}/{MODEL}/2026-03-01/a.parquet",
+                   filesystem=fs)  # fmt: skip
+    labels = pd.DataFrame(
+        {"prediction_id": [f"production-1-{c}" for c in data["customerID"]], "outcome": data["Churn"]}
+    )
+    labels.to_parquet(project / "labels.parquet")
+    # when: the file is fed twice
+    assert cli("outcomes", "--labels", str(project / "labels.parquet")) == 0, cli.err
+    assert "recorded as labels/" in cli.out and "labelling 50 predictions" in cli.out
+    assert "params data.positive_label (no registered version)" in cli.out
+    assert cli("outcomes", "--labels", str(project / "labels.parquet")) == 0, cli.err
+    # then: one object under labels/, and the second feed said so
+    assert "already recorded" in cli.out and "labelling 50 predictions" in cli.out
+    found = fs.get_file_info(pafs.FileSelector(f"{base}/{LABELS}", recursive=True))
+    assert len([info for info in found if info.path.endswith(".parquet")]) == 1
