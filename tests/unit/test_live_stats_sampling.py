@@ -10,12 +10,18 @@ caught, and one huge batch kept from swamping a window.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from fastapi.testclient import TestClient
 
+from api.app import create_app
+from api.holder import ModelHolder
 from api.live_bins import SAMPLED_RECORDS
 from api.live_stats import LiveStats, VersionCounts
 from api.metrics import ServiceMetrics
@@ -29,8 +35,21 @@ from pipeline.core.params_file import load_params
 from pipeline.core.train import train
 from tests.api.conftest import make_model
 
-LEVELS = load_params(Path(__file__).resolve().parents[2] / "params.yaml").monitoring  # the alerts' PSI levels
-ALERTS_FLOOR = 500  # values a window needs before either drift alert may fire (deploy/prometheus/rules.yml)
+ROOT = Path(__file__).resolve().parents[2]
+LEVELS = load_params(ROOT / "params.yaml").monitoring  # the alerts' PSI levels
+
+
+def alerts_floor() -> int:
+    """The values a window needs before either drift alert may fire, as deploy/prometheus/rules.yml says."""
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    expr = next(r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("alert") == "ChurnApiFeatureDrift")
+    found = re.search(r"api:feature_count:15m >= (\d+)", expr)
+    if found is None:
+        raise ValueError(f"ChurnApiFeatureDrift names no floor of values: {expr}")
+    return int(found[1])
+
+
+ALERTS_FLOOR = alerts_floor()
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +136,27 @@ def test_a_large_request_bins_the_sample_and_counts_every_prediction(model):
     assert sum(scores) == 5011
     # and each feature's bins hold the large request's sample, and the small ones whole
     assert {name: sum(taken) for name, _, taken in bins} == {b.name: SAMPLED_RECORDS + 11 for b in model.drift_bins}
+
+
+def test_a_large_predict_batch_through_the_app_counts_every_prediction_and_a_sample_of_its_values(model):
+    # given: the app serving the version
+    rows = draw(model.training_rows, 1000, np.random.default_rng(9))
+    records = json.loads(rows.to_json(orient="records"))
+    with TestClient(create_app(ModelHolder(model=model))) as client:
+        # when: one 1,000-record batch is predicted
+        answer = client.post("/predict", json={"records": records})
+        text = client.get("/metrics").text
+    assert answer.status_code == 200, answer.text
+    # then: every record is a prediction, and each feature counted the values of SAMPLED_RECORDS of them
+    assert metric(text, 'api_predictions_total{version="7"}') == 1000
+    for bins in model.drift_bins:
+        assert metric(text, "api_feature_values_total{", f'feature="{bins.name}"') == SAMPLED_RECORDS, bins.name
+
+
+def metric(text: str, start: str, *having: str) -> float:
+    """The sum of the samples in Prometheus text whose line starts so and holds each label given."""
+    lines = [line for line in text.splitlines() if line.startswith(start) and all(h in line for h in having)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def test_joined_requests_are_each_sampled_on_their_own(model):
