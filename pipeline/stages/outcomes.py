@@ -162,11 +162,6 @@ def _base_data(params: Params) -> pd.DataFrame:
 
 def training_set_stage(params: Params, out: str, since: str | None) -> str:
     """The base data plus the labelled log rows, written as a CSV shaped like it; returns what came from where."""
-    if params.feature_store.service is not None:
-        raise ConfigError(
-            "training-set builds a CSV for data.path; with feature_store.service set, training reads the feature "
-            "service (point in time): add the labelled entities to feature_store.entities instead"
-        )
     start = parse_since(since)
     env = PipelineEnv.read()  # the log and the data alone: no tracking store
     log = PredictionLog.open(env.prediction_log_uri)
@@ -195,5 +190,9 @@ def training_set_stage(params: Params, out: str, since: str | None) -> str:
         lines.append(f"  skipped {found.shadow} shadow answers: copies of production's requests, counted once")
     if found.unreadable:
         lines.append(f"  skipped {found.unreadable} labelled rows whose logged features are not a JSON object")
+    if params.feature_store.service is not None:
+        service = params.feature_store.service
+        lines.append(f"  note: feature_store.service is {service!r}: training reads that feature service (point in "
+                     "time), not this CSV; its labelled entities belong in feature_store.entities")  # fmt: skip
     say("\n".join(describe_join(joined)))
     return "\n".join(lines)
