@@ -70,6 +70,8 @@ def quality_stage(params: Params, version: str | None, since: str | None) -> str
     (REPORTS / "quality.json").write_text(report.to_json())
     (REPORTS / "quality.md").write_text(report.to_markdown())
     github.write_summary(report.to_markdown(), ctx.env.github)
+    overall = "failed" if report.failed else "passed" if any(v.verdict == "passed" for v in report.versions) else ""
+    github.write_outputs(ctx.env.github, quality=overall or "inconclusive")
     if report.failed:
         names = ", ".join(f"v{v.version} ({v.reason})" for v in report.failed)
         raise CheckFailed(f"live quality failed for {names}; report in {REPORTS / 'quality.md'}")

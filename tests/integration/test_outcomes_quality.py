@@ -132,7 +132,7 @@ def test_labels_fed_twice_then_a_degraded_version_fails_quality_signed_and_watch
     assert json.loads((signed / "reports" / "watch.json").read_text())["verdict"] == "rolled back"
 
 
-def test_too_few_labels_is_inconclusive_and_the_labelled_rows_become_training_rows(signed, cli):
+def test_too_few_labels_is_inconclusive_and_the_labelled_rows_become_training_rows(signed, cli, monkeypatch):
     # given: 60 of production's answers (right), 40 of a shadow's, all labelled by customer
     data = pd.read_csv(signed / "data" / "churn.csv", dtype=str, keep_default_na=False).iloc[:60]
     write_segment(signed, "2", "production", data, wrong=False)
@@ -142,13 +142,17 @@ def test_too_few_labels_is_inconclusive_and_the_labelled_rows_become_training_ro
     outcomes.to_parquet(signed / "labels.parquet")
     assert cli("outcomes", "--labels", str(signed / "labels.parquet")) == 0, cli.err
     assert "labelling 100 predictions" in cli.out
-    # when: quality runs with the default 200 labelled rows needed
+    # when: quality runs with the default 200 labelled rows needed, in a GitHub job
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(signed / "summary.md"))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(signed / "outputs"))
     assert cli("quality") == 0, cli.err
     # then: both versions are inconclusive and say why; nothing fails
     assert cli.out.strip() == "v1 inconclusive, v2 inconclusive"
     report = json.loads((signed / "reports" / "quality.json").read_text())
     assert "not enough labelled rows (60 of the 200" in report["versions"]["2"]["reason"]
     assert report["versions"]["1"]["paired"]["with"] == "2" and report["versions"]["1"]["paired"]["pairs"] == 40
+    assert "Live quality no rule failed" in (signed / "summary.md").read_text()
+    assert "\ninconclusive\n" in (signed / "outputs").read_text()
     # when: the training set is built from the base data and the log
     assert cli("training-set", "--out", str(signed / "build" / "train.csv")) == 0, cli.err
     # then: the 60 production rows are appended in the data's shape; the shadow's copies are counted, not added
