@@ -220,7 +220,6 @@ class QualityReport:
     model: str
     at: str
     since: str | None
-    log: str  # where the log is, redacted by the caller's output
     join: dict[str, Any]  # counts of the outcomes join
     versions: list[VersionQuality] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # version -> why it was not judged

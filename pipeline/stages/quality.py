@@ -46,6 +46,8 @@ PAIRED_ROLES = ("canary", "shadow")
 def quality_stage(params: Params, version: str | None, since: str | None) -> str:
     """Judge each version with labelled predictions (or only `version`); CheckFailed (exit 1) when one fails."""
     start = parse_since(since)
+    for stale in (REPORTS / "quality.json", REPORTS / "quality.md"):  # never an older run's report beside a failure
+        stale.unlink(missing_ok=True)
     ctx = Context.open(params)
     log = PredictionLog.open(ctx.env.prediction_log_uri)
     model_versions.require_model(ctx.client, ctx.model)
@@ -57,7 +59,7 @@ def quality_stage(params: Params, version: str | None, since: str | None) -> str
         joined = join_log(params, log, classes, start)
         for line in describe_join(joined):
             say(f"  {line}")
-        report = QualityReport(ctx.model, at, start.isoformat() if start else None, "", joined.counts())
+        report = QualityReport(ctx.model, at, start.isoformat() if start else None, joined.counts())
         logged = sorted(set(joined.predictions["version"].dropna()), key=_numeric)
         for name in [version] if version is not None else logged:
             judged = _judge(ctx, joined, name, report)
