@@ -53,9 +53,12 @@ def test_retrain_reuses_deploy_and_grants_no_more_than_deploy_s_jobs_take() -> N
         for scope, level in job["permissions"].items():
             needed[scope] = "write" if "write" in (level, needed.get(scope)) else level
     assert release["permissions"] == needed == {"contents": "read", "packages": "write"}
-    # no secret handed on wholesale: the environments' secrets reach deploy.yml's jobs from the environments
-    assert release["secrets"] == {"MLFLOW_TRACKING_URI": "${{ secrets.MLFLOW_TRACKING_URI }}"}
-    assert set(deploy["on"]["workflow_call"]["secrets"]) == set(release["secrets"])
+    # each secret deploy.yml's jobs read, passed by its own name (GitHub then gives a job in an environment that
+    # environment's value), and no other: never `secrets: inherit`
+    read = set(re.findall(r"secrets\.([A-Z_]+)", (WORKFLOWS / "deploy.yml").read_text())) - {"GITHUB_TOKEN"}
+    assert set(deploy["on"]["workflow_call"]["secrets"]) == read
+    assert release["secrets"] == {name: f"${{{{ secrets.{name} }}}}" for name in read}
+    assert all(declared == {"required": False} for declared in deploy["on"]["workflow_call"]["secrets"].values())
     # the other job says why, and reads no secret, checks out nothing, may do nothing with the token
     reason = retrain["jobs"]["reason"]
     assert reason["permissions"] == {} and "secrets" not in yaml.safe_dump(reason)
