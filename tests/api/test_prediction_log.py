@@ -32,6 +32,8 @@ from api.settings import Settings
 from pipeline.runtime.processes import free_port, stop, wait_for
 
 from ..conftest import ROOT
+from ..unit.test_online_store import FEAST_PYTHON, REDIS_SERVER
+from .conftest import make_model
 from .test_canary import serving as rollout_serving
 
 SERVE = """
@@ -268,10 +270,55 @@ def test_a_canary_answer_is_logged_in_the_canarys_role_and_version(trained, reco
 
 def test_the_log_is_off_without_a_uri_yet_ids_are_given(trained, records, tmp_path):
     # given: no PREDICTION_LOG_URI
-    from .conftest import make_model
-
     with TestClient(create_app(ModelHolder(model=make_model(trained)), Settings())) as client:
         # when: a record is answered
         answer = client.post("/predict", json={"records": records[:1]}, headers={"X-Request-Id": "r1"})
     # then: it still has its id
     assert answer.json()["prediction_ids"] == ["r1-0"] and answer.headers["X-Prediction-Id"] == "r1"
+
+
+def test_features_are_the_values_as_sent_whatever_their_characters(trained, records, tmp_path):
+    # given: string values holding quotes, brackets, backslashes and non-ASCII
+    odd = ['Ma"le":[x]', 'a],"b', "back\\slash", "é[]}", ""]
+    batch = [{**records[i], "gender": value} for i, value in enumerate(odd)]
+    app = create_app(ModelHolder(model=make_model(trained)), Settings(prediction_log_uri=str(tmp_path)))
+    with TestClient(app) as client:
+        # when: answered one by one and all at once
+        ones = [client.post("/predict", json={"records": [r]}) for r in batch]
+        together = client.post("/predict", json={"records": batch})
+    # then: each logged record's features are its values as decoded
+    assert all(a.status_code == 200 for a in [*ones, together]), together.text
+    rows = {r["prediction_id"]: r for r in logged(tmp_path).to_pylist()}
+    answered = [a.json()["prediction_ids"][0] for a in ones] + together.json()["prediction_ids"]
+    for pid, record in zip(answered, batch + batch, strict=True):
+        features = json.loads(rows[pid]["features"])
+        assert features["gender"] == record["gender"] and features["Contract"] == record["Contract"]
+        assert features["tenure"] == record["tenure"]
+
+
+@pytest.mark.skipif(not FEAST_PYTHON.exists() or not REDIS_SERVER.exists(), reason="needs build/feast-venv")
+def test_records_read_by_id_are_logged_as_their_feature_store_reference(trained, tmp_path, tmp_path_factory):
+    # given: a version trained from a feature service, its store on SQLite, and customers it knows
+    from ..unit.test_online_store import build_feast_store
+    from .test_feature_lookup import known, service_model
+
+    built = build_feast_store(tmp_path_factory.mktemp("feast-log"), customers=800, seed=3)  # conftest's data
+    try:
+        ids, full = known(built, trained, 3)
+        settings = Settings(feature_store_url=f"sqlite://{built.sqlite_path}", prediction_log_uri=str(tmp_path))
+        with TestClient(create_app(ModelHolder(model=service_model(trained)), settings)) as client:
+            # when: one record by id, then a batch mixing records by id and in full
+            one = client.post("/predict", json={"records": [{"customerID": ids[0]}]})
+            batch = [{"customerID": ids[1]}, {**full[2], "customerID": ids[2]}]
+            mixed = client.post("/predict", json={"records": batch})
+    finally:
+        built.redis.stop()
+    assert one.status_code == mixed.status_code == 200, mixed.text
+    # then: a record by id is logged as the store's reference, a record in full as its values
+    rows = {r["prediction_id"]: r for r in logged(tmp_path).to_pylist()}
+    service = json.loads(rows[one.json()["prediction_ids"][0]]["features"])
+    assert set(service) == {"feature_service", "entity_id"} and service["entity_id"] == ids[0]
+    by_id, in_full = (rows[p] for p in mixed.json()["prediction_ids"])
+    assert json.loads(by_id["features"]) == {"feature_service": service["feature_service"], "entity_id": ids[1]}
+    assert json.loads(in_full["features"])["tenure"] == full[2]["tenure"] and in_full["entity_id"] == ids[2]
+    assert [by_id["score"], in_full["score"]] == mixed.json()["probabilities"]
