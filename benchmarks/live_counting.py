@@ -1,7 +1,7 @@
 """Benchmark: live drift counting per request, before and after issue 31, and what the sampling keeps of the alerts.
 
 Usage (from the project root; the registry's version after `make demo`, else a model trained here):
-    .venv/bin/python benchmarks/live_counting.py [--windows 100] [--rounds 7]
+    .venv/bin/python benchmarks/live_counting.py [--windows 100] [--rounds 7]   # --windows 0: no simulation
     .venv/bin/python benchmarks/live_counting.py --wrk [--duration 10] [--connections 8]   # and end to end
 
 1. In process: `LiveStats.record` for a 1-record and a 1,000-record /predict
@@ -407,7 +407,7 @@ def main() -> int:
     parser.add_argument("--model", default="churn-classifier")
     parser.add_argument("--alias", default="production")
     parser.add_argument("--rounds", type=int, default=7, help="in-process timing rounds (medians)")
-    parser.add_argument("--windows", type=int, default=100, help="simulated quiet windows a population")
+    parser.add_argument("--windows", type=int, default=100, help="simulated quiet windows a population (0: none)")
     parser.add_argument("--wrk", action="store_true", help="also the end-to-end figure (needs wrk and a registry)")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
@@ -433,7 +433,10 @@ def main() -> int:
               f"{c['old'] / c['new']:>8.1f}x")  # fmt: skip
     print("   share: of the request's decode + predict + encode + counting")
 
-    sensitivity(model, X, args.windows)
+    if args.windows > 0:
+        sensitivity(model, X, args.windows)
+    else:
+        print("\n2. Sensitivity: not run (--windows 0)")
     met = None
     if args.wrk:
         met = end_to_end(args, json.loads(X.to_json(orient="records")))
