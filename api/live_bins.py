@@ -9,7 +9,8 @@ than SAMPLED_RECORDS records counts the values of SAMPLED_RECORDS of them,
 drawn uniformly at random without replacement, unweighted: each request adds
 min(records, SAMPLED_RECORDS) values to each feature's counters, so
 
-- a request's cost no longer grows with its records (tens of microseconds);
+- binning no longer grows with a request's records (a few microseconds a
+  feature; a 1,000-record request's whole count fell ninefold, to ~0.1 ms);
 - one huge batch weighs in the drift counters as much as SAMPLED_RECORDS
   one-record requests, not as its records: it cannot swamp the window's PSI;
 - the counters count values actually looked at: the alerts' floor of 500
