@@ -223,7 +223,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("training-set", "write data.path plus the labelled prediction log as one training CSV", "outcomes",
             lambda m, p, a: m.training_set_stage(p, a.out, a.since), _training_set_args),
     Command("alert-relay",
-            "relay Alertmanager's action=rollback alerts (POST /alert) to GitHub as repository_dispatch `rollback`",
+            "relay Alertmanager's action=rollback/retrain alerts (POST /alert) to GitHub as repository_dispatch",
             "relay", lambda m, _, a: m.alert_relay_stage(a.host, a.port), _relay_args, takes_params=False),
 )  # fmt: skip
 BY_NAME = {command.name: command for command in COMMANDS}

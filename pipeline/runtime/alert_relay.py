@@ -1,10 +1,12 @@
-"""The rollback relay: Alertmanager's webhook in, GitHub `repository_dispatch` (event type `rollback`) out.
+"""The alert relay: Alertmanager's webhook in, GitHub `repository_dispatch` (`rollback`, `retrain`) out.
 
 `python -m pipeline alert-relay [--host H --port P]` listens for POST /alert
 (deploy/alertmanager/alertmanager.yml's `rollback-relay` receiver). Every
 firing alert labelled action="rollback" with a version label becomes one
 dispatch of the rollback workflow, which rolls back only while production
-still serves that version. Configured by environment:
+still serves that version; one labelled action="retrain" (live quality short
+of the gate) a dispatch of the retrain workflow, which changes nothing unless
+its candidate beats production. Configured by environment:
 
 - GITHUB_REPOSITORY (owner/name) and GITHUB_TOKEN (a token that may create
   repository dispatches: Contents write), required;
@@ -16,7 +18,9 @@ still serves that version. Configured by environment:
   and it says so at every start;
 - ALERT_RELAY_WINDOW_S (default 1800, Alertmanager's repeat interval for the
   relay's route): each environment and version is dispatched at most once per
-  window, and at most MAX_VERSIONS_PER_WINDOW versions in all.
+  window, and at most MAX_VERSIONS_PER_WINDOW versions in all; each
+  environment's retrain at most once per window, never counted against the
+  rollbacks' versions (a retrain cannot crowd out a rollback).
 
 Answers: 200 with what was dispatched, ignored or already sent; 400 a body
 that is not Alertmanager's webhook; 401 a missing or wrong bearer token; 404,
@@ -133,7 +137,8 @@ class Relay:
                 del self._sent[old]
             if target in self._sent:
                 return "already_sent"
-            if len(self._sent) >= MAX_VERSIONS_PER_WINDOW:
+            rollbacks = [t for t in self._sent if not t.endswith(f"/{alerts.RETRAIN_TARGET}")]
+            if not target.endswith(f"/{alerts.RETRAIN_TARGET}") and len(rollbacks) >= MAX_VERSIONS_PER_WINDOW:
                 return "rate_limited"
             self._sent[target] = now
             return None
@@ -148,7 +153,7 @@ class Relay:
     def receive(self, body: bytes) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON answer) for one webhook body."""
         try:
-            decision = alerts.rollback_dispatches(alerts.parse_webhook(body))
+            decision = alerts.dispatches(alerts.parse_webhook(body))
         except alerts.MalformedWebhook as exc:
             return 400, {"error": str(exc)}
         answer: dict[str, Any] = {
@@ -174,7 +179,8 @@ class Relay:
                 say(f"  relay: dispatch for {dispatch.reason!r} (version {dispatch.version}) failed: {exc}")
                 answer["failed"].append({"alert": dispatch.key, "error": str(exc)})
             else:
-                say(f"  relay: dispatched rollback of version {dispatch.version}: {dispatch.reason}")
+                what = f"version {dispatch.version}" if dispatch.event_type == alerts.EVENT_TYPE else "production"
+                say(f"  relay: dispatched {dispatch.event_type} of {what}: {dispatch.reason}")
                 answer["dispatched"].append({"alert": dispatch.key, "version": dispatch.version})
         for reason in decision.ignored[:20]:
             say(f"  relay: ignored {reason}")

@@ -1,4 +1,4 @@
-"""alert-relay: Alertmanager's rollback alerts become dispatches of the rollback workflow."""
+"""alert-relay: Alertmanager's rollback and retrain alerts become dispatches of the rollback and retrain workflows."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def alert_relay_stage(host: str, port: int) -> None:
         else "⚠ NO TOKEN (ALERT_RELAY_INSECURE_NO_TOKEN): ANYONE WHO REACHES THIS PORT ROLLS PRODUCTION BACK"
     )
     say(
-        f"▶ alert-relay: http://{bound_host}:{bound_port}/alert -> repository_dispatch `rollback` on "
+        f"▶ alert-relay: http://{bound_host}:{bound_port}/alert -> repository_dispatch `rollback`, `retrain` on "
         f"{settings.repository} ({settings.api_url}); {auth}"
     )
     try:

@@ -1,4 +1,4 @@
-"""deploy/alertmanager: a valid config that sends production's rollback alerts to the relay, and all to people."""
+"""deploy/alertmanager: a config that sends production's rollback and retrain alerts to the relay, all to people."""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ def test_amtool_checks_the_config() -> None:
 
 @pytest.mark.parametrize("rule", alerting_rules(), ids=lambda rule: rule["alert"])
 def test_each_alert_reaches_people_and_production_rollbacks_reach_the_relay(rule: dict) -> None:
-    """action=rollback in production goes to the relay and to people; everything else to people only."""
+    """action=rollback or retrain in production goes to the relay and to people; everything else to people only."""
     labels = {"alertname": rule["alert"], **rule["labels"], "version": "7"}
-    wants_rollback = rule["labels"].get("action") == "rollback"
+    wants_relay = rule["labels"].get("action") in {"rollback", "retrain"}
     production = receivers({**labels, "environment": "production"})
-    assert production == (["rollback-relay", "default"] if wants_rollback else ["default"])
+    assert production == (["rollback-relay", "default"] if wants_relay else ["default"])
     assert receivers({**labels, "environment": "staging"}) == ["default"]
 
 

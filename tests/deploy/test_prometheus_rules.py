@@ -21,6 +21,11 @@ UNIT_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 
 # The alerts a rollback can cure (the version's own failures), for the version production serves (rules.yml's header).
 ROLLBACK_ALERTS = {"ChurnApiHigh5xxRatio", "ChurnApiLatencyOverBudget"}
+# And the version's signed live quality verdict (issue 30; tests/deploy/test_quality_alert.py): it relays a verdict
+# `pipeline quality` judged with its own error budget, so the decision group's bound and z do not apply to it.
+QUALITY_ROLLBACK_ALERTS = {"ModelLiveQualityFailed"}
+# What asks for a retrain (the relay dispatches retrain.yml): live quality short of the gate figure.
+RETRAIN_ALERTS = {"ModelLiveQualityLow"}
 # What a rollback never cures (the previous version sees the same clients and inputs): a person looks.
 PAGE_ALERTS = {"ChurnApiHigh4xxRatio", "ChurnApiFeatureDrift", "ChurnApiFeatureDriftWarning"}
 # The rollback alerts' evidence: a lower confidence bound with z for alpha over a day of looks.
@@ -77,7 +82,7 @@ def test_every_alert_tells_what_to_do(rule: dict) -> None:
 def test_rollback_alerts_are_the_curable_ones_and_concern_production_only() -> None:
     """action=rollback on the version's own 5xx and slowness only, each joined to production's served version."""
     marked = {rule["alert"]: rule for rule in alerting_rules() if rule["labels"].get("action") == "rollback"}
-    assert set(marked) == ROLLBACK_ALERTS
+    assert set(marked) == ROLLBACK_ALERTS | QUALITY_ROLLBACK_ALERTS
     for rule in marked.values():
         assert rule["labels"]["severity"] == "critical"
         assert "and on (environment, version) api:serving_version:workers" in rule["expr"]
@@ -88,7 +93,8 @@ def test_client_errors_and_drift_page_a_person_and_never_roll_back() -> None:
     """action=page on the 4xx and drift alerts, whose runbooks say a rollback does not cure them, and why."""
     actions = {rule["alert"]: rule["labels"].get("action") for rule in alerting_rules()}
     assert {name for name, action in actions.items() if action == "page"} == PAGE_ALERTS
-    assert set(actions.values()) <= {"rollback", "page", None}
+    assert {name for name, action in actions.items() if action == "retrain"} == RETRAIN_ALERTS
+    assert set(actions.values()) <= {"rollback", "page", "retrain", None}
     for rule in alerting_rules():
         if rule["alert"] in PAGE_ALERTS:
             runbook = rule["annotations"]["runbook"]

@@ -275,8 +275,13 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return found
 
 
+# The live quality panel reads the figures of signed quality verdicts (`pipeline quality`), which this scenario
+# never records: no labelled predictions here. Its queries are checked where verdicts exist.
+LIVE_QUALITY = re.compile(r"\bmodel_(live_f1|gate_f1|live_labelled|quality_failed)\b")
+
+
 def dashboard_params() -> list:
-    return [pytest.param(where, expr, id=where) for where, expr in dashboard_queries()]
+    return [pytest.param(where, expr, id=where) for where, expr in dashboard_queries() if not LIVE_QUALITY.search(expr)]
 
 
 @pytest.mark.parametrize(("where", "expr"), dashboard_params())

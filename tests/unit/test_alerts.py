@@ -258,6 +258,26 @@ def test_the_relay_dispatches_a_quality_alert_as_a_rollback_once_a_window():
     assert sent["event_type"] == "rollback" and sent["client_payload"]["version"] == "7"
 
 
+def test_the_relay_dispatches_retrains_once_a_window_per_environment_and_never_crowds_out_a_rollback():
+    # given a relay that already rolled back three versions this window (its whole rollback budget)
+    github, clock = FakeGitHub(), Clock()
+    the_relay = relay(github, clock=clock)
+    flood = webhook(*[alert(fingerprint=str(i), version=str(i)) for i in (7, 8, 9)])
+    assert len(the_relay.receive(json.dumps(flood).encode())[1]["dispatched"]) == 3
+    # when retrain alerts about two versions of production arrive, and again
+    body = json.dumps(webhook(quality_alert("retrain"), quality_alert("retrain", version="9"))).encode()
+    status, answer = the_relay.receive(body)
+    # then one retrain is dispatched for the environment, the second is already sent, nothing is rate limited
+    assert status == 200
+    assert answer["dispatched"] == [{"alert": "production/retrain/ModelLiveQualityLow", "version": "7"}]
+    assert answer["already_sent"] == ["production/retrain/ModelLiveQualityLow"] and answer["rate_limited"] == []
+    assert json.loads(github.requests[-1].content)["event_type"] == "retrain"
+    assert the_relay.receive(body)[1]["dispatched"] == [] and len(github.requests) == 4
+    # and after the window, a retrain may be dispatched again
+    clock.now += 601
+    assert len(the_relay.receive(body)[1]["dispatched"]) == 1
+
+
 def test_the_relay_hears_only_its_bearer_token():
     the_relay = relay(FakeGitHub(), relay_token="relay-token")
     assert the_relay.authorized("Bearer relay-token")

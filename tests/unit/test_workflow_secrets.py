@@ -71,6 +71,13 @@ def test_release_secrets_are_read_only_in_protected_environments():
     for name, job_id, job in jobs():
         used = set(secrets_in(job))
         env = environment(job)
+        if env is None and "uses" in job:
+            # A reusable workflow's caller (retrain.yml) runs no step: the secrets it passes by name reach only the
+            # called workflow's jobs, each in a protected environment, which gives them that environment's values.
+            callee = WORKFLOWS[job["uses"].removeprefix("./.github/workflows/")]
+            assert "steps" not in job and "*" not in used, f"{name}/{job_id} hands on every secret"
+            assert all(environment(called) in PROTECTED_ENVIRONMENTS for called in callee["jobs"].values()), job_id
+            continue
         if env is None:
             assert used <= READ_ONLY_SECRETS, f"{name}/{job_id} (no environment) reads {used - READ_ONLY_SECRETS}"
         else:
@@ -107,7 +114,9 @@ def test_every_environment_job_starts_with_the_branch_guard():
         assert step == first[0], f"{where}: its guard differs from the others"
     assert first[0]["env"] == {
         "REF": "${{ github.ref }}",
-        "DEFAULT_BRANCH": "${{ github.event.repository.default_branch }}",
+        # a scheduled run's payload has no repository; GitHub runs schedules on the default branch only
+        "DEFAULT_BRANCH": "${{ github.event.repository.default_branch || "
+        "(github.event_name == 'schedule' && github.ref_name || '') }}",
     }
     for name, job_id, job in jobs():
         if environment(job) is None:
@@ -190,6 +199,7 @@ def test_write_permissions_are_exactly_the_needed_ones():
         writes[f"{name}/{job_id}"] = sorted(scope for scope, level in job["permissions"].items() if level == "write")
     assert {job: scopes for job, scopes in writes.items() if scopes} == {
         "deploy.yml/candidate": ["packages"],  # pushes the smoke-tested image
+        "retrain.yml/release": ["packages"],  # the most deploy.yml's jobs may take, called by the retrain
         "pr-checks.yml/gate": ["pull-requests"],  # the gate report's one comment
     }
 
