@@ -89,7 +89,7 @@ class Tally:
         theirs = [label for _, labels, _ in decoded for label in labels]
         if len(theirs) != len(result.labels):
             raise ValueError("production answered another number of records than the copy holds")
-        self.live.add(columns, result.labels, result.probabilities)
+        self.live.add(columns, result.labels, result.probabilities, sizes)  # each copy: at most SAMPLED_RECORDS binned
         agree = sum(1 for a, b in zip(result.labels, theirs, strict=True) if a == b)
         production = np.asarray([p for _, _, probabilities in decoded for p in probabilities], dtype=np.float64)
         delta = np.abs(np.asarray(result.probabilities, dtype=np.float64) - production)

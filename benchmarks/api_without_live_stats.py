@@ -1,7 +1,7 @@
 """`python -m api` with live counting off, for benchmarks/serve_vs_mlflow.py's side-by-side only.
 
 The API has no switch for its live counts (predictions, positives, scores and
-every feature value in its version's drift bins, api/live_stats.py), and must
+at most 64 records' feature values a request in its version's drift bins, api/live_stats.py), and must
 not grow one for a benchmark: this launcher replaces `LiveStats.record` with a
 no-op in this process, then starts the API exactly as `python -m api` does
 (one worker: uvicorn imports the app in this process, so the patch holds).
