@@ -10,9 +10,10 @@ whose shape is not recognised raises NotCompilable and is served by sklearn.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from itertools import chain, repeat
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from api.model.columns import Columns
+from api.model.columns import Columns, Values
 
 
 class NotCompilable(Exception):
@@ -40,6 +41,17 @@ class NumericBlock:
     mean: np.ndarray | None
     scale: np.ndarray | None
 
+    # The same as Python floats, for the one-record path (set once, below).
+    fill_list: list[float] = field(init=False, repr=False, compare=False)
+    mean_list: list[float | None] = field(init=False, repr=False, compare=False)
+    scale_list: list[float | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        width = len(self.columns)
+        object.__setattr__(self, "fill_list", self.fill.tolist())
+        object.__setattr__(self, "mean_list", [None] * width if self.mean is None else self.mean.tolist())
+        object.__setattr__(self, "scale_list", [None] * width if self.scale is None else self.scale.tolist())
+
     def apply(self, values: np.ndarray) -> np.ndarray:
         """The block's output for a (rows, columns) float matrix, NaN where a value is missing."""
         missing = np.isnan(values)
@@ -51,6 +63,21 @@ class NumericBlock:
             values /= self.scale
         return values
 
+    def row(self, values: list[Any]) -> bytes:
+        """The block's output for one record's values (None or NaN where missing), as float64 bytes.
+
+        Float64 scalars: each subtraction and division rounds as numpy's elementwise one does.
+        """
+        out = []
+        for value, fill, mean, scale in zip(values, self.fill_list, self.mean_list, self.scale_list, strict=True):
+            number = fill if value is None or value != value else float(value)
+            if mean is not None:
+                number -= mean
+            if scale is not None:
+                number /= scale
+            out.append(number)
+        return _floats(*out)
+
 
 @dataclass(frozen=True)
 class CodeBlock:
@@ -58,13 +85,6 @@ class CodeBlock:
 
     columns: list[str]
     lookups: list[dict[object, float]]  # category -> code, per input column
-
-    def apply(self, columns: Columns, rows: int) -> np.ndarray:
-        """The (rows, columns) codes; anything not in a lookup (unseen, None, NaN) is NaN, as the booster's missing."""
-        out = np.empty((rows, len(self.columns)))
-        for j, (name, lookup) in enumerate(zip(self.columns, self.lookups, strict=True)):
-            out[:, j] = np.fromiter(map(lookup.get, columns[name], repeat(np.nan)), np.float64, rows)
-        return out
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,40 @@ class CategoricalBlock:
     fill: list[object]  # imputation value per column
     lookups: list[dict[object, int]]  # category -> output column, per input column
     width: int
+    sizes: list[int] = field(default_factory=list)  # categories per input column, in order
+
+
+@dataclass(frozen=True)
+class TextColumn:
+    """One text column's slice of the matrix per value, as float64 bytes: its one-hot ones and zeros, or its code.
+
+    Joining the values' bytes makes the column's slice in C loops (a lookup pass,
+    a join), where a lookup per value and a scatter of ones cost Python calls. A
+    value that is no key is `missing`'s bytes when it is missing (None or NaN: the
+    imputed category's; NaN equals nothing, so it is no key) and `unknown`'s
+    otherwise (an unseen category: all zeros, or a NaN code).
+    """
+
+    name: str
+    start: int  # its first output column
+    size: int  # its output columns
+    slices: dict[object, bytes]  # a plain dict: a subclass's lookups (__missing__) cost a Python call each
+    missing: bytes
+    unknown: bytes
+
+    def joined(self, values: Values) -> bytes:
+        """The column's (rows, size) slice of the matrix for two values or more, as bytes."""
+        try:
+            return b"".join(itemgetter(*values)(self.slices))
+        except KeyError:  # an unseen category or a NaN: each value on its own
+            return b"".join(map(self.one, values))
+
+    def one(self, value: object) -> bytes:
+        """One value's slice."""
+        found = self.slices.get(value)
+        if found is not None:
+            return found
+        return self.missing if _missing(value) else self.unknown
 
 
 class CompiledPipeline:
@@ -103,24 +157,48 @@ class CompiledPipeline:
             self.blocks.append(_compile_block(transformer, list(columns)))
         self.width = sum(b.width if isinstance(b, CategoricalBlock) else len(b.columns) for b in self.blocks)
         # Output positions: (offset, block) per numeric block; (column, fill, category -> output column) per
-        # categorical column, offsets included, so transform looks each value up once.
+        # categorical column, offsets included (batch scoring reads them: pipeline/scoring/compiled_columns.py).
+        # transform reads `text` (a TextColumn per text column) and the numeric blocks; one record's row is the
+        # join of `parts`' bytes, in output order.
         self.numeric: list[tuple[int, NumericBlock]] = []
         self.codes: list[tuple[int, CodeBlock]] = []
         self.categorical: list[tuple[str, object, dict[object, int]]] = []
+        self.text: list[TextColumn] = []
+        self.parts: list[NumericBlock | TextColumn] = []
         offset = 0
         for block in self.blocks:
-            if isinstance(block, NumericBlock | CodeBlock):
-                (self.numeric if isinstance(block, NumericBlock) else self.codes).append((offset, block))  # type: ignore[arg-type]
+            if isinstance(block, NumericBlock):
+                self.numeric.append((offset, block))
+                self.parts.append(block)
                 offset += len(block.columns)
                 continue
-            for column, fill, lookup in zip(block.columns, block.fill, block.lookups, strict=True):
+            if isinstance(block, CodeBlock):
+                self.codes.append((offset, block))
+                for column, code_of in zip(block.columns, block.lookups, strict=True):
+                    codes: dict[object, bytes] = {value: _floats(code) for value, code in code_of.items()}
+                    nan = _floats(np.nan)
+                    self._add(TextColumn(column, offset, 1, {**codes, None: nan}, nan, nan))
+                    offset += 1
+                continue
+            first = 0  # the block numbers its columns' categories one after another: this column's first
+            for column, fill, lookup, size in zip(block.columns, block.fill, block.lookups, block.sizes, strict=True):
                 self.categorical.append((column, fill, {value: offset + i for value, i in lookup.items()}))
+                ones = {value: _one_hot(size, i - first) for value, i in lookup.items()}
+                zeros = _one_hot(size, None)
+                missing = ones.get(fill, zeros)
+                self._add(TextColumn(column, offset + first, size, {**ones, None: missing}, missing, zeros))
+                first += size
             offset += block.width
         self.classes = self.estimator.classes_
+        self.class_list = self.classes.tolist()  # a label as labels.tolist() gives it
         self.linear = isinstance(self.estimator, LogisticRegression) and len(self.classes) == 2
         if self.linear:
             self.coef_T = self.estimator.coef_.T
             self.intercept = self.estimator.intercept_
+
+    def _add(self, column: TextColumn) -> None:
+        self.text.append(column)
+        self.parts.append(column)
 
     def featured(self, columns: Columns) -> Columns:
         """The columns the preprocessing reads: the records' own, or what the team's feature steps make of them."""
@@ -135,32 +213,28 @@ class CompiledPipeline:
         """The dense matrix the ColumnTransformer would produce (after the feature steps, if any)."""
         columns = self.featured(columns)
         rows = len(next(iter(columns.values())))
-        out = np.zeros((rows, self.width))
+        if rows == 1:
+            return self._row(columns)
+        out = np.empty((rows, self.width))  # every column is written below
         for offset, block in self.numeric:
             # One conversion for the block: None becomes NaN, then takes the imputed value.
             values = np.array([columns[c] for c in block.columns], dtype=np.float64).T
             out[:, offset : offset + len(block.columns)] = block.apply(values)
-        for offset, codes in self.codes:
-            out[:, offset : offset + len(codes.columns)] = codes.apply(columns, rows)
-        if self.categorical:
-            # Every categorical column's output position in one pass, then all the ones in one write.
-            index = np.fromiter(
-                chain.from_iterable(map(lookup.get, columns[name], repeat(-1)) for name, _, lookup in self.categorical),
-                np.intp,
-                rows * len(self.categorical),
-            ).reshape(len(self.categorical), rows)
-            if (index < 0).any():
-                self._resolve_missing(columns, index)
-            flat = index + np.arange(rows) * self.width
-            out.put(flat[index >= 0], 1.0)  # unknown categories encode as all zeros
+        for text in self.text if rows else ():
+            slices = np.frombuffer(text.joined(columns[text.name]), np.float64).reshape(rows, text.size)
+            out[:, text.start : text.start + text.size] = slices
         return out
 
-    def _resolve_missing(self, columns: Columns, index: np.ndarray) -> None:
-        """NaN is no dict key: a missing value (None or NaN) takes the imputed category."""
-        for i, row in zip(*np.nonzero(index < 0), strict=True):
-            name, fill, lookup = self.categorical[i]
-            if _missing(columns[name][row]):
-                index[i, row] = lookup.get(fill, -1)
+    def _row(self, columns: Columns) -> np.ndarray:
+        """One record's (1, width) matrix, its parts' bytes joined: the same numbers, without per-column arrays."""
+        parts: list[bytes] = []
+        for part in self.parts:
+            if isinstance(part, NumericBlock):
+                parts.append(part.row([columns[c][0] for c in part.columns]))
+            else:
+                value = columns[part.name][0]
+                parts.append(part.slices.get(value) or part.one(value))  # a slice is never empty
+        return np.frombuffer(bytearray().join(parts), np.float64).reshape(1, self.width)
 
     def predict(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
         """(labels, class probabilities) for the records in `columns`, as the sklearn pipeline gives them."""
@@ -175,6 +249,30 @@ class CompiledPipeline:
         # the load-time parity check confirms it for the model at hand.
         proba = self.estimator.predict_proba(X)
         return self.classes[np.argmax(proba, axis=1)], proba
+
+    def answer(self, columns: Columns, positive: int) -> tuple[list[object], list[float]]:
+        """The labels and class `positive`'s probabilities as lists; one record of a linear model in scalars.
+
+        The scalar path does predict's operations on the same numbers: the same matrix
+        product (on a one-row matrix numpy takes one dot product either way), then IEEE
+        additions and expit on float64 scalars, which round as numpy's array operations do.
+        """
+        if not self.linear or self.features or len(next(iter(columns.values()))) != 1:
+            labels, proba = self.predict(columns)
+            return labels.tolist(), proba[:, positive].tolist()
+        score = float((self._row(columns) @ self.coef_T)[0, 0]) + float(self.intercept[0])
+        one = float(expit(score))
+        return [self.class_list[1 if score > 0 else 0]], [one if positive == 1 else 1 - one]
+
+
+def _floats(*values: float) -> bytes:
+    """Numbers as the bytes of a float64 array."""
+    return struct.pack(f"{len(values)}d", *values)
+
+
+def _one_hot(size: int, hot: int | None) -> bytes:
+    """A one-hot slice of `size` columns as float64 bytes (all zeros: `hot` None)."""
+    return _floats(*(1.0 if i == hot else 0.0 for i in range(size)))
 
 
 def _identity(transformer: FunctionTransformer) -> bool:
@@ -237,5 +335,5 @@ def _compile_block(transformer: Any, columns: list[str]) -> NumericBlock | Categ
                 lookup[None] = lookup[fill_value]  # JSON null is imputed like NaN
             lookups.append(lookup)
             width += len(categories)
-        return CategoricalBlock(columns, fill, lookups, width)
+        return CategoricalBlock(columns, fill, lookups, width, [len(c) for c in encoder.categories_])
     raise NotCompilable(f"unrecognised block {[k.__name__ for k in kinds]}")

@@ -10,11 +10,12 @@ module only decides "certainly fine"; it never words an error.
 
 from __future__ import annotations
 
-from operator import attrgetter
-from typing import Any, cast
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, cast
 
 import msgspec
 import numpy as np
+from msgspec.structs import astuple
 
 from api.model.columns import Values
 from api.model.schema import FeatureSpec
@@ -36,46 +37,82 @@ class RecordDecoder:
     Types follow the pydantic model of api.model.schema: any JSON number for a numeric
     field, a string for a string field, null or absent only for optional fields,
     no unknown field. A body this rejects goes to pydantic, which words why.
+
+    `categories`: a text feature's known values (the model's vocabulary). A first decoder
+    takes only those, as Literals: msgspec then hands back its own string objects, with
+    their hashes cached, instead of allocating one per value, and the compiled path's
+    lookups of them are cheaper too. A body with any other value (an unseen category)
+    is decoded again by the plain decoder, which takes any string.
     """
 
-    def __init__(self, features: list[FeatureSpec], entity_field: str | None = None) -> None:
-        fields: list[tuple[str, object] | tuple[str, object, None]] = []  # (name, type[, default]) for msgspec
-        for i, spec in enumerate(features):
-            kind = spec.value_type
-            fields.append((f"f{i}", kind) if spec.required else (f"f{i}", kind | None, None))
-        rename = {f"f{i}": s.name for i, s in enumerate(features)}
-        self._entity = entity_field if entity_field and entity_field not in rename.values() else None
-        if self._entity:  # the customer's id, never a feature: any JSON scalar, optional
-            fields.append(("entity", str | int | float | None, None))
-            rename["entity"] = self._entity
-        # Positional attribute names: a feature's name need not be a Python identifier.
-        record = msgspec.defstruct(
-            "Record",
-            fields,
-            rename=rename,
-            forbid_unknown_fields=True,
-            kw_only=True,  # an optional feature may come before a required one
-        )
-        # The Struct is built here, at run time: `list[record]` is a type only then, and what is decoded is Any here.
-        body = msgspec.defstruct("PredictBody", [("records", list[record])], forbid_unknown_fields=True)  # type: ignore[valid-type]
-        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(body)
-        self._getters = [(spec, attrgetter(f"f{i}")) for i, spec in enumerate(features)]
+    def __init__(
+        self,
+        features: list[FeatureSpec],
+        entity_field: str | None = None,
+        categories: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
+        names = {spec.name for spec in features}
+        self._entity = entity_field if entity_field and entity_field not in names else None
+        known = {
+            spec.name: tuple(sorted(set(categories[spec.name])))
+            for spec in features
+            if spec.value_type is str and categories and categories.get(spec.name)
+        }
+        self._decoders = [_body_decoder(features, self._entity, known)] if known else []
+        record_type, plain = _body_decoder(features, self._entity, {})
+        self._decoders.append((record_type, plain))
+        # Every decoder's records have the same fields in the same order: where each column's values are.
+        position = {attribute: i for i, attribute in enumerate(record_type.__struct_fields__)}
+        self._layout = [(spec.name, spec.numeric, position[f"f{i}"]) for i, spec in enumerate(features)]
+        if self._entity:
+            self._layout.append((self._entity, False, position["entity"]))
 
     def columns(self, body: bytes, limit: int) -> dict[str, Values] | None:
         """The body's records by column (numbers as float64), or None when the full path must decide."""
-        try:
-            records = self._decoder.decode(body).records
-        except (msgspec.MsgspecError, ValueError):  # bad JSON or UTF-8, a wrong type, a missing/unknown field
+        records = self._records(body)
+        if records is None or not 0 < len(records) <= limit:
             return None
-        if not 0 < len(records) <= limit:
-            return None
+        # One tuple per record (C), transposed into one tuple per field (C): no Python per value.
+        fields = list(zip(*map(astuple, records), strict=True))
         columns: dict[str, Values] = {}
-        for spec, get in self._getters:
-            values = list(map(get, records))
-            columns[spec.name] = np.array(values, dtype=np.float64) if spec.numeric else values
-        if self._entity:
-            columns[self._entity] = [record.entity for record in records]
+        for name, numeric, i in self._layout:
+            columns[name] = np.array(fields[i], dtype=np.float64) if numeric else list(fields[i])
         return columns
+
+    def _records(self, body: bytes) -> list[Any] | None:
+        for _, decoder in self._decoders:
+            try:
+                return cast(list[Any], decoder.decode(body).records)
+            except (msgspec.MsgspecError, ValueError):  # bad JSON or UTF-8, a wrong type, a missing/unknown field
+                continue
+        return None
+
+
+def _body_decoder(
+    features: list[FeatureSpec], entity: str | None, known: Mapping[str, tuple[str, ...]]
+) -> tuple[type[msgspec.Struct], msgspec.json.Decoder[Any]]:
+    """The record type and a decoder of `{"records": [...]}` into a list of it; `known`: Literal text fields."""
+    fields: list[tuple[str, object] | tuple[str, object, None]] = []  # (name, type[, default]) for msgspec
+    for i, spec in enumerate(features):
+        kind: object = Literal[known[spec.name]] if spec.name in known else spec.value_type
+        fields.append((f"f{i}", kind) if spec.required else (f"f{i}", kind | None, None))  # type: ignore[operator]
+    rename = {f"f{i}": s.name for i, s in enumerate(features)}
+    if entity:  # the customer's id, never a feature: any JSON scalar, optional
+        fields.append(("entity", str | int | float | None, None))
+        rename["entity"] = entity
+    # Positional attribute names: a feature's name need not be a Python identifier. Not tracked by the
+    # garbage collector: a record holds only scalars, so it is never part of a cycle (decodes faster).
+    record = msgspec.defstruct(
+        "Record",
+        fields,
+        rename=rename,
+        forbid_unknown_fields=True,
+        kw_only=True,  # an optional feature may come before a required one
+        gc=False,
+    )
+    # The Struct is built here, at run time: `list[record]` is a type only then, and what is decoded is Any here.
+    body = msgspec.defstruct("PredictBody", [("records", list[record])], forbid_unknown_fields=True)  # type: ignore[valid-type]
+    return record, msgspec.json.Decoder(body)
 
 
 class ColumnTypes:

@@ -52,19 +52,29 @@ class LoadedModel:
         if self.feature_service is None:
             record = (getattr(self.mlflow_model, "metadata", None) or {}).get(METADATA_KEY)
             self.feature_service = None if record is None else ServiceSpec.parse(record)
+        self.positive_index = list(self.pipeline.classes_).index(self.positive_label)
+        self.compiled, self.compile_note = self._compile()  # first: the decoders take its categories
         self.plan: Plan | None = None
         if self.feature_service is not None:
             # The service's join key names the customer: the id a lookup reads, and the canary split's key.
             self.entity_field = self.feature_service.entity_field
             self._service_decoders(self.feature_service)
         self.validator = RecordValidator(self.features, self.max_batch_size, self.entity_field)
-        self.decoder = RecordDecoder(self.features, self.entity_field)
         self.invocation_types = ColumnTypes(self.features, self.entity_field)
-        self.positive_index = list(self.pipeline.classes_).index(self.positive_label)
-        self.compiled, self.compile_note = self._compile()
+        self.decoder = RecordDecoder(self.features, self.entity_field, self.categories())
         self.info = {**self.info, "loaded_at": datetime.now(UTC).isoformat(timespec="seconds")}
         self.info["fast_path"] = self.compiled is not None
         self.info["fast_path_note"] = self.compile_note
+
+    def categories(self) -> dict[str, list[str]]:
+        """Each text feature's categories as the compiled path encodes them (none: not compiled, or feature steps)."""
+        compiled = self.compiled
+        if compiled is None or compiled.features:  # the feature steps may read and remake the records' text
+            return {}
+        known: dict[str, list[str]] = {}
+        for text in compiled.text:
+            known.setdefault(text.name, []).extend(value for value in text.slices if type(value) is str)
+        return known
 
     @property
     def version(self) -> str:
@@ -86,7 +96,7 @@ class LoadedModel:
     def _service_decoders(self, spec: ServiceSpec) -> None:
         """The readers of records by id: only the id and request-time fields (fast), or any mix (words problems)."""
         self.plan = plan = Plan.of(spec, self.features)
-        self.by_id_decoder = RecordDecoder(list(plan.request_time), spec.entity_field)
+        self.by_id_decoder = RecordDecoder(list(plan.request_time), spec.entity_field, self.categories())
         self.by_id_types = ColumnTypes(list(plan.request_time), spec.entity_field)  # /invocations
         fetched = {f.name for f in plan.fetched}
         self.lenient = RecordValidator(
@@ -142,10 +152,9 @@ class LoadedModel:
     def predict_columns(self, columns: Columns) -> Prediction:
         """Predict from column-wise values (None or NaN for missing)."""
         if self.compiled is not None:
-            labels, proba = self.compiled.predict(columns)
-        else:
-            frame = self.frame(columns)
-            labels, proba = self.pipeline.predict(frame), self.pipeline.predict_proba(frame)
+            return Prediction(*self.compiled.answer(columns, self.positive_index))
+        frame = self.frame(columns)
+        labels, proba = self.pipeline.predict(frame), self.pipeline.predict_proba(frame)
         return Prediction(labels.tolist(), proba[:, self.positive_index].tolist())
 
     def unscorable(self, columns: Columns, exc: Exception) -> RequestError:
@@ -188,13 +197,18 @@ class LoadedModel:
             compiled = CompiledPipeline(self.pipeline, self.frame)
         except NotCompilable as exc:
             return None, f"sklearn path: {exc}"
-        for frame in self.parity_frames:
+        # Each example frame whole, and each of its rows alone: one record takes a path of its own.
+        frames = [*self.parity_frames, *(f.iloc[[i]] for f in self.parity_frames for i in range(len(f)))]
+        for frame in frames:
             columns = {f.name: frame[f.name].tolist() for f in self.features}
             labels, proba = compiled.predict(columns)
             if not np.array_equal(labels, self.pipeline.predict(frame)):
                 return None, "sklearn path: compiled labels differ from sklearn"
             if not np.allclose(proba, self.pipeline.predict_proba(frame), rtol=0, atol=PARITY_TOLERANCE):
                 return None, "sklearn path: compiled probabilities differ from sklearn"
+            answer = compiled.answer(columns, self.positive_index)
+            if answer != (labels.tolist(), proba[:, self.positive_index].tolist()):
+                return None, "sklearn path: compiled answers differ from compiled predictions"
         rows = sum(len(f) for f in self.parity_frames)
         if rows == 0:
             return None, "sklearn path: no examples to check the compiled path against"
