@@ -79,3 +79,28 @@ def test_invocations_take_only_values_mlflow_passes_through_unchanged():
 
 def _same(a, b):
     return all(np.asarray(a[k], dtype=object).tolist() == np.asarray(b[k], dtype=object).tolist() for k in a)
+
+
+@pytest.mark.parametrize("contract", ["One year", "Decade-long"], ids=["known", "unseen"])
+def test_known_categories_change_nothing_the_decoder_answers(contract):
+    # Given a decoder told the model's categories, and one that is not
+    records = [GOOD, {**GOOD, "Contract": contract, "Total Charges": None}]
+    body = json.dumps({"records": records}).encode()
+    told = RecordDecoder(FEATURES, categories={"Contract": ["One year", "Two year"]})
+    # When both decode a body with a known or an unseen category
+    fast, plain = told.columns(body, 100), RecordDecoder(FEATURES).columns(body, 100)
+    # Then the columns are the same
+    assert fast is not None and plain is not None and list(fast) == list(plain)
+    for name, values in plain.items():
+        if isinstance(values, np.ndarray):
+            assert np.array_equal(fast[name], values, equal_nan=True), name
+        else:
+            assert fast[name] == values, name
+
+
+@pytest.mark.parametrize(
+    "records", [[{**GOOD, "Contract": 3}], [{**GOOD, "extra": 1}], []], ids=["int", "extra", "empty"]
+)
+def test_known_categories_still_leave_anything_else_to_the_full_path(records):
+    told = RecordDecoder(FEATURES, categories={"Contract": ["One year"]})
+    assert told.columns(json.dumps({"records": records}).encode(), 100) is None
