@@ -91,10 +91,11 @@ def prediction_ids(request: str, records: int) -> list[str]:
     return [f"{request}-{i}" for i in range(records)]
 
 
-# One answered request as the request path hands it over: (time.time() when answered, request id, the side's model,
-# role, records, the columns as JSON, then for one record its label, score and entity id as they are, for several
-# their labels and scores as JSON and None). Only atoms and the model: see the module's docstring for why no columns.
-Entry: TypeAlias = tuple[float, str, LoadedModel, str, int, bytes, Any, Any, Any]
+# One answered request as the request path hands it over: (time.time() when answered, request id, model name,
+# version, role, records, the columns as JSON, then for one record its label, score and entity id as they are, for
+# several their labels and scores as JSON and None; last the model when the flush needs it (several records, or a
+# version reading a feature store), else None). See the module's docstring for why no reference to the columns.
+Entry: TypeAlias = tuple[float, str, str, str, str, int, bytes, Any, Any, Any, LoadedModel | None]
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 SLICE = 500  # one-record rows made at once (under a millisecond)
 ABSENT_MARK = "\x00absent"  # a value the feature store gives (ABSENT) in a record's JSON, until the flush reads it
@@ -123,6 +124,7 @@ class PredictionLog:
         # Appended only by the event loop, taken only by the flush thread: no lock. A list's append and the
         # flush's swap are each atomic under the GIL; an append landing on the list being swapped out is in it.
         self._entries: list[Entry] = []
+        self._known: dict[int, tuple[LoadedModel, str, str, bool]] = {}  # by id: (model, name, version, no store)
         self._appended = 0  # rows appended since the start (written by the event loop only)
         self._settled = 0  # rows written or dropped by flushes (written by the flush thread only)
         self._held: list[tuple[str, pa.Table]] = []  # (model, rows) a failed flush could not write
@@ -161,6 +163,12 @@ class PredictionLog:
             if self.metrics is not None:
                 self.metrics.log_dropped.inc(rows)
             return
+        known = self._known.get(id(model))
+        if known is None or known[0] is not model:  # another model (a swap, the canary): named once
+            if len(self._known) >= 16:
+                self._known.clear()
+            known = self._known[id(model)] = (model, _model_name(model), model.version, model.plan is None)
+        _, name, version, plain = known
         entry: Entry
         try:
             # Copied to a bytes object of its own size: orjson's own, kept for seconds, cost 4.7 µs a request
@@ -170,12 +178,14 @@ class PredictionLog:
                 field = model.entity_field
                 entity = None if field is None or (ids := columns.get(field)) is None else ids[0]
                 score = None if probabilities is None else probabilities[0]
-                entry = (time.time(), request, model, role, 1, values, labels[0], score, entity)
+                # Atoms only (the model only if the flush needs it): the collector untracks such a tuple at once,
+                # so pending entries never reach its oldest generation, whose full passes walk the whole heap.
+                entry = (time.time(), request, name, version, role, 1, values, labels[0], score, entity,
+                         None if plain else model)  # fmt: skip
             else:
-                scores = (
-                    None if probabilities is None else orjson.dumps(probabilities, option=orjson.OPT_SERIALIZE_NUMPY)
-                )
-                entry = (time.time(), request, model, role, rows, values, orjson.dumps(labels), scores, None)
+                scores = None if probabilities is None else orjson.dumps(probabilities, option=NUMPY)
+                entry = (time.time(), request, name, version, role, rows, values, orjson.dumps(labels), scores, None,
+                         model)  # fmt: skip
         except Exception:  # values JSON cannot hold: never the client's loss
             if self.metrics is not None:
                 self.metrics.log_dropped.inc(rows)
@@ -207,7 +217,7 @@ class PredictionLog:
             try:
                 self._held.extend(_tables(entries))
             except Exception as exc:  # rows that cannot be built: dropped (counted), never retried forever
-                rows = sum(e[4] for e in entries)
+                rows = sum(e[5] for e in entries)
                 self._settled += rows
                 self._count_failure(f"{rows} rows could not be built: {type(exc).__name__}: {exc}", dropped=rows)
                 return False
@@ -275,36 +285,32 @@ def _parquet(table: pa.Table) -> bytes:
 
 def _tables(entries: list[Entry]) -> list[tuple[str, pa.Table]]:
     """The entries' rows (PREDICTION_SCHEMA), one table per model name."""
-    models = {id(e[2]): e[2] for e in entries}  # a few: production, a canary, the versions swapped out
-    names = {key: _model_name(model) for key, model in models.items()}
-    versions = {key: model.version for key, model in models.items()}
-    plain = {key for key, model in models.items() if model.plan is None}  # no record can be a store's reference
     groups: dict[str, tuple[list[Entry], list[Entry]]] = {}
     for entry in entries:
-        quick, other = groups.setdefault(names[id(entry[2])], ([], []))
-        # One record whose JSON has no escape: its row is made without parsing (_quick_rows).
-        (quick if entry[4] == 1 and id(entry[2]) in plain and b"\\" not in entry[5] else other).append(entry)
+        quick, other = groups.setdefault(entry[2], ([], []))
+        # One record of a version without a store, its JSON without an escape: made without parsing (_quick_rows).
+        (quick if entry[10] is None and b"\\" not in entry[6] else other).append(entry)
     tables = []
     for name, (quick, other) in groups.items():
         parts = []
         for start in range(0, len(quick), SLICE):
-            parts.append(_quick_rows(name, quick[start : start + SLICE], versions))
+            parts.append(_quick_rows(name, quick[start : start + SLICE]))
             # In slices, the lock let go after each: one Arrow call holds it until it returns, and while this thread
             # wants it, the event loop waits up to the switch interval (5 ms) every time it takes it back.
             time.sleep(0)
         if other:
-            parts.append(pa.Table.from_pydict(_rows(name, other, versions), schema=PREDICTION_SCHEMA))
+            parts.append(pa.Table.from_pydict(_rows(name, other), schema=PREDICTION_SCHEMA))
         tables.append((name, parts[0] if len(parts) == 1 else pa.concat_tables(parts)))
     return tables
 
 
-def _quick_rows(name: str, entries: list[Entry], versions: dict[int, str]) -> pa.Table:
+def _quick_rows(name: str, entries: list[Entry]) -> pa.Table:
     """The rows of one-record answers (one-record traffic), column by column, their features' JSON rewritten by Arrow.
 
     {"a":[1.0],"b":["x"]} -> {"a":1.0,"b":"x"}: with no escape in the text, `":[`, `],"` and the last `]}` can
     only be the columns' own brackets (a quote inside a string would be escaped).
     """
-    values = pa.array([e[5] for e in entries], pa.binary())
+    values = pa.array([e[6] for e in entries], pa.binary())
     values = pc.replace_substring(pc.replace_substring(values, b'":[', b'":'), b'],"', b',"')
     features = pc.replace_substring_regex(values, r"\]\}$", "}").cast(pa.string())
     micros = pc.multiply(pa.array([e[0] for e in entries], pa.float64()), 1_000_000)
@@ -312,18 +318,18 @@ def _quick_rows(name: str, entries: list[Entry], versions: dict[int, str]) -> pa
     columns = {
         "time": times,
         "prediction_id": pa.array([e[1] + "-0" for e in entries], pa.string()),
-        "entity_id": pa.array([None if (x := e[8]) is None else str(x) for e in entries], pa.string()),
+        "entity_id": pa.array([None if (x := e[9]) is None else str(x) for e in entries], pa.string()),
         "model": pa.array([name] * len(entries), pa.string()),
-        "version": pa.array([versions[id(e[2])] for e in entries], pa.string()),
-        "role": pa.array([e[3] for e in entries], pa.string()),
-        "score": pa.array([e[7] for e in entries], pa.float64()),
-        "label": pa.array([None if (x := e[6]) is None else str(x) for e in entries], pa.string()),
+        "version": pa.array([e[3] for e in entries], pa.string()),
+        "role": pa.array([e[4] for e in entries], pa.string()),
+        "score": pa.array([e[8] for e in entries], pa.float64()),
+        "label": pa.array([None if (x := e[7]) is None else str(x) for e in entries], pa.string()),
         "features": features,
     }
     return pa.Table.from_pydict(columns, schema=PREDICTION_SCHEMA)
 
 
-def _rows(name: str, entries: list[Entry], versions: dict[int, str]) -> dict[str, list[Any]]:
+def _rows(name: str, entries: list[Entry]) -> dict[str, list[Any]]:
     """The rows of any entries (several records, records a feature store completed, escapes), record by record."""
     times: list[int] = []
     ids: list[str] = []
@@ -333,17 +339,18 @@ def _rows(name: str, entries: list[Entry], versions: dict[int, str]) -> dict[str
     scores: list[float | None] = []
     labels: list[str | None] = []
     features: list[bytes] = []
-    for at, request, model, role, count, values, label, score, _ in entries:
+    for at, request, _, model_version, role, count, values, label, score, entity, model in entries:
         row_entities, row_features = _parsed(model, values, count)
         times.extend([int(at * 1_000_000)] * count)
         ids.extend(prediction_ids(request, count))
-        entities.extend(row_entities)
-        version.extend([versions[id(model)]] * count)
+        version.extend([model_version] * count)
         roles.extend([role] * count)
-        if count == 1:
+        if count == 1:  # its label, score and customer as the answer had them
+            entities.append(None if entity is None else str(entity))
             scores.append(score)
             labels.append(None if label is None else str(label))
         else:
+            entities.extend(row_entities)
             scores.extend([None] * count if score is None else orjson.loads(score))
             labels.extend(None if v is None else str(v) for v in orjson.loads(label))
         features.extend(row_features)
@@ -351,8 +358,8 @@ def _rows(name: str, entries: list[Entry], versions: dict[int, str]) -> dict[str
             "version": version, "role": roles, "score": scores, "label": labels, "features": features}  # fmt: skip
 
 
-def _parsed(model: LoadedModel, values: bytes, count: int) -> tuple[list[str | None], list[bytes]]:
-    """(entity ids, features JSON) of an entry's records, from its columns' JSON.
+def _parsed(model: LoadedModel | None, values: bytes, count: int) -> tuple[list[str | None], list[bytes]]:
+    """(entity ids, features JSON) of an entry's records, from its columns' JSON (model None: no feature store).
 
     A record the feature store completed is its reference, {"feature_service": NAME, "entity_id": ID}.
     """
@@ -360,7 +367,8 @@ def _parsed(model: LoadedModel, values: bytes, count: int) -> tuple[list[str | N
     names = list(columns)
     records = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)] if names else []
     records = records or [{} for _ in range(count)]
-    field, plan = model.entity_field, model.plan
+    field = None if model is None else model.entity_field
+    plan = None if model is None else model.plan
     entities = [None if field is None or r.get(field) is None else str(r[field]) for r in records]
     fetched = plan.fetched[0].name if plan is not None and plan.fetched else None
     features = []
