@@ -92,9 +92,10 @@ def prediction_ids(request: str, records: int) -> list[str]:
 
 
 # One answered request as the request path hands it over: (time.time() when answered, request id, model name,
-# version, role, records, the columns as JSON, then for one record its label, score and entity id as they are, for
-# several their labels and scores as JSON and None; last the model when the flush needs it (several records, or a
-# version reading a feature store), else None). See the module's docstring for why no reference to the columns.
+# version, role, records, the JSON of its record (of several: of their columns), then for one record its label,
+# score and entity id as they are, for several their labels and scores as JSON and None; last the model when the
+# flush needs it (several records, or a version reading a feature store), else None). The module's docstring says
+# why no reference to the columns.
 Entry: TypeAlias = tuple[float, str, str, str, str, int, bytes, Any, Any, Any, LoadedModel | None]
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 SLICE = 500  # one-record rows made at once (under a millisecond)
@@ -173,8 +174,9 @@ class PredictionLog:
         try:
             # Copied to a bytes object of its own size: orjson's own, kept for seconds, cost 4.7 µs a request
             # against 1.3 (its allocation is large and from malloc; freed at once, it is reused by the next dump).
-            values = bytes(memoryview(orjson.dumps(columns, default=_absent, option=NUMPY)))
-            if rows == 1:
+            if rows == 1:  # the record itself: its row's features as they will be written
+                record = {name: values[0] for name, values in columns.items()}
+                values = bytes(memoryview(orjson.dumps(record, default=_absent, option=NUMPY)))
                 field = model.entity_field
                 entity = None if field is None or (ids := columns.get(field)) is None else ids[0]
                 score = None if probabilities is None else probabilities[0]
@@ -183,6 +185,7 @@ class PredictionLog:
                 entry = (time.time(), request, name, version, role, 1, values, labels[0], score, entity,
                          None if plain else model)  # fmt: skip
             else:
+                values = bytes(memoryview(orjson.dumps(columns, default=_absent, option=NUMPY)))
                 scores = None if probabilities is None else orjson.dumps(probabilities, option=NUMPY)
                 entry = (time.time(), request, name, version, role, rows, values, orjson.dumps(labels), scores, None,
                          model)  # fmt: skip
@@ -288,8 +291,8 @@ def _tables(entries: list[Entry]) -> list[tuple[str, pa.Table]]:
     groups: dict[str, tuple[list[Entry], list[Entry]]] = {}
     for entry in entries:
         quick, other = groups.setdefault(entry[2], ([], []))
-        # One record of a version without a store, its JSON without an escape: made without parsing (_quick_rows).
-        (quick if entry[10] is None and b"\\" not in entry[6] else other).append(entry)
+        # One record of a version without a store: made without parsing (_quick_rows).
+        (quick if entry[10] is None else other).append(entry)
     tables = []
     for name, (quick, other) in groups.items():
         parts = []
@@ -305,14 +308,8 @@ def _tables(entries: list[Entry]) -> list[tuple[str, pa.Table]]:
 
 
 def _quick_rows(name: str, entries: list[Entry]) -> pa.Table:
-    """The rows of one-record answers (one-record traffic), column by column, their features' JSON rewritten by Arrow.
-
-    {"a":[1.0],"b":["x"]} -> {"a":1.0,"b":"x"}: with no escape in the text, `":[`, `],"` and the last `]}` can
-    only be the columns' own brackets (a quote inside a string would be escaped).
-    """
-    values = pa.array([e[6] for e in entries], pa.binary())
-    values = pc.replace_substring(pc.replace_substring(values, b'":[', b'":'), b'],"', b',"')
-    features = pc.replace_substring_regex(values, r"\]\}$", "}").cast(pa.string())
+    """The rows of one-record answers (one-record traffic), column by column: their records' JSON is their features."""
+    features = pa.array([e[6] for e in entries], pa.binary()).cast(pa.string())
     micros = pc.multiply(pa.array([e[0] for e in entries], pa.float64()), 1_000_000)
     times = pc.cast(micros, pa.int64(), safe=False).cast(PREDICTION_SCHEMA.field("time").type)
     columns = {
@@ -330,7 +327,7 @@ def _quick_rows(name: str, entries: list[Entry]) -> pa.Table:
 
 
 def _rows(name: str, entries: list[Entry]) -> dict[str, list[Any]]:
-    """The rows of any entries (several records, records a feature store completed, escapes), record by record."""
+    """The rows of any entries (several records, records a feature store completed), record by record."""
     times: list[int] = []
     ids: list[str] = []
     entities: list[str | None] = []
@@ -359,14 +356,17 @@ def _rows(name: str, entries: list[Entry]) -> dict[str, list[Any]]:
 
 
 def _parsed(model: LoadedModel | None, values: bytes, count: int) -> tuple[list[str | None], list[bytes]]:
-    """(entity ids, features JSON) of an entry's records, from its columns' JSON (model None: no feature store).
+    """(entity ids, features JSON) of an entry's records, from its JSON (one record's, or several's columns).
 
     A record the feature store completed is its reference, {"feature_service": NAME, "entity_id": ID}.
     """
-    columns = orjson.loads(values)
-    names = list(columns)
-    records = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)] if names else []
-    records = records or [{} for _ in range(count)]
+    if count == 1:
+        records = [orjson.loads(values)]
+    else:
+        columns = orjson.loads(values)
+        names = list(columns)
+        records = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)] if names else []
+        records = records or [{} for _ in range(count)]
     field = None if model is None else model.entity_field
     plan = None if model is None else model.plan
     entities = [None if field is None or r.get(field) is None else str(r[field]) for r in records]

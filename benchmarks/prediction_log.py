@@ -38,6 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the project's packages a
 
 from serve_vs_mlflow import wrk  # noqa: E402
 
+from pipeline.core.errors import CheckFailed  # noqa: E402
 from pipeline.runtime.processes import free_port, stop, wait_for  # noqa: E402
 
 MAX_DROP = 0.05  # one-record req/s with the log on, at most this far below off
@@ -80,7 +81,11 @@ def api(log: Path | None) -> Iterator[tuple[str, int]]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(url + "/ready", 180, process)
+        try:
+            wait_for(url + "/ready", 180, process)
+        except CheckFailed as exc:
+            tail = (process.stderr.read() if process.poll() is not None and process.stderr else b"").decode()
+            raise SystemExit(f"the API did not start: {exc}\n{tail[-2000:]}") from None
         yield url, process.pid
     finally:
         stop(process)
