@@ -1,19 +1,23 @@
 """The prediction log's writer: every answered record, off the request path, in Parquet segments (api/log_layout.py).
 
 The request path calls `PredictionLog.append` once per answered request: one
-tuple of the side's model, the request id, and the answer as atoms (the
-columns as one orjson dump, about 1.5 µs for a record; a one-record answer's
-label, score and customer id as they are). Why not keep references to the
-decoded columns: held for seconds, every request's dict and lists survived
-into the collector's older generations, and its full collections walked them
-all (a one-record request cost 2-4x as much, measured in a loop; /predict's
-throughput fell by a third). A tuple of atoms is untracked by the collector.
+tuple of atoms (the time, the request id, the version's name and version, the
+role, the record's values as one orjson dump, about 2 µs; a one-record
+answer's label, score and customer id as they are). Not references to the
+decoded columns: held for seconds, each request's dict and lists, and even a
+tuple holding the model, reached the collector's oldest generation, whose full
+passes then walked the whole heap (one-record /predict lost a third of its
+throughput, its p99 went from 2 to 50-80 ms). A tuple of atoms is untracked
+by the collector at once. (Several records, or a version reading a feature
+store: their columns' dump and the model, rarer.)
 A background thread flushes every PREDICTION_LOG_FLUSH_S seconds, and once
 more at shutdown: it builds the rows (one per record: `prediction_id` =
 `REQUEST_ID-i`, the entity id, the score, the label, the features as JSON or,
 for a record read from the feature store by id, {"feature_service": NAME,
-"entity_id": ID}) and writes one segment per model per flush for this replica
-(hostname-pid), whole or not at all.
+"entity_id": ID}), column by column and in slices that let the event loop in,
+and writes one segment per model per flush for this replica (hostname-pid),
+whole or not at all. Its cost (benchmarks/prediction_log.py): about 1.5 µs a
+row in the flush thread and 2-3 µs an answer on the request path.
 
 Memory is bounded: at most PREDICTION_LOG_MAX_ROWS rows wait (appended, or
 built by a flush that failed). An answer that would pass the bound is left out
@@ -25,11 +29,14 @@ one; nothing here ever raises into the request path.
 What a crash loses: a replica killed outright (SIGKILL, OOM) loses the rows
 answered since its last successful flush, at most PREDICTION_LOG_FLUSH_S of
 its traffic (more only while flushes are failing) and never more than
-PREDICTION_LOG_MAX_ROWS rows. A graceful stop (SIGTERM) flushes what waits
-before the process ends. Segments already written are never lost or torn.
+PREDICTION_LOG_MAX_ROWS rows. A graceful stop (SIGTERM: uvicorn's shutdown,
+then the app's lifespan) flushes what waits before the process ends (if that
+last flush fails, its rows are lost, counted and logged). Segments already
+written are never lost or torn.
 
 Shadow answers (api/shadow.py, role "shadow") are not logged yet: the scorer
-child would have to send every record's answer back to the worker.
+child would have to send every record's answer back to the worker, with the
+production answer's prediction ids carried in each copy.
 """
 
 from __future__ import annotations
