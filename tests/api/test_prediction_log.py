@@ -28,7 +28,7 @@ from api.app import create_app
 from api.holder import ModelHolder
 from api.log_layout import PREDICTION_SCHEMA
 from api.release.traffic import Target, Traffic
-from api.settings import Settings
+from api.settings import Settings, SettingsError
 from pipeline.runtime.processes import free_port, stop, wait_for
 
 from ..conftest import ROOT
@@ -43,7 +43,7 @@ import uvicorn
 from api.app import create_app
 from api.holder import ModelHolder
 from api.http_protocol import PROTOCOL
-from api.settings import Settings
+from api.settings import Settings, SettingsError
 from pipeline.core.churn_data import generate_churn
 from pipeline.core.config import DataParams, ModelParams
 from pipeline.core.data import prepare
@@ -322,3 +322,19 @@ def test_records_read_by_id_are_logged_as_their_feature_store_reference(trained,
     assert json.loads(by_id["features"]) == {"feature_service": service["feature_service"], "entity_id": ids[1]}
     assert json.loads(in_full["features"])["tenure"] == full[2]["tenure"] and in_full["entity_id"] == ids[2]
     assert [by_id["score"], in_full["score"]] == mixed.json()["probabilities"]
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/log", "s3://", "http://example.com/log"])
+def test_a_log_root_other_than_a_folder_or_s3_is_refused_by_name(monkeypatch, uri):
+    # given: PREDICTION_LOG_URI naming something the log cannot write to
+    monkeypatch.setenv("PREDICTION_LOG_URI", uri)
+    # when: the settings are read, then: one line naming the variable
+    with pytest.raises(SettingsError, match=r"PREDICTION_LOG_URI=.* must be a local folder or s3://BUCKET/PREFIX"):
+        Settings.from_env()
+
+
+def test_an_outcomes_token_still_holding_the_placeholder_stops_the_start(monkeypatch):
+    monkeypatch.setenv("OUTCOMES_TOKEN", "change-me-outcomes-token")
+    with pytest.raises(SettingsError, match="OUTCOMES_TOKEN") as refused:
+        Settings.from_env()
+    assert "change-me-outcomes-token" not in str(refused.value)
