@@ -159,8 +159,9 @@ class RequestPath:
                 raise Declined(model, records, counted=True) from None
             raise
         admitted = self.served(model, columns, prediction.labels, prediction.probabilities, scope, started)
-        if request is not None:
-            self.logged(model, production, request, sent, prediction.labels, prediction.probabilities)
+        if request is not None and self.log is not None:  # the prediction log: references handed over, no more
+            role = "production" if model is production else "canary"
+            self.log.append(model, role, request, sent, prediction.labels, prediction.probabilities)
         # Copies of counted requests only: no client weighs more in the shadow's counts than in the others.
         if admitted and canary is not None and traffic.mode == "shadow" and random.random() < traffic.shadow_share:
             # Built within the shadow's guard (a copy that cannot be made is the canary's loss), off the loop if large.
