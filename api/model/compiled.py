@@ -70,7 +70,9 @@ class NumericBlock:
         """
         out = []
         for value, fill, mean, scale in zip(values, self.fill_list, self.mean_list, self.scale_list, strict=True):
-            number = fill if value is None or value != value else float(value)
+            number = fill if value is None else float(value)
+            if number != number:  # NaN: missing
+                number = fill
             if mean is not None:
                 number -= mean
             if scale is not None:

@@ -66,15 +66,23 @@ class RecordDecoder:
         self._layout = [(spec.name, spec.numeric, position[f"f{i}"]) for i, spec in enumerate(features)]
         if self._entity:
             self._layout.append((self._entity, False, position["entity"]))
+        # A numeric field's position in the record -> its slice of one record's numbers (dicts keep their order).
+        self._numeric = {i: slice(n, n + 1) for n, i in enumerate(i for _, numeric, i in self._layout if numeric)}
 
     def columns(self, body: bytes, limit: int) -> dict[str, Values] | None:
         """The body's records by column (numbers as float64), or None when the full path must decide."""
         records = self._records(body)
         if records is None or not 0 < len(records) <= limit:
             return None
+        columns: dict[str, Values] = {}
+        if len(records) == 1:  # one record: its numbers converted together, each column a view of them
+            values = astuple(records[0])
+            numbers = np.array([values[i] for i in self._numeric], dtype=np.float64)
+            for name, numeric, i in self._layout:
+                columns[name] = numbers[self._numeric[i]] if numeric else [values[i]]
+            return columns
         # One tuple per record (C), transposed into one tuple per field (C): no Python per value.
         fields = list(zip(*map(astuple, records), strict=True))
-        columns: dict[str, Values] = {}
         for name, numeric, i in self._layout:
             columns[name] = np.array(fields[i], dtype=np.float64) if numeric else list(fields[i])
         return columns
