@@ -296,10 +296,14 @@ def _parquet(table: pa.Table) -> bytes:
 def _tables(entries: list[Entry]) -> list[tuple[str, pa.Table]]:
     """The entries' rows (PREDICTION_SCHEMA), one table per model name."""
     groups: dict[str, tuple[list[Entry], list[Entry]]] = {}
-    for entry in entries:
-        quick, other = groups.setdefault(entry[2], ([], []))
-        # One record of a version without a store: made without parsing (_quick_rows).
-        (quick if entry[10] is None else other).append(entry)
+    names = {e[2] for e in entries}
+    if len(names) == 1 and all(e[10] is None for e in entries):  # the common case: one model, one record each
+        groups[names.pop()] = (entries, [])
+    else:
+        for entry in entries:
+            quick, other = groups.setdefault(entry[2], ([], []))
+            # One record of a version without a store: made without parsing (_quick_rows).
+            (quick if entry[10] is None else other).append(entry)
     tables = []
     for name, (quick, other) in groups.items():
         parts = []
