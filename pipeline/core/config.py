@@ -17,6 +17,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 from api.settings import Settings
 from families import FAMILIES, Family, FamilyParams
 from features import transformer_class
+from gates.bootstrap import METRICS as RECOMPUTED_METRICS
 from pipeline.core.params_section import ALIAS_NAME, RESERVED_ALIAS, Section
 from pipeline.core.rollout_params import RolloutParams
 
@@ -122,6 +123,23 @@ class DriftGates(Section):
     max_unseen_share: Annotated[float, Field(ge=0, le=1)] | None = None  # rows with categories production never saw
 
 
+class RecentOutcomesGate(Section):
+    """`gates.recent_outcomes`: candidate vs production on the log's newest labelled rows, held out of training-set."""
+
+    rows: Annotated[int, Field(gt=0)] = 500  # the newest labelled log rows held out and judged
+    min_rows: Annotated[int, Field(gt=0)] = 200  # fewer scorable rows: not judged
+    metric: str = "f1"  # one the gate recomputes with intervals (gates/bootstrap.py METRICS)
+    max_drop: Annotated[float, Field(ge=0, le=1)] = 0.02  # as gates.metrics.<m>.max_drop: on the CI's lower bound
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RecentOutcomesGate:
+        if self.min_rows > self.rows:
+            raise ValueError(f"min_rows ({self.min_rows}) exceeds rows ({self.rows}): the rule could never judge")
+        if self.metric not in RECOMPUTED_METRICS:
+            raise ValueError(f"metric {self.metric!r} is not one the gate recomputes ({', '.join(RECOMPUTED_METRICS)})")
+        return self
+
+
 # The round-one keys, still accepted as shorthand for gates.metrics.f1.
 LEGACY_GATE_KEYS = {"f1_min": "min", "max_f1_drop": "max_drop"}
 
@@ -135,6 +153,7 @@ class GateParams(Section):
     slices: SliceGates = SliceGates()
     allow_breaking_schema: bool = False
     drift: DriftGates = DriftGates()
+    recent_outcomes: RecentOutcomesGate | None = None  # null: off (the retrain workflow turns it on)
 
     @model_validator(mode="before")
     @classmethod

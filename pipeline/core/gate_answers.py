@@ -1,7 +1,11 @@
-"""The answers the gate compares: a model under gate scored on the candidate's test rows (pure, the model passed in)."""
+"""The answers the gate compares: models under gate scored on the test rows or the log's newest labelled rows.
+
+Pure: the models and the rows are passed in.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +15,9 @@ import pandas as pd
 from api.model.schema import FeatureSpec
 from gates.bootstrap import HeldOutAnswers
 from gates.evaluate import Production
+from gates.recent_outcomes import Skipped
 from pipeline.core.data import Feature, coerce_to_schema
+from pipeline.core.quality_rules import training_rows
 
 if TYPE_CHECKING:
     from gates.profile import Profile
@@ -29,6 +35,9 @@ class ModelUnderGate:
     profile: Profile | None  # the training data's profile; None for runs logged before profiles
     digest: str
     logged: dict[str, float]  # the metrics recorded for it (run metrics, or the version's metric tags)
+
+
+OUTCOME = "__outcome__"  # the newest rows' outcome column: never a feature's name
 
 
 class CannotScore(Exception):
@@ -82,3 +91,41 @@ def production_answers(
     if lacking:
         note = f"production v{version} was scored with {', '.join(lacking)} missing (allowed schema break)"
     return Production(version, scored, None, logged), note
+
+
+@dataclass(frozen=True)
+class RecentAnswers:
+    """Both models on the log's newest labelled rows: the outcomes, their answers, the rows skipped."""
+
+    y_true: np.ndarray  # the outcome was the positive class
+    candidate: HeldOutAnswers
+    production: Production | None  # None: no production to compare with
+    skipped: Skipped
+
+
+def recent_answers(
+    candidate: ModelUnderGate,
+    production: Production | None,
+    production_model: ModelUnderGate | None,
+    newest: pd.DataFrame,
+    features: Mapping[str, Any],
+    allow_missing: bool,
+) -> RecentAnswers:
+    """The newest labelled rows (LABELLED_COLUMNS) scored by both models, their features from the log's JSON.
+
+    `production` is the gate's production (its version, or why it could not be scored); `production_model`
+    the model it loaded. Rows whose features are a feature store reference, or unreadable, are skipped and
+    counted. CannotScore when the candidate cannot answer them.
+    """
+    positive = candidate.positive_label
+    theirs_features = production_model.features if production_model else ()
+    names = {f.name for f in candidate.features} | {f.name for f in theirs_features}
+    columns = [*sorted(names), OUTCOME]
+    found = training_rows(newest, features, columns, OUTCOME, (positive, f"not {positive}"), None)
+    raw, y_true = found.frame.drop(columns=OUTCOME), (found.frame[OUTCOME] == positive).to_numpy(dtype=bool)
+    scored = score(candidate, raw, positive)
+    theirs = None
+    if production is not None:
+        error = production.error if production_model is None else None
+        theirs, _ = production_answers(production.version, production_model, error, raw, positive, allow_missing)
+    return RecentAnswers(y_true, scored, theirs, Skipped(found.from_feature_store, found.unreadable))

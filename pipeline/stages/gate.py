@@ -18,12 +18,14 @@ from mlflow.exceptions import MlflowException
 from api.release import contract
 from api.release.check import is_not_found
 from api.release.safe_model import RefusedModel
+from gates import recent_outcomes as recent_rules
 from gates.bootstrap import METRICS, HeldOutAnswers
 from gates.evaluate import Production
 from gates.evaluate import evaluate as evaluate_gates
 from gates.model_card import CardFacts, model_card
 from gates.policy_diff import feature_changes, feature_store_changes, policy_changes, rollout_changes
 from gates.profile import Drift, compare_profiles
+from gates.recent_outcomes import split_newest
 from gates.report import COMMENT_MARKER, GateReport
 from gates.rules import RuleResult
 from gates.schema_diff import SchemaDiff, compare_schemas
@@ -34,11 +36,13 @@ from pipeline.core.config import GateParams, Params
 from pipeline.core.data import coerce_to_schema
 from pipeline.core.errors import CheckFailed, ConfigError
 from pipeline.core.feature_training import recorded_features
-from pipeline.core.gate_answers import CannotScore, ModelUnderGate, production_answers, score
+from pipeline.core.gate_answers import CannotScore, ModelUnderGate, production_answers, recent_answers, score
 from pipeline.stages.context import Context
+from pipeline.stages.outcomes import Classes, join_log
 from pipeline.stages.skew import feature_skew
 from pipeline.store import alias_moves, connection, gate_inputs, training_runs
 from pipeline.store.gate_record import record_gate
+from pipeline.store.prediction_log import PredictionLog
 
 REPORTS = Path("reports")
 
@@ -53,6 +57,7 @@ class Baseline:
     drift: Drift | None = None
     notes: list[str] = field(default_factory=list)
     features: dict[str, Any] | None = None  # the feature service production was trained from (None: a CSV)
+    model: ModelUnderGate | None = None  # production as loaded, to score other rows (recent_outcomes)
 
 
 def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -> GateReport:
@@ -79,8 +84,11 @@ def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -
         except CannotScore as exc:
             raise CheckFailed(f"run {run_id}: {exc}") from None
         baseline = _baseline(ctx, candidate, raw, Path(tmp) / "production")
-        skew = feature_skew(ctx.params, ctx.env.feature_store_url)  # none unless training reads a feature service
-        report, card = _evaluate(ctx, run, candidate, raw, y_true, scored, baseline, base_params, skew)
+        extra = [
+            *feature_skew(ctx.params, ctx.env.feature_store_url),  # none unless training reads a feature service
+            *_recent_outcomes(ctx, candidate, raw, baseline),  # none unless gates.recent_outcomes is set
+        ]
+        report, card = _evaluate(ctx, run, candidate, raw, y_true, scored, baseline, base_params, extra)
         _record(ctx, run, candidate, report, card, baseline)
         for change in report.policy_changes or []:
             say(f"  policy {change.direction}: {change.message}")
@@ -100,10 +108,46 @@ def gate_stage(params: Params, run_id: str, base_params: Params | None = None) -
 
 
 def _rules_text(gates: GateParams) -> str:
-    return ", ".join(
+    text = ", ".join(
         f"{m} >= {g.min}" if g.max_drop is None else f"{m} >= {g.min}, {m} drop <= {g.max_drop} vs production"
         for m, g in gates.metrics.items()
     )
+    recent = gates.recent_outcomes
+    if recent is not None:
+        text += f", {recent.metric} drop <= {recent.max_drop} vs production on the newest {recent.rows} outcomes"
+    return text
+
+
+def _recent_outcomes(
+    ctx: Context, candidate: ModelUnderGate, raw: pd.DataFrame, baseline: Baseline
+) -> list[RuleResult]:
+    """gates.recent_outcomes: both models on the log's newest labelled rows (training-set held them out).
+
+    No rule when the key is not set; the log is read only then.
+    """
+    settings = ctx.params.gates.recent_outcomes
+    if settings is None:
+        return []
+    positive = candidate.positive_label
+    others = sorted(set(raw[training_runs.TARGET_COLUMN].dropna().astype(str)) - {positive})
+    classes = Classes(positive, others[0] if len(others) == 1 else None, "the candidate's test set")
+    joined = join_log(ctx.params, PredictionLog.open(ctx.env.prediction_log_uri), classes)
+    newest = split_newest(joined.result.labelled, settings.rows).newest
+    features = dict(zip(joined.predictions["prediction_id"], joined.predictions["features"], strict=True))
+    gates = ctx.params.gates
+    try:
+        answers = recent_answers(
+            candidate, baseline.production, baseline.model, newest, features, gates.allow_breaking_schema
+        )
+    except CannotScore as exc:
+        return [recent_rules.unscorable(settings.metric, settings.max_drop, len(newest), str(exc))]
+    limits = (settings.min_rows, settings.max_drop)
+    bootstrap = (gates.bootstrap_samples, gates.confidence, ctx.params.data.seed)
+    return [
+        recent_rules.judge(
+            settings.metric, answers.y_true, answers.candidate, answers.production, limits, bootstrap, answers.skipped
+        )
+    ]
 
 
 def _baseline(ctx: Context, candidate: ModelUnderGate, raw: pd.DataFrame, dst: Path) -> Baseline:
@@ -131,6 +175,7 @@ def _baseline(ctx: Context, candidate: ModelUnderGate, raw: pd.DataFrame, dst: P
             return baseline
         model, error = None, str(exc)  # signed releases: a production the release check refuses fails the gate
     positive, allow = candidate.positive_label, ctx.params.gates.allow_breaking_schema
+    baseline.model = model
     baseline.production, note = production_answers(version, model, error, raw, positive, allow)
     baseline.notes += [note] if note else []
     if model is not None:
@@ -153,9 +198,9 @@ def _evaluate(
     scored: HeldOutAnswers,
     baseline: Baseline,
     base_params: Params | None,
-    skew: Sequence[RuleResult] = (),
+    extra: Sequence[RuleResult] = (),
 ) -> tuple[GateReport, str]:
-    """The gate report and the model card (pure, but for the timing it prints); `skew` joins the rules."""
+    """The gate report and the model card (pure, but for the timing it prints); `extra` rules join the rules."""
     gates = ctx.params.gates
     started = time.perf_counter()
     frame = coerce_to_schema(raw, candidate.features)
@@ -164,8 +209,8 @@ def _evaluate(
         baseline.schema, baseline.drift,
     )  # fmt: skip
     say(f"  bootstrap: {gates.bootstrap_samples} paired resamples scored in {time.perf_counter() - started:.2f} s")
-    if skew:
-        result = dataclasses.replace(result, rules=[*result.rules, *skew])
+    if extra:
+        result = dataclasses.replace(result, rules=[*result.rules, *extra])
     changes = None
     if base_params is not None:  # every gate and rollout threshold this params file loosens or tightens
         changes = policy_changes(base_params.gates.model_dump(), gates.model_dump())

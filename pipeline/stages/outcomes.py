@@ -4,7 +4,8 @@ outcomes records a labels file as one label segment (named by its content: the
 same labels twice write nothing new), then joins every label segment to every
 logged prediction (gates/outcomes.py) and reports what was used and what was
 not, and why. training-set appends the labelled log rows to the base data for
-the retrain workflow.
+the retrain workflow, less the newest ones when gates.recent_outcomes is set
+(the gate judges the candidate on those).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from api.release import contract
 from api.release.check import stored_json
 from gates.outcomes import REASONS, JoinResult, join
+from gates.recent_outcomes import split_newest
 from pipeline.ci import github
 from pipeline.ci.progress import say
 from pipeline.core.config import Params
@@ -174,7 +176,11 @@ def training_set_stage(params: Params, out: str, since: str | None) -> str:
     classes = Classes(positive, others[0], "params data")
     joined = join_log(params, log, classes, start)
     features = dict(zip(joined.predictions["prediction_id"], joined.predictions["features"], strict=True))
-    found = training_rows(joined.result.labelled, features, list(base.columns), target, (positive, others[0]),
+    labelled, held_out = joined.result.labelled, None
+    if params.gates.recent_outcomes is not None:  # the gate judges the newest rows: the candidate must not see them
+        held_out = split_newest(labelled, params.gates.recent_outcomes.rows)
+        labelled = held_out.rest
+    found = training_rows(labelled, features, list(base.columns), target, (positive, others[0]),
                           params.data.id_column)  # fmt: skip
     combined = pd.concat([base, found.frame.astype(object)], ignore_index=True)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +189,10 @@ def training_set_stage(params: Params, out: str, since: str | None) -> str:
         f"training set: {len(combined)} rows written to {out}: {len(base)} from {params.data.path}, "
         f"{len(found.frame)} from the labelled prediction log" + (f" (predictions since {since})" if since else ""),
     ]
+    if held_out is not None:
+        lines.append(f"  held out the newest {len(held_out.newest)} labelled rows for the gate's recent_outcomes rule"
+                     + (f", and {held_out.same_entities} earlier answers to the same customers"
+                        if held_out.same_entities else ""))  # fmt: skip
     if found.from_feature_store:
         lines.append(f"  skipped {found.from_feature_store} labelled rows whose features were a feature store "
                      "reference (their values are the store's, point in time, not in the log)")  # fmt: skip
