@@ -82,7 +82,7 @@ class ColumnarModel:
         for name, fill, lookup in compiled.categorical:
             coded = columns[name]
             assert isinstance(coded, Coded)
-            absent = lookup.get(None, -1)  # None, then the imputed category (CompiledPipeline._resolve_missing)
+            absent = lookup.get(None, -1)  # None, then the imputed category (as CompiledPipeline's TextColumn.missing)
             if absent < 0:
                 absent = lookup.get(fill, -1)
             table = np.array([lookup.get(v, -1) for v in coded.values] + [absent], dtype=np.intp)
