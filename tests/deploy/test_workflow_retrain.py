@@ -75,7 +75,7 @@ def test_deploy_keeps_its_push_and_takes_a_retrain_input() -> None:
     steps = deploy["jobs"]["candidate"]["steps"]
     [training_set] = [step for step in steps if "training-set" in step.get("run", "")]
     assert training_set["if"] == "inputs.retrain"
-    assert training_set["run"] == "python -m pipeline training-set --out data/retrain.csv"
+    assert training_set["run"].startswith("python -m pipeline training-set --out data/retrain.csv --set ")
     assert training_set["env"]["PREDICTION_LOG_URI"] == "${{ vars.PREDICTION_LOG_URI }}"
     [train] = [step for step in steps if step.get("id") == "train"]
     assert train["env"]["DATA_PATH"] == "${{ inputs.retrain && 'data/retrain.csv' || '' }}"
@@ -147,7 +147,10 @@ def test_a_retrain_that_does_not_beat_production_changes_nothing_and_says_so(tmp
     done, seen = run_gate_step(tmp_path, retrain=True, gate_exit=1)
     # then the step succeeds, tells the later steps to do nothing, and the job summary says why
     assert done.returncode == 0, done.stderr
-    assert seen["args"] == "-m pipeline gate --run-id abc123 --set gates.metrics.f1.max_drop=0"
+    assert seen["args"] == (
+        "-m pipeline gate --run-id abc123 --set gates.metrics.f1.max_drop=0"
+        " --set gates.recent_outcomes={rows: 500, min_rows: 200, max_drop: 0}"
+    )
     assert seen["output"] == "unchanged=true\n"
     assert seen["summary"].startswith("### Retrain: production unchanged\n")
     assert "run `abc123`) did not beat production" in seen["summary"]
@@ -191,3 +194,16 @@ def test_the_reason_job_says_what_asked_in_plain_text_and_refuses_an_odd_version
         assert "client_payload.version must be a version number" in done.stdout and summary.read_text() == ""
     else:
         assert summary.read_text() == f"### Retrain\n\n{said} The release job below says what changed.\n"
+
+
+def test_a_retrain_holds_out_of_its_training_set_the_newest_outcomes_its_gate_judges() -> None:
+    # given deploy.yml's candidate job: the training-set step and the gate step
+    steps = workflow("deploy.yml")["jobs"]["candidate"]["steps"]
+    [training_set] = [s for s in steps if "training-set" in str(s.get("run"))]
+    rule = '--set "gates.recent_outcomes={rows: 500, min_rows: 200, max_drop: 0}"'
+    # then both set the same recent_outcomes rule: the rows judged are the rows held out
+    assert training_set["run"].endswith(rule) and rule in gate_step()["run"]
+    # and the gate reads the log only on a retrain: a push's gate gets no log credentials
+    env = gate_step()["env"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == "${{ inputs.retrain && secrets.PREDICTION_LOG_SECRET_ACCESS_KEY || '' }}"
+    assert env["PREDICTION_LOG_URI"] == "${{ inputs.retrain && vars.PREDICTION_LOG_URI || '' }}"
