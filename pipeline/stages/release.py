@@ -154,6 +154,8 @@ def rollback_stage(params: Params, reason: str, to: str | None = None, if_servin
         skipped: list[str] = []
         for candidate in candidates:
             _, refusal = ctx.release_refusal(by_version[candidate.version])
+            if refusal is None and to is None:
+                refusal = _live_quality_failed(ctx, by_version[candidate.version])
             if refusal is None:
                 why = f"rollback: {reason.strip()}"
                 summary = why + (f"; skipped {'; '.join(skipped)}" if skipped else "")
@@ -162,6 +164,21 @@ def rollback_stage(params: Params, reason: str, to: str | None = None, if_servin
             skipped.append(f"version {candidate.version}: {refusal}")
             say(f"  skipping version {candidate.version}: {refusal}")
         raise CheckFailed("no version to roll back to: " + "; ".join(skipped) + "; nothing moved")
+
+
+def _live_quality_failed(ctx: Context, mv: ModelVersion) -> str | None:
+    """Why a rollback should not return to `mv` on its own: its live quality verdict failed (None: it did not).
+
+    Only a verdict the verify key vouches for (any, without a key) counts; `rollback --to` may still choose it.
+    """
+    from api.release.verdicts import quality_verdict
+
+    quality = quality_verdict(
+        mv.tags, ctx.verify_key, model=ctx.model, version=str(mv.version), run_id=str(mv.run_id or "")
+    )
+    if quality is None or quality.verdict != "failed":
+        return None
+    return f"its live quality verdict failed ({quality.state}; `pipeline quality --version {mv.version}`)"
 
 
 def _move(ctx: Context, alias: str, version: str, before: str | None, kind: str, reason: str, image: str = "") -> None:

@@ -223,3 +223,23 @@ def test_a_log_in_s3_takes_a_labels_file_once(project, cli, s3, monkeypatch):  #
     assert "already recorded" in cli.out and "labelling 50 predictions" in cli.out
     found = fs.get_file_info(pafs.FileSelector(f"{base}/{LABELS}", recursive=True))
     assert len([info for info in found if info.path.endswith(".parquet")]) == 1
+
+
+def test_a_rollback_never_returns_on_its_own_to_a_version_whose_live_quality_failed(signed, cli):
+    # given: production v2 and the version before it, v1, both wrong on every customer, and the outcomes fed
+    data = pd.read_csv(signed / "data" / "churn.csv", dtype=str, keep_default_na=False).iloc[:CUSTOMERS]
+    write_segment(signed, "1", "production", data, wrong=True)
+    write_segment(signed, "2", "production", data, wrong=True)
+    assert cli("outcomes", "--labels", labels_file(signed, data)) == 0, cli.err
+    # and both judged: each verdict failed
+    assert cli("quality", "--set", "rollout.outcomes.min_labelled=100") == 1
+    tags = {v: MlflowClient().get_model_version(MODEL, v).tags for v in ("1", "2")}
+    assert tags["1"][contract.QUALITY] == "failed" and tags["2"][contract.QUALITY] == "failed"
+    # when: production is rolled back without naming a version
+    assert cli("rollback", "--reason", "live quality of version 2 failed") == 1
+    # then: v1 is skipped, naming its verdict, and production stays where it was
+    assert "version 1: its live quality verdict failed" in cli.err and "nothing moved" in cli.err
+    assert str(MlflowClient().get_registered_model(MODEL).aliases["production"]) == "2"
+    # and a rollback naming v1 deliberately still goes there
+    assert cli("rollback", "--reason", "back to 1 on purpose", "--to", "1") == 0, cli.err
+    assert str(MlflowClient().get_registered_model(MODEL).aliases["production"]) == "1"
