@@ -9,6 +9,7 @@ PREDICTION_LOG_URI and OUTCOMES_TOKEN: api/prediction_log.py, api/outcomes_route
 
 import asyncio
 import contextlib
+import gc
 import hmac
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -37,6 +38,11 @@ from api.release.redact import redact, redact_logging
 from api.request_path import RequestPath
 from api.settings import Settings, apply_mlflow_http_defaults, current
 from api.shadow import Shadow
+
+# A 1,000-record request makes ~1,000 short-lived tuples (the decoder's transpose): at CPython's default
+# young-generation threshold (700) nearly every such request ran a collection, ~0.12 ms of ~1.4. They die within
+# the request, so a collection every 20,000 allocations finds little alive and stays cheap.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 class NotReady(Exception):
@@ -77,6 +83,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         if log is not None:
             log.start()
         tasks = [asyncio.create_task(_flush_forever(flush, lambda: shadow.follow(holder.shadowed)))]
@@ -95,7 +102,11 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
         if store is not None:
             store.close()
 
-    app = FastAPI(title="churn prediction API", lifespan=lifespan)
+    # FastAPI's native OpenTelemetry off: this API configures no provider, and asking on every request whether one
+    # was configured (environment reads) cost ~4 µs of a one-record request's ~30 in process.
+    app = FastAPI(
+        title="churn prediction API", lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
+    )
     # Innermost first: POST /predict is answered inside the body limit and the metrics.
     app.add_middleware(PredictRoute, holder=holder, path=path)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

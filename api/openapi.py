@@ -55,8 +55,9 @@ def _predict_operation(max_batch_size: int) -> dict[str, Any]:
             "model_version": {"type": "string"},
             "predictions": {"type": "array", "items": {}},
             "probabilities": {"type": "array", "items": {"type": "number"}},
+            "prediction_ids": {"type": "array", "items": {"type": "string"}},
         },
-        "required": ["model_version", "predictions", "probabilities"],
+        "required": ["model_version", "predictions", "probabilities", "prediction_ids"],
     }
     problem = {"content": {"application/json": {"schema": {"type": "object"}}}}
     return {
@@ -67,7 +68,10 @@ def _predict_operation(max_batch_size: int) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "one prediction and probability per record, in order",
-                "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
+                "headers": {
+                    "X-Model-Version": {"schema": {"type": "string"}},
+                    "X-Prediction-Id": {"schema": {"type": "string"}, "description": "record i's id is <this>-<i>"},
+                },
                 "content": {"application/json": {"schema": answer}},
             },
             "400": {"description": "the body is not JSON, or nested too deep", **problem},
