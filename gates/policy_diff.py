@@ -103,6 +103,15 @@ def policy_changes(base: Mapping[str, Any], current: Mapping[str, Any]) -> list[
     for name, what in (("max_psi", "PSI limit per numeric column"), ("max_unseen_share", "limit on unseen categories")):
         changes.append(_threshold(f"gates.drift.{name}", what, old_drift.get(name), new_drift.get(name), floor=False))
 
+    old_recent, new_recent = base.get("recent_outcomes"), current.get("recent_outcomes")
+    if old_recent and not new_recent:
+        add("recent_outcomes", old_recent, None, LOOSENED, "stops comparing with production on the newest outcomes")
+    elif new_recent and not old_recent:
+        add("recent_outcomes", None, new_recent, TIGHTENED, "compares with production on the newest outcomes")
+    elif old_recent and new_recent:
+        for name, what in (("max_drop", "allowed drop on the newest outcomes"), ("min_rows", "newest outcomes needed")):
+            changes.append(_threshold(f"gates.recent_outcomes.{name}", what, old_recent[name], new_recent[name], False))
+
     found = [c for c in changes if c is not None]
     order = {LOOSENED: 0, TIGHTENED: 1, CHANGED: 2}
     return sorted(found, key=lambda c: order[c.direction])  # stable: params order within a direction

@@ -68,3 +68,17 @@ def test_rollout_rules_read_a_larger_tolerance_or_effect_as_looser_and_more_powe
         "rollout.step_rules.errors.min_rate": LOOSENED,
         "rollout.power": TIGHTENED,
     }
+
+
+def test_the_newest_outcomes_rule_on_off_and_its_thresholds_in_the_policy_diff():
+    # given the default gates (no recent_outcomes rule) and the same with the rule on
+    on = gates(recent_outcomes={"rows": 500, "min_rows": 200, "max_drop": 0.0})
+    # then turning it on tightens, turning it off loosens
+    [turned_on] = policy_changes(gates(), on)
+    assert (turned_on.key, turned_on.direction) == ("gates.recent_outcomes", TIGHTENED)
+    [turned_off] = policy_changes(on, gates())
+    assert (turned_off.key, turned_off.direction, turned_off.after) == ("gates.recent_outcomes", LOOSENED, None)
+    # and a larger allowed drop, or more rows needed before it judges, loosens it
+    looser = gates(recent_outcomes={"rows": 500, "min_rows": 400, "max_drop": 0.05})
+    changes = {c.key: c.direction for c in policy_changes(on, looser)}
+    assert changes == {"gates.recent_outcomes.max_drop": LOOSENED, "gates.recent_outcomes.min_rows": LOOSENED}
