@@ -92,7 +92,24 @@ class ModelHolder:
             self.metrics.registry_up.set(1)
         swapped = await self._follow_production(target.production, base_delay_s)
         await self._follow_canary(target, base_delay_s)
+        await self._read_quality()
         return swapped
+
+    async def _read_quality(self) -> None:
+        """The serving versions' live quality verdicts into the metrics (a registry call each; kept on failure)."""
+        read = getattr(self.source, "quality", None)
+        if self.metrics is None or not callable(read):
+            return
+        for model in (self.current, self.canary):
+            if model is None:
+                continue
+            try:
+                verdict = await asyncio.to_thread(read, model.version)
+            except Exception as exc:  # the registry blinked: the last figures stand until the next poll
+                log.debug("quality verdict of version %s not read: %s", model.version, type(exc).__name__)
+                continue
+            if verdict is not None:
+                self.metrics.live_quality(model.version, verdict.verdict, verdict.figures)
 
     def _target(self) -> Target:
         target = getattr(self.source, "target", None)  # a source that knows nothing of canaries serves production

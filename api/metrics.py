@@ -13,7 +13,8 @@ nginx does), not as a 5xx; one the HTTP layer answered itself (a body timeout's
 from __future__ import annotations
 
 import time
-from typing import TypeVar, cast
+from collections.abc import Mapping
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
@@ -232,6 +233,27 @@ class ServiceMetrics:
             "Prediction log flushes that failed (their rows are kept, up to the bound, for the next flush)",
             registry=own,
         )
+        # Live quality from the version's signed `quality` verdict (`python -m pipeline quality`), read from the
+        # registry at each poll: the same on every replica (deploy/prometheus/rules.yml, churn-api.quality).
+        self.live_f1 = Gauge(
+            "model_live_f1",
+            "F1 on delayed outcomes, from the version's quality verdict: the estimate and its interval (low, high)",
+            ["version", "bound"],
+            registry=own,
+            multiprocess_mode="livemax",
+        )
+        self.gate_f1 = Gauge(
+            "model_gate_f1", "The version's F1 at its gate, beside its live F1", ["version"], registry=own,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.live_labelled = Gauge(
+            "model_live_labelled", "Labelled predictions behind the version's live figures", ["version"],
+            registry=own, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.quality_failed = Gauge(
+            "model_quality_failed", "1 when the version's quality verdict is failed (verified with a verify key)",
+            ["version"], registry=own, multiprocess_mode="livemax",
+        )  # fmt: skip
         self._budget_refused_seen = 0
         self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
 
@@ -241,6 +263,25 @@ class ServiceMetrics:
         if refused > self._budget_refused_seen:
             self.body_budget_refused.inc(refused - self._budget_refused_seen)
             self._budget_refused_seen = refused
+
+    def live_quality(self, version: str, verdict: str, figures: Mapping[str, Any]) -> None:
+        """A version's quality verdict as gauges: failed or not, and live F1 against its gate (from its figures)."""
+        self.quality_failed.labels(version).set(1 if verdict == "failed" else 0)
+        f1 = figures.get("metrics", {}).get("f1") if isinstance(figures.get("metrics"), dict) else None
+        labelled = figures.get("labelled")
+        if isinstance(labelled, int | float):
+            self.live_labelled.labels(version).set(labelled)
+        if not isinstance(f1, dict):
+            return
+        interval = f1.get("interval")
+        bounds = {"estimate": f1.get("live")}
+        if isinstance(interval, list) and len(interval) == 2:
+            bounds |= {"low": interval[0], "high": interval[1]}
+        for bound, value in bounds.items():
+            if isinstance(value, int | float):
+                self.live_f1.labels(version, bound).set(value)
+        if isinstance(f1.get("gate"), int | float):
+            self.gate_f1.labels(version).set(f1["gate"])
 
     def forget(self, version: str) -> None:
         """Remove every series of `version` (a version long retired): its memory and its lines in /metrics."""

@@ -24,7 +24,7 @@ from api.release.contract import DATA_PROFILE, FEATURE_SCHEMA, GIT_SHA, METRIC_T
 from api.release.frames import typed_frame
 from api.release.traffic import Target
 from api.release.traffic_reading import TrafficReader
-from api.release.verdicts import signature_state
+from api.release.verdicts import QualityVerdict, quality_verdict, signature_state
 from api.settings import Settings
 
 
@@ -58,6 +58,13 @@ class RegistrySource:
         canary = aliases.get(s.canary_alias)
         traffic = self.traffic_reader.read(model.tags, canary)
         return Target(aliases[s.model_alias], canary if traffic.mode != "off" else None, traffic)
+
+    def quality(self, version: str) -> QualityVerdict | None:
+        """The version's live quality verdict (`pipeline quality`), only if it verifies with a verify key."""
+        mv = self.client.get_model_version(self.settings.model_name, version)
+        return quality_verdict(
+            mv.tags, self.verify_key, model=self.settings.model_name, version=version, run_id=str(mv.run_id or "")
+        )
 
     def load(self, version: str) -> LoadedModel:
         """`version` through the release check, built into the LoadedModel requests use; RefusedVersion says why not."""

@@ -6,6 +6,7 @@ segments written with pyarrow in PREDICTION_LOG_URI's layout and schema, the CLI
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -16,10 +17,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
+from prometheus_client import generate_latest
 
+from api.holder import ModelHolder
 from api.log_layout import LABELS, PREDICTION_SCHEMA, PREDICTIONS, filesystem
+from api.metrics import ServiceMetrics
 from api.release import contract
 from api.release.verdicts import load_verify_key, quality_verdict
+from api.settings import Settings
+from api.source import RegistrySource
 
 from .candidate import restore_smoked_candidate
 from .test_team_server import BUCKET, S3_KEYS, s3  # noqa: F401  # s3: the moto server fixture, reused
@@ -124,12 +130,30 @@ def test_labels_fed_twice_then_a_degraded_version_fails_quality_signed_and_watch
     }
     assert quality_verdict(tampered, key, model=MODEL, version="2", run_id=str(mv.run_id)) is None
 
+    # and every replica's /metrics shows it, from the verdict it verified at its registry poll
+    text = metrics_after_a_poll(signed, "2")
+    assert 'model_quality_failed{version="2"} 1.0' in text
+    assert (
+        'model_live_f1{bound="estimate",version="2"} 0.0' in text and 'model_live_labelled{version="2"} 397.0' in text
+    )
+    assert f'model_gate_f1{{version="2"}} {found.figures["metrics"]["f1"]["gate"]}' in text
+
     # when: the bake watches production with a quality rule
     assert cli("watch", "--set", "rollout.bake.quality.max_drop=0.05") == 1
     # then: production is rolled back to v1, saying why
     assert "failed rollout.bake.quality" in cli.err and "rolled back to 1" in cli.err
     assert str(MlflowClient().get_registered_model(MODEL).aliases["production"]) == "1"
     assert json.loads((signed / "reports" / "watch.json").read_text())["verdict"] == "rolled back"
+
+
+def metrics_after_a_poll(project, version: str) -> str:
+    """What a replica serving `version` (verify key set) exports once its registry poll has run."""
+    settings = Settings(model_version=version)  # RELEASE_VERIFY_KEY from the environment (the fixture sets it)
+    metrics = ServiceMetrics()
+    holder = ModelHolder(source=RegistrySource(settings, MlflowClient(), verify_key=settings.verify_key()))
+    holder.watch(metrics)
+    asyncio.run(holder.refresh())
+    return generate_latest(metrics.registry).decode()
 
 
 def test_too_few_labels_is_inconclusive_and_the_labelled_rows_become_training_rows(signed, cli, monkeypatch):
