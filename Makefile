@@ -92,13 +92,16 @@ bench-gate: $(STAMP) ## what the gate's paired bootstrap costs and resolves on t
 walks: $(STAMP) ## the files the gate and promote stages walk through (entered, transitions, returns)
 	$(BIN)/python benchmarks/walks.py
 
-bench: $(STAMP) system-deps $(FEAST) ## the API vs a no-op FastAPI app and `mlflow models serve`; score vs `mlflow models predict` (after make demo); the live decisions simulated; every model family; lookups by customer id
+bench: $(STAMP) system-deps $(FEAST) ## the API vs a raw ASGI app, a no-op FastAPI app and `mlflow models serve`; score vs `mlflow models predict` (after make demo); the live decisions simulated; every model family; lookups by customer id; the prediction log, live counting, decode and predict, each on and off
 	$(BIN)/python benchmarks/serve_vs_mlflow.py
 	$(BIN)/python benchmarks/score_vs_mlflow_predict.py
 	$(BIN)/python benchmarks/shadow_cost.py
 	$(BIN)/python benchmarks/live_decisions.py
 	$(BIN)/python benchmarks/family_speed.py
 	$(BIN)/python benchmarks/feature_lookup.py
+	$(BIN)/python benchmarks/prediction_log.py
+	$(BIN)/python benchmarks/live_counting.py --wrk
+	$(BIN)/python benchmarks/decode_predict.py
 
 act-push: $(STAMP) system-deps ## the deploy workflow through act (MLFLOW_TRACKING_URI=http://... for a real server)
 	PATH=$(CURDIR)/$(BIN):$$PATH act push $${MLFLOW_TRACKING_URI:+-s MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI}
