@@ -12,7 +12,7 @@ by the collector at once. (Several records, or a version reading a feature
 store: their columns' dump and the model, rarer.)
 A background thread flushes every PREDICTION_LOG_FLUSH_S seconds, and once
 more at shutdown: it builds the rows (one per record: `prediction_id` =
-`REQUEST_ID-i`, the entity id, the score, the label, the features as JSON or,
+`REQUEST_ID-i`, REQUEST_ID being `request_id`'s, the entity id, the score, the label, the features as JSON or,
 for a record read from the feature store by id, {"feature_service": NAME,
 "entity_id": ID}), column by column and in slices that let the event loop in,
 and writes one segment per model per flush for this replica (hostname-pid),
@@ -69,18 +69,22 @@ from api.model.online_store import ABSENT
 log = logging.getLogger("api")
 
 REQUEST_ID_HEADER = b"x-request-id"
-PREDICTION_ID_HEADER = "X-Prediction-Id"  # the request's id: record i's prediction id is `<id>-<i>`
+PREDICTION_ID_HEADER = "X-Prediction-Id"  # the request's id (request_id): record i's prediction id is `<id>-<i>`
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 
 
 def request_id(scope: Scope | None) -> str:
-    """The client's X-Request-Id when it is a valid one (1-100 of A-Z a-z 0-9 . _ : -), else a random one."""
+    """The request's id: `<X-Request-Id>.<8 random hex>` when the client sent a valid one, else a random one.
+
+    A valid X-Request-Id is 1-100 of A-Z a-z 0-9 . _ : -; it stays the id's prefix, so the client can find its
+    answers, and the random suffix keeps prediction ids unique when clients reuse (or copy) a request id.
+    """
     if scope is not None:
         for name, value in scope.get("headers", ()):
             if name == REQUEST_ID_HEADER:
                 text = value.decode("latin-1")
                 if VALID_REQUEST_ID.fullmatch(text):
-                    return text
+                    return f"{text}.{os.urandom(4).hex()}"
                 break
     return random_id()
 

@@ -58,6 +58,7 @@ app = create_app(ModelHolder(model=model), Settings.from_env())
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, http=PROTOCOL, log_level="warning")
 """
 HEX_ID = re.compile(r"[0-9a-f]{32}")
+CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}\.[0-9a-f]{8}")  # a client's X-Request-Id made unique
 
 
 class Served:
@@ -138,10 +139,12 @@ def test_every_answer_carries_ids_and_its_rows_are_logged_as_answered(api, recor
     with httpx.Client(base_url=api.url) as http:
         named = http.post("/predict", json={"records": batch}, headers={"X-Request-Id": "order-42:a.b_c"})
         anonymous = http.post("/predict", json={"records": batch[:1]})
-    # then: each record's id is the request's id and its index, the request's id in the header
-    assert named.status_code == 200 and named.headers["X-Prediction-Id"] == "order-42:a.b_c"
+    # then: each record's id is the request's id and its index, the request's id (the client's, a dot, 8 random
+    # hex digits) in the header
+    request = named.headers["X-Prediction-Id"]
+    assert named.status_code == 200 and CLIENT_ID.fullmatch(request) and request.startswith("order-42:a.b_c.")
     body = named.json()
-    assert body["prediction_ids"] == ["order-42:a.b_c-0", "order-42:a.b_c-1", "order-42:a.b_c-2"]
+    assert body["prediction_ids"] == [f"{request}-0", f"{request}-1", f"{request}-2"]
     assert set(body) == {"model_version", "predictions", "probabilities", "prediction_ids"}  # nothing else changed
     assert HEX_ID.fullmatch(anonymous.headers["X-Prediction-Id"])
     assert anonymous.json()["prediction_ids"] == [anonymous.headers["X-Prediction-Id"] + "-0"]
@@ -170,11 +173,29 @@ def test_a_bad_request_id_is_replaced_and_invocations_keep_mlflows_body(api, rec
         refused = http.post("/predict", json={"records": [{"tenure": "many"}]})
     # then: its body is MLflow's, the id only in the header, and its rows are logged as /predict's
     assert invoked.json() == {"predictions": invoked.json()["predictions"]}
-    assert invoked.headers["X-Prediction-Id"] == "inv-1"
-    rows = wait_logged(api.log, {"inv-1-0", "inv-1-1"})
-    assert [rows[f"inv-1-{i}"]["label"] for i in range(2)] == invoked.json()["predictions"]
+    invoked_id = invoked.headers["X-Prediction-Id"]
+    assert CLIENT_ID.fullmatch(invoked_id) and invoked_id.startswith("inv-1.")
+    rows = wait_logged(api.log, {f"{invoked_id}-0", f"{invoked_id}-1"})
+    assert [rows[f"{invoked_id}-{i}"]["label"] for i in range(2)] == invoked.json()["predictions"]
     # and: a refused request has no id and nothing logged
     assert refused.status_code == 422 and "X-Prediction-Id" not in refused.headers
+
+
+def test_a_reused_request_id_still_gives_unique_prediction_ids(api, records):
+    # given: two clients (or one retrying) sending the same X-Request-Id
+    same = {"X-Request-Id": "order-7"}
+    # when: both requests are answered, by /predict and /invocations
+    with httpx.Client(base_url=api.url) as http:
+        answers = [http.post("/predict", json={"records": records[:2]}, headers=same) for _ in range(2)]
+        answers.append(http.post("/invocations", json={"dataframe_records": records[:1]}, headers=same))
+    # then: each has an id of its own, every one starting with the client's id
+    ids = [a.headers["X-Prediction-Id"] for a in answers]
+    assert len(set(ids)) == 3 and all(CLIENT_ID.fullmatch(i) and i.startswith("order-7.") for i in ids)
+    predicted = [pid for a in answers[:2] for pid in a.json()["prediction_ids"]]
+    assert len(set(predicted)) == 4 and all(pid.startswith("order-7.") for pid in predicted)
+    # and: the log holds each record once under its own id
+    rows = wait_logged(api.log, {*predicted, f"{ids[2]}-0"})
+    assert len(rows) == len(set(rows))
 
 
 def test_sigterm_writes_every_answered_row_before_the_process_ends(tmp_path, records):
@@ -274,7 +295,12 @@ def test_the_log_is_off_without_a_uri_yet_ids_are_given(trained, records, tmp_pa
         # when: a record is answered
         answer = client.post("/predict", json={"records": records[:1]}, headers={"X-Request-Id": "r1"})
     # then: it still has its id
-    assert answer.json()["prediction_ids"] == ["r1-0"] and answer.headers["X-Prediction-Id"] == "r1"
+    request = answer.headers["X-Prediction-Id"]
+    assert (
+        CLIENT_ID.fullmatch(request)
+        and request.startswith("r1.")
+        and answer.json()["prediction_ids"] == [f"{request}-0"]
+    )
 
 
 def test_features_are_the_values_as_sent_whatever_their_characters(trained, records, tmp_path):
