@@ -139,6 +139,19 @@ def answers(rows: pd.DataFrame) -> tuple[NDArray[np.bool_], HeldOutAnswers]:
     return actual, HeldOutAnswers(rows["predicted"].to_numpy(dtype=bool), rows["score"].to_numpy(dtype=float))
 
 
+def one_per_customer(rows: pd.DataFrame) -> pd.DataFrame:
+    """One version's labelled rows with each customer's entity-joined labels reduced to its latest row.
+
+    An entity outcome labels the customer, not each request: a customer weighs one row in the bootstrap,
+    however many predictions it asked for (roles of one version, several outcomes). Rows labelled by id stay.
+    """
+    if "by_entity" not in rows:
+        return rows
+    by_entity = rows["by_entity"].astype(bool) & rows["entity_id"].notna()
+    latest = _latest_per_entity(rows[by_entity])
+    return pd.concat([rows[~by_entity], latest]).sort_index()
+
+
 def quality(
     rows: pd.DataFrame,
     metrics: Sequence[str] = DEFAULT_METRICS,

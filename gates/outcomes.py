@@ -7,13 +7,14 @@ label). An outcome names what it labels in one of two ways:
 - **by id**: `prediction_id` (and optionally `observed_at`): exactly that
   prediction. No horizon applies; an `observed_at` earlier than the
   prediction's time is refused (`before_prediction`).
-- **by entity**: `entity_id` and `observed_at`: every prediction of that
-  entity made within `horizon` before the observation
-  (observed_at - horizon ≤ time ≤ observed_at, both ends included), of every
-  version and every role. The customer's outcome is what production, the
-  canary and the shadow all said something about, so each of their answers is
-  labelled by it; that is what lets live quality pair versions on the same
-  customers.
+- **by entity**: `entity_id` and `observed_at`: per version and role, ONE
+  prediction of that entity, the latest made within `horizon` before the
+  observation (observed_at - horizon ≤ time ≤ observed_at, both ends
+  included). The customer's outcome is what production, the canary and the
+  shadow all said something about, so each of their answers is labelled by
+  it; that is what lets live quality pair versions on the same customers.
+  Only one answer each: one customer weighs one row, whatever a client sends
+  (a client repeating requests for its own id must not outweigh the others).
 
 Every outcome row ends up in exactly one of: used, `incomplete` (no key or no
 outcome), `duplicate` (the same label again: the same key and outcome, or
@@ -41,14 +42,17 @@ REASONS = (
     "conflicting",
 )
 EXAMPLES = 5  # identifiers kept per reason
-LABELLED_COLUMNS = ["prediction_id", "version", "role", "entity_id", "time", "score", "predicted", "actual"]
+LABELLED_COLUMNS = [
+    *("prediction_id", "version", "role", "entity_id", "time", "score", "predicted", "actual"),
+    "by_entity",  # labelled by an entity outcome (else by its prediction id)
+]
 
 
 @dataclass(frozen=True, eq=False)
 class JoinResult:
     """The labelled predictions, and what of the outcomes was not used and why."""
 
-    labelled: pd.DataFrame  # LABELLED_COLUMNS; predicted/actual: the positive class, as bool
+    labelled: pd.DataFrame  # LABELLED_COLUMNS; predicted/actual: the positive class, as bool; by_entity: how
     unused: Mapping[str, int]  # reason -> outcome rows not used (REASONS, all present)
     examples: Mapping[str, tuple[str, ...]]  # reason -> a few keys ("id:…", "entity:…@…") or prediction ids
     used: int  # outcome rows that labelled at least one prediction
@@ -133,8 +137,11 @@ def _assign_by_id(rows: pd.DataFrame, log: pd.DataFrame) -> tuple[pd.DataFrame, 
 
 
 def _assign_by_entity(rows: pd.DataFrame, log: pd.DataFrame, horizon: timedelta) -> tuple[pd.DataFrame, pd.Series]:
-    """(row, prediction_id, actual) for outcomes given by entity, and each row that reaches none, with why."""
-    known = log[log["entity_id"].notna()][["prediction_id", "entity_id", "time"]]
+    """(row, prediction_id, actual) for outcomes given by entity, and each row that reaches none, with why.
+
+    Each row labels one prediction per (version, role): the latest in the horizon.
+    """
+    known = log[log["entity_id"].notna()][["prediction_id", "entity_id", "time", "version", "role"]]
     joined = rows.drop(columns="prediction_id").reset_index(names="row").merge(known, on="entity_id", how="left")
     not_after = (joined["time"] <= joined["observed_at"]).fillna(False)
     inside = not_after & (joined["time"] >= joined["observed_at"] - pd.Timedelta(horizon)).fillna(False)
@@ -146,7 +153,8 @@ def _assign_by_entity(rows: pd.DataFrame, log: pd.DataFrame, horizon: timedelta)
     only_later = ~seen["inside"] & seen["any"] & ~seen["not_after"]
     reason[~seen["inside"]] = "no_prediction_in_horizon"
     reason[only_later] = "before_prediction"
-    ok = joined[inside]
+    ok = joined[inside].sort_values(["time", "prediction_id"], kind="stable")
+    ok = ok.drop_duplicates(["row", "version", "role"], keep="last")
     return ok[["row", "prediction_id", "actual"]], reason[reason.notna()]
 
 
@@ -187,6 +195,7 @@ def join(
     reason[unused_reached.difference(pd.Index(in_conflict))] = "duplicate"
 
     labelled = log.merge(kept[["prediction_id", "actual"]], on="prediction_id", how="inner")
+    labelled["by_entity"] = ~labelled["prediction_id"].isin(id_pairs["prediction_id"])
     labelled = labelled.sort_values(["time", "prediction_id"], kind="stable").reset_index(drop=True)
     examples = {r: tuple(rows.loc[reason == r, "key"].dropna().head(EXAMPLES)) for r in REASONS}
     examples["conflicting"] = tuple(str(p) for p in conflicted[:EXAMPLES])

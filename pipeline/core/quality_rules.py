@@ -295,6 +295,7 @@ class TrainingRows:
     from_feature_store: int  # features were a feature store reference: the values are the store's, not here
     shadow: int  # a shadow's answer is a copy of production's request: counted once, as production's
     unreadable: int  # features that are not a JSON object
+    repeated: int = 0  # earlier labelled answers to a customer already in (one row per customer: its latest)
 
 
 def training_rows(
@@ -305,19 +306,24 @@ def training_rows(
     labels: tuple[str, str],
     id_column: str | None,
 ) -> TrainingRows:
-    """One row per labelled prediction (LABELLED_COLUMNS), its features from the log's JSON, the target its outcome.
+    """One row per labelled customer (LABELLED_COLUMNS), its features from the log's JSON, the target its outcome.
+
+    A customer (entity_id) gives one row, its latest labelled answer: whatever a client sends for one id, it
+    weighs one row. Answers without an entity each give a row.
 
     `features`: prediction_id -> the log's features text. `labels`: (positive, negative) as the data writes them.
     The id column, when the features lack it, is the prediction's entity (else its id). Features the data does
     not have are dropped; a data column the features lack is left empty.
     """
     positive, negative = labels
-    rows, stored, shadow, unreadable = [], 0, 0, 0
-    for pid, role, entity, actual in zip(labelled["prediction_id"], labelled["role"], labelled["entity_id"],
-                                         labelled["actual"], strict=True):  # fmt: skip
-        if role == "shadow":
-            shadow += 1
-            continue
+    rows, stored, unreadable = [], 0, 0
+    shadows = (labelled["role"] == "shadow").to_numpy(dtype=bool)
+    shadow, kept = int(shadows.sum()), labelled[~shadows]
+    if "time" in kept:
+        kept = kept.sort_values(["time", "prediction_id"], kind="stable")
+    earlier = kept["entity_id"].notna() & kept["entity_id"].duplicated(keep="last")
+    repeated, kept = int(earlier.sum()), kept[~earlier].sort_index()
+    for pid, entity, actual in zip(kept["prediction_id"], kept["entity_id"], kept["actual"], strict=True):
         try:
             values = json.loads(features.get(pid) or "")
         except ValueError:
@@ -334,4 +340,4 @@ def training_rows(
         row[target] = positive if actual else negative
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(columns))
-    return TrainingRows(frame, stored, shadow, unreadable)
+    return TrainingRows(frame, stored, shadow, unreadable, repeated)

@@ -198,6 +198,8 @@ def training_set_stage(params: Params, out: str, since: str | None) -> str:
                      "reference (their values are the store's, point in time, not in the log)")  # fmt: skip
     if found.shadow:
         lines.append(f"  skipped {found.shadow} shadow answers: copies of production's requests, counted once")
+    if found.repeated:
+        lines.append(f"  skipped {found.repeated} earlier labelled answers to customers already in: one row each")
     if found.unreadable:
         lines.append(f"  skipped {found.unreadable} labelled rows whose logged features are not a JSON object")
     if params.feature_store.service is not None:

@@ -20,7 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 from api.release import contract
 from api.release.check import stored_json
 from api.release.verdicts import quality_statement
-from gates.live_quality import LookBudget, paired, quality
+from gates.live_quality import LookBudget, one_per_customer, paired, quality
 from pipeline.ci import github
 from pipeline.ci.progress import say, stage
 from pipeline.core.config import Params
@@ -94,7 +94,7 @@ def _judge(ctx: Context, joined: LogJoin, version: str, report: QualityReport) -
         report.skipped[version] = "not a registered version of the model"
         return None
     labelled = joined.result.labelled
-    rows = labelled[labelled["version"] == version]
+    rows = one_per_customer(labelled[labelled["version"] == version])
     roles = sorted(set(joined.predictions.loc[joined.predictions["version"] == version, "role"].dropna()))
     gated = ctx.params.gates.metrics
     metrics = judged_metrics(gated)

@@ -189,3 +189,21 @@ def test_a_drop_of_ten_points_is_caught_in_most_runs_within_4000_rows():
     # then most are caught by the tenth look (observed: 0.70, median 1,200 rows). The gate's own noise caps it:
     # a gate figure measured 0.043 or more low never establishes this drop, whatever the live rows (about 15 %)
     assert sum(c is not None for c in caught) / runs >= 0.55
+
+
+def test_entity_joined_rows_count_one_per_customer_so_a_flood_does_not_move_the_estimate():
+    from gates.live_quality import one_per_customer
+
+    # given 400 honest customers and one customer whose 3,000 answers were all wrong, labelled by entity
+    honest = simulated(np.random.default_rng(3), 400, 0.70).assign(by_entity=True)
+    flood = pd.DataFrame({"prediction_id": [f"a{i}" for i in range(3000)], "entity_id": "attacker",
+                          "time": pd.Timestamp("2026-03-02", tz="UTC") + pd.to_timedelta(np.arange(3000), unit="s"),
+                          "actual": False, "predicted": True, "score": 0.99, "by_entity": True})  # fmt: skip
+    rows = pd.concat([honest, flood], ignore_index=True)
+    # when live quality is computed on one row per customer
+    kept = one_per_customer(rows)
+    # then the attacker weighs one row and F1 barely moves
+    assert len(kept) == 401 and (kept["entity_id"] == "attacker").sum() == 1
+    alone = quality(honest, ["f1"], 200).metrics["f1"].candidate
+    assert abs(quality(kept, ["f1"], 200).metrics["f1"].candidate - alone) < 0.01
+    assert quality(rows, ["f1"], 200).metrics["f1"].candidate < alone - 0.2  # what the flood did before

@@ -227,3 +227,15 @@ def test_with_both_classes_named_an_outcome_that_is_neither_is_incomplete_not_a_
     assert labelled_ids(named) == ["p4"] and named.unused["incomplete"] == 2
     # without the negative class named, anything but the positive one is read as a negative
     assert labelled_ids(join(LOG, labels, HORIZON, "Yes")) == ["p1", "p4", "p5"]
+
+
+def test_an_entity_outcome_labels_one_prediction_per_version_and_role_so_a_flood_weighs_one_row():
+    # given one customer who asked 1,000 times (production v3), and once each through the canary and the shadow
+    flood = [(f"f{i}", "c9", i / 1000, "3", "production", 0.99) for i in range(1000)]
+    others = [("s1", "c9", 0.5, "4", "shadow", 0.2), ("k1", "c9", 0.6, "4", "canary", 0.6)]
+    predictions = log(*flood, *others, ("late", "c9", 3, "3", "production", 0.1))
+    # when its outcome (observed on day 2) is joined
+    result = join(predictions, by_entity(("c9", 2, "No")), HORIZON, "Yes")
+    # then each version and role gets one labelled row: the latest at or before the observation
+    assert labelled_ids(result) == ["f999", "k1", "s1"]
+    assert result.labelled["by_entity"].all() and result.used == 1

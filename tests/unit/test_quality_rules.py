@@ -105,3 +105,19 @@ def test_training_rows_take_logged_features_and_skip_feature_store_references_an
 def test_training_rows_of_nothing_have_the_data_columns():
     found = training_rows(labelled(), {}, ["a", "Churn"], "Churn", ("Yes", "No"), None)
     assert list(found.frame.columns) == ["a", "Churn"] and found.frame.empty
+
+
+def test_training_rows_keep_one_row_per_customer_its_latest_labelled_answer():
+    # given a customer that asked three times (a client repeating its own id) and another once
+    rows = labelled(("p1", "production", "c1", False), ("p2", "production", "c1", False),
+                    ("p3", "production", "c1", False), ("p4", "production", "c2", True))  # fmt: skip
+    rows["time"] = pd.to_datetime(["2026-03-01", "2026-03-03", "2026-03-02", "2026-03-01"], utc=True)
+    features = {p: json.dumps({"tenure": i}) for i, p in enumerate(["p1", "p2", "p3", "p4"])}
+    # when they become training rows
+    found = training_rows(rows, features, ["customerID", "tenure", "Churn"], "Churn", ("Yes", "No"), "customerID")
+    # then c1 weighs one row, its latest answer (p2), and the two earlier ones are counted
+    assert found.frame.to_dict("records") == [
+        {"customerID": "c1", "tenure": 1, "Churn": "No"},
+        {"customerID": "c2", "tenure": 3, "Churn": "Yes"},
+    ]
+    assert found.repeated == 2
