@@ -103,12 +103,26 @@ def model_classes(ctx: Context) -> Classes:
 
 def join_log(params: Params, log: PredictionLog, classes: Classes, since: datetime | None = None) -> LogJoin:
     """Every label segment joined to the model's logged predictions (made at or after `since` when given)."""
-    predictions = log.predictions(params.registry.model_name, since)
-    repeated = predictions["prediction_id"].duplicated(keep=False) | predictions["prediction_id"].isna()
+    predictions, ambiguous = unique_predictions(log.predictions(params.registry.model_name, since))
     labels = log.labels()
     horizon = timedelta(days=params.rollout.outcomes.horizon_days)
-    result = join(predictions[~repeated], labels, horizon, classes.positive, classes.negative)
-    return LogJoin(predictions[~repeated].reset_index(drop=True), len(labels), int(repeated.sum()), result)
+    result = join(predictions, labels, horizon, classes.positive, classes.negative)
+    return LogJoin(predictions, len(labels), ambiguous, result)
+
+
+def unique_predictions(predictions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The log with each prediction once, and how many rows were left out as ambiguous.
+
+    A flush retried after a write that landed but reported failure stores its rows twice: identical copies
+    (same id, time, version, role, label and score) are one prediction, kept once. Only an id whose copies
+    differ (or a row without an id) is ambiguous: all its rows are left out and counted.
+    """
+    same = ["prediction_id", "time", "version", "role", "label", "score"]
+    once = predictions.drop_duplicates(subset=same)
+    ambiguous = once["prediction_id"].duplicated(keep=False) | once["prediction_id"].isna()
+    left_out = predictions["prediction_id"].isin(set(once.loc[ambiguous, "prediction_id"].dropna()))
+    left_out |= predictions["prediction_id"].isna()
+    return once[~ambiguous].reset_index(drop=True), int(left_out.sum())
 
 
 def describe_join(joined: LogJoin) -> list[str]:

@@ -92,3 +92,19 @@ def test_an_unsupported_log_root_is_a_usage_error():
 
     with pytest.raises(ConfigError, match="PREDICTION_LOG_URI"):
         PredictionLog.open("gs://bucket/log")
+
+
+def test_a_flush_stored_twice_keeps_one_copy_and_only_ids_whose_copies_differ_are_ambiguous(tmp_path):
+    from pipeline.stages.outcomes import unique_predictions
+
+    # given a segment written twice (a retried flush) and an id logged twice with different answers
+    root = tmp_path / "log" / "predictions" / "m" / "2026-03-01"
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    segment(root, "120000.000000-a-000001.parquet", [at, at], ["p1", "p2"])
+    segment(root, "120001.000000-a-000002.parquet", [at, at], ["p1", "p2"])
+    segment(root, "120002.000000-a-000003.parquet", [datetime(2026, 3, 1, 13, tzinfo=UTC)], ["p2"])
+    predictions = PredictionLog.open(str(tmp_path / "log")).predictions("m")
+    # when the log is made unique
+    kept, ambiguous = unique_predictions(predictions)
+    # then p1 is kept once, and every row of p2 (whose copies differ) is left out and counted
+    assert kept["prediction_id"].tolist() == ["p1"] and ambiguous == 3
