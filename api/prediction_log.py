@@ -24,7 +24,9 @@ built by a flush that failed). An answer that would pass the bound is left out
 of the log and counted (prediction_log_dropped_total); the client's answer is
 never touched. A flush that fails (disk full, read-only, S3 down) is counted
 (prediction_log_flush_failures_total) and its rows are written by the next
-one; nothing here ever raises into the request path.
+one, under the segment name they were given when first built: a write that
+landed yet reported failure is overwritten, never doubled. Nothing here ever
+raises into the request path.
 
 What a crash loses: a replica killed outright (SIGKILL, OOM) loses the rows
 answered since its last successful flush, at most PREDICTION_LOG_FLUSH_S of
@@ -139,7 +141,9 @@ class PredictionLog:
         self._known: dict[int, tuple[LoadedModel, str, str, bool]] = {}  # by id: (model, name, version, no store)
         self._appended = 0  # rows appended since the start (written by the event loop only)
         self._settled = 0  # rows written or dropped by flushes (written by the flush thread only)
-        self._held: list[tuple[str, pa.Table]] = []  # (model, rows) a failed flush could not write
+        # (segment path, rows) a failed flush could not write: the path is fixed when the rows are first built, so a
+        # retry after a write that landed but reported failure (a folder fsync, a lost S3 response) overwrites it.
+        self._held: list[tuple[str, pa.Table]] = []
         self._seq = 0
         self._flushing = threading.Lock()  # one flush at a time (the thread's, the last one at shutdown)
         self._stop = threading.Event()
@@ -229,20 +233,20 @@ class PredictionLog:
         with self._flushing:
             entries, self._entries = self._entries, []
             try:
-                self._held.extend(_tables(entries))
+                built = _tables(entries)
             except Exception as exc:  # rows that cannot be built: dropped (counted), never retried forever
                 rows = sum(e[5] for e in entries)
                 self._settled += rows
                 self._count_failure(f"{rows} rows could not be built: {type(exc).__name__}: {exc}", dropped=rows)
                 return False
-            held, self._held = self._held, []
             at = datetime.now(UTC)
-            for index, (model, table) in enumerate(held):
+            for model, table in built:
                 self._seq += 1
+                self._held.append((prediction_segment(self.base, model, at, self.replica, self._seq), table))
+            held, self._held = self._held, []
+            for index, (path, table) in enumerate(held):
                 try:
-                    write_atomically(
-                        self.fs, prediction_segment(self.base, model, at, self.replica, self._seq), _parquet(table)
-                    )
+                    write_atomically(self.fs, path, _parquet(table))  # a retry: the same path, overwritten whole
                 except Exception as exc:  # disk full, read-only, S3 down: kept for the next flush
                     self._held = held[index:]
                     self._count_failure(f"{type(exc).__name__}: {exc}")

@@ -24,9 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from api import prediction_log
 from api.app import create_app
 from api.holder import ModelHolder
 from api.log_layout import PREDICTION_SCHEMA
+from api.prediction_log import PredictionLog
 from api.release.traffic import Target, Traffic
 from api.settings import Settings, SettingsError
 from pipeline.runtime.processes import free_port, stop, wait_for
@@ -273,6 +275,30 @@ def test_a_failing_flush_fails_no_request_counts_keeps_up_to_the_bound_and_write
         assert wait_metric(api.url, "prediction_log_written_total", 5) == 5
     ids = sorted(logged(tmp_path / "predictions").column("prediction_id").to_pylist())
     assert ids == sorted(a.json()["prediction_ids"][0] for a in answers[:5])
+
+
+def test_a_flush_retried_after_its_write_landed_overwrites_its_segment(trained, records, tmp_path, monkeypatch):
+    # given: a log holding 20 answered records, and a write that stores the segment then reports failure once
+    # (the folder's fsync failed, or S3's response was lost after the object was stored)
+    log = PredictionLog(str(tmp_path), replica="r1")
+    model = make_model(trained)
+    for i, record in enumerate(records):
+        log.append(model, "production", f"req{i}", {k: [v] for k, v in record.items()}, ["No"], [0.1])
+    real, calls = prediction_log.write_atomically, []
+
+    def stored_then_failed(fs, path, data):
+        real(fs, path, data)
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError("fsync of the folder failed")
+
+    monkeypatch.setattr(prediction_log, "write_atomically", stored_then_failed)
+    # when: the first flush fails that way and the next one retries
+    assert not log.flush() and log.flush()
+    # then: the retry wrote the same segment again, so each row is in the log once
+    assert calls[0] == calls[1]
+    ids = logged(tmp_path / "predictions").column("prediction_id").to_pylist()
+    assert sorted(ids) == sorted(f"req{i}-0" for i in range(len(records)))
 
 
 def test_a_canary_answer_is_logged_in_the_canarys_role_and_version(trained, records, tmp_path):
