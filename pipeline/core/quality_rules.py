@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -88,11 +88,17 @@ class VersionQuality:
     max_looks: int
     paired: PairedQuality | None = None
     paired_with: str | None = None
+    kept_failed: str | None = None  # when the failed verdict recorded then stands (its look budget is spent)
+
+    @property
+    def budget_spent(self) -> bool:
+        """This look is past the watch's budget: it cannot judge."""
+        return self.look > self.max_looks
 
     @property
     def verdict(self) -> Outcome:
-        """Failed when a rule failed; passed when none failed and one passed; inconclusive otherwise."""
-        if any(c.outcome == "failed" for c in self.checks):
+        """Failed when a rule failed or a kept failure stands; passed when one passed; else inconclusive."""
+        if self.kept_failed is not None or any(c.outcome == "failed" for c in self.checks):
             return "failed"
         if any(c.outcome == "passed" for c in self.checks):
             return "passed"
@@ -101,6 +107,9 @@ class VersionQuality:
     @property
     def reason(self) -> str:
         """Why, in words: the failed rules, or why nothing could be judged."""
+        if self.kept_failed is not None:
+            return (f"the failed verdict of {self.kept_failed} stands: look {self.look} is past the budget of "
+                    f"{self.max_looks} looks, so it cannot be cleared (start a new watch to judge again)")  # fmt: skip
         wanted = "failed" if self.verdict == "failed" else "inconclusive"
         details = [f"{c.rule}: {c.detail}" for c in self.checks if c.outcome == wanted]
         if self.verdict == "passed":
@@ -165,6 +174,16 @@ def judge_version(
     return VersionQuality(version, tuple(roles), live, gate, tuple(checks), look, budget.max_looks)
 
 
+def keep_recorded_failure(judged: VersionQuality, recorded: str | None, recorded_at: str | None) -> VersionQuality:
+    """`judged`, or, past the look budget with a recorded (verified) "failed" verdict, that failure kept.
+
+    A spent budget makes a look inconclusive; recording that would clear the alert while watch still fails.
+    """
+    if not judged.budget_spent or recorded != "failed" or any(c.failed for c in judged.checks):
+        return judged
+    return replace(judged, kept_failed=recorded_at or "an earlier look")
+
+
 @dataclass(frozen=True)
 class RecordedCheck:
     """A quality rule held to a recorded verdict: failed, passed or not judged (no verdict, too few rows)."""
@@ -178,16 +197,22 @@ class RecordedCheck:
         return self.outcome == "failed"
 
 
-def judge_recorded(figures: Mapping[str, Any] | None, rule: QualityRule) -> RecordedCheck:
-    """`rule` on a signed verdict's figures: fails when a metric's drop below its gate figure is established.
+def judge_recorded(verdict: str | None, figures: Mapping[str, Any] | None, rule: QualityRule) -> RecordedCheck:
+    """`rule` on a recorded verdict: fails only when the verdict is "failed" AND its figures establish a drop.
 
     The bound is the verdict's own: the live interval's upper bound and the gate's interval, combined as
     drop_bound of gates/live_quality.py does; it fails when below -max_drop. Fewer than `min_labelled` rows: not judged.
+    The verdict is what `quality` decided within its look budget: figures it did not fail (a look past the
+    budget, a rule that passed) never act, so watch and rollout never fail what the alert does not.
     """
     if not figures:
         return RecordedCheck("inconclusive", "no quality verdict recorded (or none that verifies)")
     rows = int(figures.get("labelled") or 0)
     at = figures.get("at", "?")
+    look, max_looks = figures.get("look"), figures.get("max_looks")
+    if isinstance(look, int) and isinstance(max_looks, int) and look > max_looks:
+        return RecordedCheck("inconclusive", f"the quality verdict of {at} is look {look}, past its budget of "
+                             f"{max_looks} looks: not judged")  # fmt: skip
     if rows < rule.min_labelled:
         return RecordedCheck("inconclusive", f"the quality verdict of {at} rests on {rows} labelled rows, "
                              f"fewer than the {rule.min_labelled} the rule needs")  # fmt: skip
@@ -206,8 +231,11 @@ def judge_recorded(figures: Mapping[str, Any] | None, rule: QualityRule) -> Reco
             failed.append(f"{text} < {-rule.max_drop:+.4f}, a drop is established")
         else:
             passed.append(f"{text} ≥ {-rule.max_drop:+.4f}")
-    if failed:
+    if failed and verdict == "failed":
         return RecordedCheck("failed", "; ".join(failed))
+    if failed:
+        return RecordedCheck("inconclusive", f"the quality verdict of {at} is {verdict!r}, not failed: "
+                             f"not acted on ({'; '.join(failed)})")  # fmt: skip
     if passed:
         return RecordedCheck("passed", "; ".join(passed))
     return RecordedCheck("inconclusive", f"the quality verdict of {at} has no metric with a gate figure to compare")

@@ -12,6 +12,7 @@ signed when a key is set; each run counts as one look (quality.looks).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from api.release import contract
 from api.release.check import stored_json
-from api.release.verdicts import quality_statement
+from api.release.verdicts import quality_statement, quality_verdict
 from gates.live_quality import LookBudget, one_per_customer, paired, quality
 from pipeline.ci import github
 from pipeline.ci.progress import say, stage
@@ -31,6 +32,7 @@ from pipeline.core.quality_rules import (
     gate_figures,
     judge_version,
     judged_metrics,
+    keep_recorded_failure,
     rule_count,
 )
 from pipeline.core.release_keys import sign
@@ -66,7 +68,8 @@ def quality_stage(params: Params, version: str | None, since: str | None) -> str
             if judged is None:
                 continue
             report.versions.append(judged)
-            _record(ctx, judged, at, report.since)
+            if judged.kept_failed is None:  # a failure kept stays as recorded, with its figures and signature
+                _record(ctx, judged, at, report.since)
             say(f"  v{name}: {judged.verdict}: {judged.reason}")
     REPORTS.mkdir(exist_ok=True)
     (REPORTS / "quality.json").write_text(report.to_json())
@@ -106,13 +109,15 @@ def _judge(ctx: Context, joined: LogJoin, version: str, report: QualityReport) -
     # A look spends budget only when it can judge: with too few labelled rows it is not counted.
     look = _looks(mv) + 1 if live.rows >= outcomes.min_labelled else max(_looks(mv), 1)
     judged = judge_version(version, roles, live, gate, floors, outcomes.max_drop, budget, look, outcomes.min_labelled)
+    recorded = quality_verdict(mv.tags, ctx.verify_key, model=ctx.model, version=version, run_id=str(mv.run_id))
+    if recorded is not None:
+        judged = keep_recorded_failure(judged, recorded.verdict, str(recorded.figures.get("at") or "") or None)
     production = alias_moves.alias_version(ctx.client, ctx.model, ctx.registry.production_alias)
     if production is not None and production != version and set(roles) & set(PAIRED_ROLES):
         theirs = labelled[(labelled["version"] == production) & (labelled["role"] == "production")]
         ours = rows[rows["role"].isin(PAIRED_ROLES)]
         together = paired(ours, theirs, metrics, samples, budget.confidence, seed)
-        judged = VersionQuality(judged.version, judged.roles, judged.live, judged.gate, judged.checks, judged.look,
-                                judged.max_looks, together, production)  # fmt: skip
+        judged = replace(judged, paired=together, paired_with=production)
     return judged
 
 

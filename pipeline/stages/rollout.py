@@ -126,7 +126,9 @@ def quality_check(ctx: Context, version: str, rule: QualityRule) -> RecordedChec
     found = quality_verdict(mv.tags, ctx.verify_key, model=ctx.model, version=version, run_id=str(mv.run_id))
     if found is None and contract.QUALITY in mv.tags:
         return RecordedCheck("inconclusive", "its quality verdict does not verify against the release key: ignored")
-    return judge_recorded(None if found is None else found.figures, rule)
+    if found is None:
+        return judge_recorded(None, None, rule)
+    return judge_recorded(found.verdict, found.figures, rule)
 
 
 def state_lifetime_s(settings: RolloutParams) -> float:

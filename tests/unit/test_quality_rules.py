@@ -62,20 +62,20 @@ def figures(live_f1, upper, rows=400, gate=0.62, gate_interval=(0.58, 0.66)):
 
 def test_a_recorded_verdict_fails_a_rule_only_on_an_established_drop_with_enough_rows():
     rule = QualityRule(min_labelled=200, max_drop=0.05)
-    failed = judge_recorded(figures(0.30, 0.36), rule)
+    failed = judge_recorded("failed", figures(0.30, 0.36), rule)
     assert failed.failed and "a drop is established" in failed.detail
-    assert judge_recorded(figures(0.55, 0.62), rule).outcome == "passed"
-    assert judge_recorded(figures(0.30, 0.36, rows=100), rule).outcome == "inconclusive"
-    assert judge_recorded(None, rule).outcome == "inconclusive"
+    assert judge_recorded("failed", figures(0.55, 0.62), rule).outcome == "passed"
+    assert judge_recorded("failed", figures(0.30, 0.36, rows=100), rule).outcome == "inconclusive"
+    assert judge_recorded(None, None, rule).outcome == "inconclusive"
     # a wider tolerance lets the same figures pass
-    assert not judge_recorded(figures(0.30, 0.36), QualityRule(max_drop=0.5)).failed
+    assert not judge_recorded("failed", figures(0.30, 0.36), QualityRule(max_drop=0.5)).failed
 
 
 def test_the_gate_uncertainty_widens_the_recorded_bound():
     rule = QualityRule(min_labelled=200, max_drop=0.02)
     # live 0.56 with upper bound 0.60 against a gate of 0.62: change -0.06, bound -0.02 exactly without gate noise
-    exact = judge_recorded(figures(0.56, 0.59, gate_interval=(0.62, 0.62)), rule)
-    noisy = judge_recorded(figures(0.56, 0.59, gate_interval=(0.52, 0.72)), rule)
+    exact = judge_recorded("failed", figures(0.56, 0.59, gate_interval=(0.62, 0.62)), rule)
+    noisy = judge_recorded("failed", figures(0.56, 0.59, gate_interval=(0.52, 0.72)), rule)
     assert exact.failed and not noisy.failed
 
 
@@ -121,3 +121,34 @@ def test_training_rows_keep_one_row_per_customer_its_latest_labelled_answer():
         {"customerID": "c2", "tenure": 3, "Churn": "Yes"},
     ]
     assert found.repeated == 2
+
+
+def test_a_recorded_verdict_acts_only_when_it_failed_within_its_look_budget():
+    rule = QualityRule(min_labelled=200, max_drop=0.05)
+    # given figures whose bound establishes a drop
+    dropped = figures(0.30, 0.36)
+    # when the verdict recorded beside them is not "failed" (a look past the budget records inconclusive)
+    for verdict in ("inconclusive", "passed", None):
+        check = judge_recorded(verdict, dropped, rule)
+        # then nothing acts, and it says why
+        assert not check.failed and "not acted on" in check.detail
+    # and figures of a look past the budget are not judged even beside a failed verdict
+    past = {**dropped, "look": 31, "max_looks": 30}
+    assert judge_recorded("failed", past, rule).outcome == "inconclusive"
+    assert judge_recorded("failed", {**dropped, "look": 30, "max_looks": 30}, rule).failed
+
+
+def test_a_spent_budget_never_turns_a_recorded_failure_into_inconclusive():
+    from pipeline.core.quality_rules import keep_recorded_failure
+
+    # given a version whose look 31 of a 30-look budget judges nothing
+    live = LiveQuality(400, 100, 0.999, {})
+    past = judge_version("7", ["production"], live, {}, {"f1": 0.5}, 0.05, LookBudget(0.05, 30, 1), 31, 200)
+    assert past.verdict == "inconclusive"
+    # when its recorded verdict is failed, that failure is kept and said so
+    kept = keep_recorded_failure(past, "failed", "2026-03-01T00:00:00+00:00")
+    assert kept.verdict == "failed" and "the failed verdict of 2026-03-01" in kept.reason and "budget" in kept.reason
+    # and a recorded pass, or a look within the budget, is judged as it is
+    assert keep_recorded_failure(past, "passed", None).verdict == "inconclusive"
+    within = judge_version("7", ["production"], live, {}, {"f1": 0.5}, 0.05, LookBudget(0.05, 30, 1), 30, 200)
+    assert keep_recorded_failure(within, "failed", None).verdict == "inconclusive"
