@@ -61,7 +61,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     lookup = Lookup(store, settings.feast_project, timeout_s)  # records by customer id (api/model/online_store.py)
     log = (
         PredictionLog(settings.prediction_log_uri, settings.prediction_log_flush_s, settings.prediction_log_max_rows,
-                      metrics)
+                      metrics, max_bytes=settings.prediction_log_max_bytes)
         if settings.prediction_log_uri
         else None
     )  # fmt: skip

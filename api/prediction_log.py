@@ -19,10 +19,13 @@ and writes one segment per model per flush for this replica (hostname-pid),
 whole or not at all. Its cost (benchmarks/prediction_log.py): about 1.5 µs a
 row in the flush thread and 2-3 µs an answer on the request path.
 
-Memory is bounded: at most PREDICTION_LOG_MAX_ROWS rows wait (appended, or
-built by a flush that failed). An answer that would pass the bound is left out
-of the log and counted (prediction_log_dropped_total); the client's answer is
-never touched. A flush that fails (disk full, read-only, S3 down) is counted
+Memory is bounded: at most PREDICTION_LOG_MAX_ROWS rows, and at most
+PREDICTION_LOG_MAX_BYTES bytes of the strings they hold (each answer's record
+JSON, request id and customer id, several records' labels and scores JSON),
+wait (appended, or built by a flush that failed and held for its retry). An
+answer that would pass either bound is left out of the log and counted
+(prediction_log_dropped_total); the client's answer is never touched. A
+flush that fails (disk full, read-only, S3 down) is counted
 (prediction_log_flush_failures_total) and its rows are written by the next
 one, under the segment name they were given when first built: a write that
 landed yet reported failure is overwritten, never doubled. Nothing here ever
@@ -107,9 +110,9 @@ def prediction_ids(request: str, records: int) -> list[str]:
 # One answered request as the request path hands it over: (time.time() when answered, request id, model name,
 # version, role, records, the JSON of its record (of several: of their columns), then for one record its label,
 # score and entity id as they are, for several their labels and scores as JSON and None; last the model when the
-# flush needs it (several records, or a version reading a feature store), else None). The module's docstring says
-# why no reference to the columns.
-Entry: TypeAlias = tuple[float, str, str, str, str, int, bytes, Any, Any, Any, LoadedModel | None]
+# flush needs it (several records, or a version reading a feature store), else None; then the bytes its strings
+# hold, what the byte bound counts). The module's docstring says why no reference to the columns.
+Entry: TypeAlias = tuple[float, str, str, str, str, int, bytes, Any, Any, Any, LoadedModel | None, int]
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 SLICE = 500  # one-record rows made at once (under a millisecond)
 ABSENT_MARK = "\x00absent"  # a value the feature store gives (ABSENT) in a record's JSON, until the flush reads it
@@ -131,8 +134,10 @@ class PredictionLog:
         max_rows: int = 100_000,
         metrics: ServiceMetrics | None = None,
         replica: str | None = None,
+        max_bytes: int = 64 * 2**20,
     ) -> None:
         self.uri, self.flush_s, self.max_rows, self.metrics = uri, flush_s, max_rows, metrics
+        self.max_bytes = max_bytes
         self.fs, self.base = filesystem(uri)
         self._replica = replica
         # Appended only by the event loop, taken only by the flush thread: no lock. A list's append and the
@@ -141,9 +146,11 @@ class PredictionLog:
         self._known: dict[int, tuple[LoadedModel, str, str, bool]] = {}  # by id: (model, name, version, no store)
         self._appended = 0  # rows appended since the start (written by the event loop only)
         self._settled = 0  # rows written or dropped by flushes (written by the flush thread only)
+        self._appended_bytes = 0  # and their bytes (Entry's last item), counted the same way
+        self._settled_bytes = 0
         # (segment path, rows) a failed flush could not write: the path is fixed when the rows are first built, so a
         # retry after a write that landed but reported failure (a folder fsync, a lost S3 response) overwrites it.
-        self._held: list[tuple[str, pa.Table]] = []
+        self._held: list[tuple[str, pa.Table, int]] = []  # and the bytes of the entries they were built from
         self._seq = 0
         self._flushing = threading.Lock()  # one flush at a time (the thread's, the last one at shutdown)
         self._stop = threading.Event()
@@ -160,6 +167,11 @@ class PredictionLog:
     def waiting(self) -> int:
         """Rows not written yet (appended, or held by a failed flush): what the bound counts."""
         return self._appended - self._settled
+
+    @property
+    def waiting_bytes(self) -> int:
+        """The bytes of those rows' entries: what the byte bound counts."""
+        return self._appended_bytes - self._settled_bytes
 
     def append(
         self,
@@ -195,21 +207,29 @@ class PredictionLog:
                 field = model.entity_field
                 entity = None if field is None or (ids := columns.get(field)) is None else ids[0]
                 score = None if probabilities is None else probabilities[0]
+                size = len(values) + len(request) + (len(entity) if type(entity) is str else 0)
                 # Atoms only (the model only if the flush needs it): the collector untracks such a tuple at once,
                 # so pending entries never reach its oldest generation, whose full passes walk the whole heap.
                 entry = (time.time(), request, name, version, role, 1, values, labels[0], score, entity,
-                         None if plain else model)  # fmt: skip
+                         None if plain else model, size)  # fmt: skip
             else:
                 values = bytes(memoryview(orjson.dumps(columns, default=_absent, option=NUMPY)))
                 scores = None if probabilities is None else orjson.dumps(probabilities, option=NUMPY)
-                entry = (time.time(), request, name, version, role, rows, values, orjson.dumps(labels), scores, None,
-                         model)  # fmt: skip
+                answers = orjson.dumps(labels)
+                size = len(values) + len(request) + len(answers) + (0 if scores is None else len(scores))
+                entry = (time.time(), request, name, version, role, rows, values, answers, scores, None, model,
+                         size)  # fmt: skip
         except Exception:  # values JSON cannot hold: never the client's loss
+            if self.metrics is not None:
+                self.metrics.log_dropped.inc(rows)
+            return
+        if self._appended_bytes - self._settled_bytes + size > self.max_bytes:  # a few huge ids or records
             if self.metrics is not None:
                 self.metrics.log_dropped.inc(rows)
             return
         self._entries.append(entry)
         self._appended += rows
+        self._appended_bytes += size
 
     def start(self) -> None:
         """Flush every flush_s seconds from a background thread, until `close`."""
@@ -237,14 +257,19 @@ class PredictionLog:
             except Exception as exc:  # rows that cannot be built: dropped (counted), never retried forever
                 rows = sum(e[5] for e in entries)
                 self._settled += rows
+                self._settled_bytes += sum(e[11] for e in entries)
                 self._count_failure(f"{rows} rows could not be built: {type(exc).__name__}: {exc}", dropped=rows)
                 return False
+            sizes: dict[str, int] = {}
+            for entry in entries:
+                sizes[entry[2]] = sizes.get(entry[2], 0) + entry[11]
             at = datetime.now(UTC)
             for model, table in built:
                 self._seq += 1
-                self._held.append((prediction_segment(self.base, model, at, self.replica, self._seq), table))
+                path = prediction_segment(self.base, model, at, self.replica, self._seq)
+                self._held.append((path, table, sizes.get(model, 0)))
             held, self._held = self._held, []
-            for index, (path, table) in enumerate(held):
+            for index, (path, table, size) in enumerate(held):
                 try:
                     write_atomically(self.fs, path, _parquet(table))  # a retry: the same path, overwritten whole
                 except Exception as exc:  # disk full, read-only, S3 down: kept for the next flush
@@ -252,6 +277,7 @@ class PredictionLog:
                     self._count_failure(f"{type(exc).__name__}: {exc}")
                     return False
                 self._settled += table.num_rows
+                self._settled_bytes += size
                 if self.metrics is not None:
                     self.metrics.log_written.inc(table.num_rows)
             return True
@@ -355,7 +381,7 @@ def _rows(name: str, entries: list[Entry]) -> dict[str, list[Any]]:
     scores: list[float | None] = []
     labels: list[str | None] = []
     features: list[bytes] = []
-    for at, request, _, model_version, role, count, values, label, score, entity, model in entries:
+    for at, request, _, model_version, role, count, values, label, score, entity, model, _size in entries:
         row_entities, row_features = _parsed(model, values, count)
         times.extend([int(at * 1_000_000)] * count)
         ids.extend(prediction_ids(request, count))

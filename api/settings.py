@@ -121,12 +121,14 @@ class Settings(ProbeSettings):
     )
 
     # The prediction log (api/prediction_log.py): a local folder or s3://BUCKET/PREFIX (unset: no log), flushed
-    # every PREDICTION_LOG_FLUSH_S; past PREDICTION_LOG_MAX_ROWS rows waiting, answers are dropped from it (counted).
+    # every PREDICTION_LOG_FLUSH_S; past PREDICTION_LOG_MAX_ROWS rows or PREDICTION_LOG_MAX_BYTES bytes (of the
+    # strings they hold: records' JSON, ids) waiting, answers are dropped from it (counted).
     prediction_log_uri: str | None = Field(default=None, validation_alias="PREDICTION_LOG_URI")
     prediction_log_flush_s: float = Field(
         default=2.0, gt=0, le=3600, allow_inf_nan=False, validation_alias="PREDICTION_LOG_FLUSH_S"
     )
     prediction_log_max_rows: int = Field(default=100_000, gt=0, validation_alias="PREDICTION_LOG_MAX_ROWS")
+    prediction_log_max_bytes: int = Field(default=64 * 2**20, gt=0, validation_alias="PREDICTION_LOG_MAX_BYTES")
     # A bearer token POST /outcomes requires (unset: the route answers 503).
     outcomes_token: str | None = Field(default=None, repr=False, validation_alias="OUTCOMES_TOKEN")
 

@@ -28,6 +28,7 @@ from api import prediction_log
 from api.app import create_app
 from api.holder import ModelHolder
 from api.log_layout import PREDICTION_SCHEMA
+from api.metrics import ServiceMetrics
 from api.prediction_log import PredictionLog
 from api.release.traffic import Target, Traffic
 from api.settings import Settings, SettingsError
@@ -301,6 +302,39 @@ def test_a_flush_retried_after_its_write_landed_overwrites_its_segment(trained, 
     assert sorted(ids) == sorted(f"req{i}-0" for i in range(len(records)))
 
 
+def test_the_bytes_waiting_are_bounded_held_tables_included(trained, records, tmp_path):
+    # given: a log with room for 100,000 rows but 5 MiB, and records whose customer id is 1 MiB long
+    metrics = ServiceMetrics()
+    (tmp_path / "predictions").write_text("in the way")  # flushes fail: their tables are held for a retry
+    log = PredictionLog(str(tmp_path), max_rows=100_000, metrics=metrics, replica="r1", max_bytes=5 * 2**20)
+    model = make_model(trained)
+    model.entity_field = "customerID"
+    huge = {**{k: [v] for k, v in records[0].items()}, "customerID": ["A" * 2**20]}
+
+    def answer(count: int) -> None:
+        for i in range(count):
+            log.append(model, "production", f"req{i}", huge, ["No"], [0.1])
+
+    def dropped() -> float:
+        return metrics.registry.get_sample_value("prediction_log_dropped_total") or 0
+
+    # when: 10 are answered (each holds its id twice: in its record's JSON and as the customer id)
+    answer(10)
+    # then: the log keeps 2 (about 2 MiB each), the rest are dropped and counted as past the row bound
+    assert log.waiting == 2 and dropped() == 8 and 4 * 2**20 < log.waiting_bytes <= 5 * 2**20
+    # when: a flush fails and holds their table, and 10 more are answered
+    assert not log.flush()
+    answer(10)
+    # then: the held table still counts: every new one is dropped
+    assert log.waiting == 2 and dropped() == 18
+    # when: the folder can be written again
+    (tmp_path / "predictions").unlink()
+    # then: the held rows are written and the room is free again
+    assert log.flush() and log.waiting_bytes == 0
+    answer(1)
+    assert log.waiting == 1
+
+
 def test_a_canary_answer_is_logged_in_the_canarys_role_and_version(trained, records, tmp_path):
     # given: a rollout sending every customer to canary version 2 (in process: the side is what matters here)
     holder, _ = rollout_serving(trained, Target("1", "2", Traffic("canary", "2", 100)))
@@ -390,3 +424,15 @@ def test_an_outcomes_token_still_holding_the_placeholder_stops_the_start(monkeyp
     with pytest.raises(SettingsError, match="OUTCOMES_TOKEN") as refused:
         Settings.from_env()
     assert "change-me-outcomes-token" not in str(refused.value)
+
+
+def test_the_byte_bound_is_read_from_the_environment_and_must_be_positive(monkeypatch):
+    # given/when: PREDICTION_LOG_MAX_BYTES set, then unset, then 0
+    monkeypatch.setenv("PREDICTION_LOG_MAX_BYTES", "1000")
+    assert Settings.from_env().prediction_log_max_bytes == 1000
+    monkeypatch.delenv("PREDICTION_LOG_MAX_BYTES")
+    assert Settings.from_env().prediction_log_max_bytes == 64 * 2**20
+    monkeypatch.setenv("PREDICTION_LOG_MAX_BYTES", "0")
+    # then: 0 is refused naming the variable
+    with pytest.raises(SettingsError, match="PREDICTION_LOG_MAX_BYTES"):
+        Settings.from_env()
