@@ -6,7 +6,9 @@
 
 Each row names a prediction by id, or a customer (entity_id) with the time its
 outcome was observed (ISO-8601; without a zone, UTC); `observed_at` is optional
-with a prediction id. At most MAX_ROWS rows; the body is held to MAX_BODY_BYTES
+with a prediction id, and never later than the time the post is received
+plus FUTURE_SLACK (a clock ahead, or a typo, would pass every point-in-time
+join's "before the outcome" test). At most MAX_ROWS rows; the body is held to MAX_BODY_BYTES
 as every other. 401 without the token or with another; 503 naming what is not
 configured (OUTCOMES_TOKEN, PREDICTION_LOG_URI) or the store that failed; 422
 naming each bad row and its problem. The rows are written synchronously (in a
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -37,6 +39,7 @@ from api.release.redact import redact
 MAX_ROWS = 10_000
 MAX_TEXT = 200  # characters of an id or an outcome
 MAX_PROBLEMS = 50  # a 422 names at most this many rows
+FUTURE_SLACK = timedelta(minutes=5)  # an observed_at may be this far past the time it is received (clock skew)
 KEYS = frozenset(("prediction_id", "entity_id", "observed_at", "outcome"))
 
 
@@ -77,8 +80,12 @@ def authorized(authorization: str | None, token: str | None, log_uri: str | None
         raise Refused(503, {"detail": "POST /outcomes is off: PREDICTION_LOG_URI is not set"})
 
 
-def parse(body: bytes) -> list[Outcome]:
-    """The body's rows, validated; Refused 422 naming each bad row and its problem."""
+def parse(body: bytes, received: datetime | None = None) -> list[Outcome]:
+    """The body's rows, validated; Refused 422 naming each bad row and its problem.
+
+    `received`: when the body was received (default now), which no observed_at may pass by more than FUTURE_SLACK.
+    """
+    latest = (received or datetime.now(UTC)) + FUTURE_SLACK
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -94,7 +101,7 @@ def parse(body: bytes) -> list[Outcome]:
     problems: list[tuple[int | None, str]] = []
     for index, row in enumerate(rows):
         try:
-            found.append(_row(row))
+            found.append(_row(row, latest))
         except ValueError as exc:
             problems.append((index, str(exc)))
             if len(problems) == MAX_PROBLEMS:
@@ -104,7 +111,7 @@ def parse(body: bytes) -> list[Outcome]:
     return found
 
 
-def _row(row: Any) -> Outcome:
+def _row(row: Any, latest: datetime) -> Outcome:
     if type(row) is not dict:
         raise ValueError(f"a row must be an object, got {type(row).__name__}")
     odd = sorted(set(row) - KEYS)
@@ -115,6 +122,11 @@ def _row(row: Any) -> Outcome:
     if outcome is None:
         raise ValueError("outcome is required")
     observed_at = _time(row.get("observed_at"))
+    if observed_at is not None and observed_at > latest:
+        raise ValueError(
+            f"observed_at {observed_at.isoformat()} is later than now ({(latest - FUTURE_SLACK).isoformat()}) plus "
+            f"{FUTURE_SLACK.total_seconds() / 60:g} minutes: an outcome cannot be observed in the future"
+        )
     if prediction_id is None and (entity_id is None or observed_at is None):
         raise ValueError("a row needs prediction_id, or entity_id and observed_at")
     return Outcome(prediction_id, entity_id, observed_at, outcome)
@@ -181,12 +193,13 @@ async def answer(
     authorization: str | None, body: bytes, token: str | None, log_uri: str | None
 ) -> tuple[int, dict[str, object]]:
     """(status, JSON body) for one POST /outcomes."""
+    received = datetime.now(UTC)
     try:
         authorized(authorization, token, log_uri)
         assert log_uri is not None  # for mypy: authorized says so
-        outcomes = parse(body) if len(body) < 65536 else await asyncio.to_thread(parse, body)
+        outcomes = parse(body, received) if len(body) < 65536 else await asyncio.to_thread(parse, body, received)
         try:
-            segment = await asyncio.to_thread(write, log_uri, outcomes)
+            segment = await asyncio.to_thread(write, log_uri, outcomes, received)
         except Exception as exc:
             raise Refused(503, {"detail": redact(f"outcomes not written: {type(exc).__name__}: {exc}")}) from None
     except Refused as refused:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -14,6 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.holder import ModelHolder
 from api.log_layout import LABEL_SCHEMA
+from api.outcomes_route import FUTURE_SLACK, Refused, parse
 from api.settings import Settings
 
 from .conftest import make_model
@@ -21,6 +24,7 @@ from .test_prediction_log import Served, serving
 
 TOKEN = secrets.token_urlsafe(16)
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+FUTURE = "2999-01-01T00:00:00Z"
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,9 @@ def test_outcomes_are_written_once_as_one_segment_before_the_answer(api):
          "row 0: observed_at 'yesterday' is not an ISO-8601 time"),
         ({"outcomes": [{"prediction_id": "p-0", "outcome": "Yes", "label": 1}]}, "row 0: unknown field(s) 'label'"),
         ({"outcomes": ["Yes"]}, "row 0: a row must be an object"),
+        ({"outcomes": [{"prediction_id": "p-0", "outcome": "Yes", "observed_at": "2026-01-01T00:00:00Z"},
+                       {"entity_id": "c1", "outcome": "No", "observed_at": FUTURE}]},
+         "row 1: observed_at 2999-01-01T00:00:00+00:00 is later than now"),
         ({"outcomes": []}, "outcomes is empty"),
         ({"rows": []}, 'the body must be {"outcomes": [rows]}'),
         ({"outcomes": [{"prediction_id": "p", "outcome": "Yes"}] * 10_001}, "10001 rows exceed the limit of 10000"),
@@ -130,3 +137,19 @@ def test_without_a_token_or_a_log_the_route_says_what_is_missing(trained, tmp_pa
 
 def test_the_token_is_not_in_the_settings_repr():
     assert TOKEN not in repr(Settings(outcomes_token=TOKEN))
+
+
+def test_an_observed_at_up_to_five_minutes_ahead_is_accepted_later_refused():
+    # given: a post received at noon
+    noon = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
+
+    def body(at: datetime) -> bytes:
+        return json.dumps({"outcomes": [{"entity_id": "c1", "outcome": "Yes", "observed_at": at.isoformat()}]}).encode()
+
+    # when/then: an outcome observed 5 minutes ahead (a clock ahead of ours) is taken
+    assert parse(body(noon + FUTURE_SLACK), noon)[0].observed_at == noon + FUTURE_SLACK
+    # when/then: one a second later is refused 422, naming the row
+    with pytest.raises(Refused) as refused:
+        parse(body(noon + FUTURE_SLACK + timedelta(seconds=1)), noon)
+    assert refused.value.status == 422
+    assert refused.value.body["detail"][0]["message"].startswith("row 0: observed_at 2026-02-01T12:05:01+00:00")
