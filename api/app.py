@@ -30,7 +30,9 @@ from api.model.loaded_model import LoadedModel
 from api.model.online_store import Lookup, open_store
 from api.model.schema import RequestError
 from api.openapi import document
+from api.outcomes_route import Refused as OutcomesRefused
 from api.outcomes_route import answer as outcomes_answer
+from api.outcomes_route import authorized as outcomes_authorized
 from api.predict_route import PredictRoute
 from api.prediction_log import PREDICTION_ID_HEADER, PredictionLog
 from api.prediction_log import request_id as prediction_request_id
@@ -155,10 +157,16 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
     @app.post("/outcomes")
     async def outcomes(request: Request) -> JSONResponse:
         """What became of predictions (api/outcomes_route.py): a bearer token (OUTCOMES_TOKEN) required."""
-        body = await request.body()
-        status, answer = await outcomes_answer(
-            request.headers.get("authorization"), body, settings.outcomes_token, settings.prediction_log_uri
-        )
+        authorization = request.headers.get("authorization")
+        try:  # before the body is read: a caller without the token never gets to send one
+            outcomes_authorized(authorization, settings.outcomes_token, settings.prediction_log_uri)
+        except OutcomesRefused as refused:
+            status, answer = refused.status, refused.body
+        else:
+            body = await request.body()
+            status, answer = await outcomes_answer(
+                authorization, body, settings.outcomes_token, settings.prediction_log_uri
+            )
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(answer, status_code=status, headers=headers)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,3 +154,17 @@ def test_an_observed_at_up_to_five_minutes_ahead_is_accepted_later_refused():
         parse(body(noon + FUTURE_SLACK + timedelta(seconds=1)), noon)
     assert refused.value.status == 422
     assert refused.value.body["detail"][0]["message"].startswith("row 0: observed_at 2026-02-01T12:05:01+00:00")
+
+
+def test_a_post_without_the_token_is_refused_before_its_body_is_read(api):
+    # given: a connection announcing a 900 kB body (under MAX_BODY_BYTES) and sending none of it, without a token
+    host, port = api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as connection:
+        connection.sendall(
+            b"POST /outcomes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n"
+        )
+        # when: the server answers (a body it waited for would never come)
+        head = connection.recv(4096)
+    # then: 401 at once, asking for the bearer token
+    assert head.startswith(b"HTTP/1.1 401"), head[:200]
+    assert b"www-authenticate: bearer" in head.lower()
