@@ -39,6 +39,7 @@ failure (no rollback, no alert; it reports the rows still missing).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -53,6 +54,8 @@ from gates.rules import TOLERANCE, RuleResult
 
 DEFAULT_METRICS = ("f1", "precision", "recall", "roc_auc", "accuracy")
 MIN_ROWS = 200  # fewer labelled rows than this: inconclusive
+TAIL_RESAMPLES = 20  # resamples beyond each end of a percentile interval, at least (up to MAX_SAMPLES)
+MAX_SAMPLES = 50_000
 
 Outcome = Literal["passed", "failed", "inconclusive"]
 
@@ -88,6 +91,7 @@ class LiveQuality:
     positives: int  # rows whose actual outcome is the positive class
     confidence: float
     metrics: Mapping[str, Comparison]  # empty when there are no rows
+    samples: int = 0  # bootstrap resamples drawn
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,17 @@ def one_per_customer(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([rows[~by_entity], latest]).sort_index()
 
 
+def samples_for(confidence: float, samples: int) -> int:
+    """Resamples enough for a percentile interval at `confidence`: at least TAIL_RESAMPLES in each tail.
+
+    The look budget's confidence is high (1 - 2·0.05/60 leaves 1/1,200 in each tail): with the gate's 1,000
+    resamples its bounds would be the extreme resamples themselves. Capped at MAX_SAMPLES.
+    """
+    tail = (1 - confidence) / 2
+    needed = math.ceil(TAIL_RESAMPLES / tail) if tail > 0 else MAX_SAMPLES
+    return max(samples, min(needed, MAX_SAMPLES))
+
+
 def quality(
     rows: pd.DataFrame,
     metrics: Sequence[str] = DEFAULT_METRICS,
@@ -159,12 +174,16 @@ def quality(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> LiveQuality:
-    """Point estimates and bootstrap intervals of `metrics` on one version's labelled rows (seeded)."""
+    """Point estimates and bootstrap intervals of `metrics` on one version's labelled rows (seeded).
+
+    At least `samples` resamples, more when `confidence` needs them (samples_for).
+    """
     actual, answered = answers(rows)
     if not len(actual):
         return LiveQuality(0, 0, confidence, {})
-    found = paired_bootstrap(actual, answered, None, list(metrics), samples, confidence, seed)
-    return LiveQuality(len(actual), int(actual.sum()), confidence, found)
+    drawn = samples_for(confidence, samples)
+    found = paired_bootstrap(actual, answered, None, list(metrics), drawn, confidence, seed)
+    return LiveQuality(len(actual), int(actual.sum()), confidence, found, drawn)
 
 
 def _z(confidence: float) -> float:
@@ -268,5 +287,5 @@ def paired(
     y = matched["actual_c"].to_numpy(dtype=bool)
     cand = HeldOutAnswers(matched["predicted_c"].to_numpy(dtype=bool), matched["score_c"].to_numpy(dtype=float))
     prod = HeldOutAnswers(matched["predicted_p"].to_numpy(dtype=bool), matched["score_p"].to_numpy(dtype=float))
-    found = paired_bootstrap(y, cand, prod, list(metrics), samples, confidence, seed)
+    found = paired_bootstrap(y, cand, prod, list(metrics), samples_for(confidence, samples), confidence, seed)
     return PairedQuality(len(matched), unpaired_c, unpaired_p, int((~same).sum()), confidence, found)

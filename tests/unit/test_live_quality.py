@@ -207,3 +207,19 @@ def test_entity_joined_rows_count_one_per_customer_so_a_flood_does_not_move_the_
     alone = quality(honest, ["f1"], 200).metrics["f1"].candidate
     assert abs(quality(kept, ["f1"], 200).metrics["f1"].candidate - alone) < 0.01
     assert quality(rows, ["f1"], 200).metrics["f1"].candidate < alone - 0.2  # what the flood did before
+
+
+def test_at_the_look_budgets_confidence_the_interval_has_resamples_beyond_both_ends():
+    from gates.bootstrap import METRICS, resample_weights
+
+    # given 400 labelled rows and the confidence of a 60-look budget (1/1,200 in each tail)
+    rows = simulated(np.random.default_rng(5), 400, 0.65)
+    confidence = LookBudget(0.05, 60).confidence
+    # when live quality is computed with the gate's 1,000 resamples asked for
+    live = quality(rows, ["f1"], 1000, confidence, seed=7)
+    low, high = live.metrics["f1"].candidate_ci
+    # then enough resamples were drawn that the bounds are not the extreme resamples themselves
+    assert live.samples >= 20 * 1200
+    y, answered = rows["actual"].to_numpy(), HeldOutAnswers(rows["predicted"].to_numpy(), rows["score"].to_numpy())
+    values = np.concatenate([METRICS["f1"](W, y, answered) for W in resample_weights(400, live.samples, 7)])
+    assert (values < low).sum() >= 10 and (values > high).sum() >= 10
