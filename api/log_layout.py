@@ -89,8 +89,12 @@ def label_segment(base: str, digest: str) -> str:
 
 
 def _safe(part: str) -> str:
-    """A name usable as one path component (a model or host name with odd characters: replaced by _)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", part) or "_"
+    """A name usable as one path component (a model or host name with odd characters: replaced by _).
+
+    `.` and `..` name the folder itself and its parent: replaced by `_` and `__`, never a path step.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", part) or "_"
+    return "_" * len(name) if name in (".", "..") else name
 
 
 def label_digest(rows: Iterable[tuple[str | None, str | None, datetime | None, str | None]]) -> str:
