@@ -10,8 +10,8 @@ passes then walked the whole heap (one-record /predict lost a third of its
 throughput, its p99 went from 2 to 50-80 ms). A tuple of atoms is untracked
 by the collector at once. (Several records, or a version reading a feature
 store: their columns' dump and the model, rarer.)
-A background thread flushes every PREDICTION_LOG_FLUSH_S seconds, and once
-more at shutdown: it builds the rows (one per record: `prediction_id` =
+A background thread flushes PREDICTION_LOG_FLUSH_S seconds after the previous
+flush ended, and once more at shutdown: it builds the rows (one per record: `prediction_id` =
 `REQUEST_ID-i`, REQUEST_ID being `request_id`'s, the entity id, the score, the label, the features as JSON or,
 for a record read from the feature store by id, {"feature_service": NAME,
 "entity_id": ID}), column by column and in slices that let the event loop in,
@@ -32,9 +32,11 @@ landed yet reported failure is overwritten, never doubled. Nothing here ever
 raises into the request path.
 
 What a crash loses: a replica killed outright (SIGKILL, OOM) loses the rows
-answered since its last successful flush, at most PREDICTION_LOG_FLUSH_S of
-its traffic (more only while flushes are failing) and never more than
-PREDICTION_LOG_MAX_ROWS rows. A graceful stop (SIGTERM: uvicorn's shutdown,
+answered since its last successful flush began taking them: the wait of
+PREDICTION_LOG_FLUSH_S starts when a flush ends, so at most
+PREDICTION_LOG_FLUSH_S plus one flush's own duration of its traffic (more only
+while flushes are failing), and never more than PREDICTION_LOG_MAX_ROWS rows
+or PREDICTION_LOG_MAX_BYTES bytes. A graceful stop (SIGTERM: uvicorn's shutdown,
 then the app's lifespan) flushes what waits before the process ends (if that
 last flush fails, its rows are lost, counted and logged). Segments already
 written are never lost or torn.
