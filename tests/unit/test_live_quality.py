@@ -217,7 +217,9 @@ def test_at_the_look_budgets_confidence_the_interval_has_resamples_beyond_both_e
     confidence = LookBudget(0.05, 60).confidence
     # when live quality is computed with the gate's 1,000 resamples asked for
     live = quality(rows, ["f1"], 1000, confidence, seed=7)
-    low, high = live.metrics["f1"].candidate_ci
+    interval = live.metrics["f1"].candidate_ci
+    assert interval is not None
+    low, high = interval
     # then enough resamples were drawn that the bounds are not the extreme resamples themselves
     assert live.samples >= 20 * 1200
     y, answered = rows["actual"].to_numpy(), HeldOutAnswers(rows["predicted"].to_numpy(), rows["score"].to_numpy())
