@@ -9,10 +9,12 @@ label). An outcome names what it labels in one of two ways:
   prediction's time is refused (`before_prediction`).
 - **by entity**: `entity_id` and `observed_at`: per version and role, ONE
   prediction of that entity, the latest made within `horizon` before the
-  observation (observed_at - horizon ≤ time ≤ observed_at, both ends
-  included). The customer's outcome is what production, the canary and the
-  shadow all said something about, so each of their answers is labelled by
-  it; that is what lets live quality pair versions on the same customers.
+  observation (observed_at - horizon ≤ time ≤ min(observed_at,
+  received_at), both ends included: never a prediction made after the
+  outcome arrived). The customer's outcome is what production, the canary
+  and the shadow all said something about, so each of their answers is
+  labelled by it; that is what lets live quality pair versions on the same
+  customers.
   Only one answer each: one customer weighs one row, whatever a client sends
   (a client repeating requests for its own id must not outweigh the others).
 
@@ -21,8 +23,11 @@ outcome), `duplicate` (the same label again: the same key and outcome, or
 outcomes that only repeat what an earlier row already gave the same
 predictions), `unknown_id`, `before_prediction`, `no_prediction_in_horizon`,
 `conflicting` (every prediction it reaches was given different outcomes by
-different rows: such predictions stay unlabelled). So feeding the same
-outcomes twice labels the same set, and the counts add up to the rows given.
+different rows: such predictions stay unlabelled), `observed_after_received`
+(observed_at later than received_at + CLOCK_SKEW: a label dated in the
+future is never used, else it would label predictions made after it arrived).
+So feeding the same outcomes twice labels the same set, and the counts add up
+to the rows given.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ REASONS = (
     "before_prediction",
     "no_prediction_in_horizon",
     "conflicting",
+    "observed_after_received",
 )
+CLOCK_SKEW = pd.Timedelta(minutes=5)  # an observation may be stamped this much after it was received
 EXAMPLES = 5  # identifiers kept per reason
 LABELLED_COLUMNS = [
     *("prediction_id", "version", "role", "entity_id", "time", "score", "predicted", "actual"),
@@ -99,6 +106,7 @@ def normalised_labels(labels: pd.DataFrame, positive_label: str, negative_label:
             "prediction_id": prediction_id.where(by_id),
             "entity_id": entity_id.where(by_entity),
             "observed_at": observed_at,
+            "received_at": _times(labels, "received_at"),
             "actual": (outcome == str(positive_label)).fillna(False).astype(bool),
         }
     ).reset_index(drop=True)
@@ -143,7 +151,8 @@ def _assign_by_entity(rows: pd.DataFrame, log: pd.DataFrame, horizon: timedelta)
     """
     known = log[log["entity_id"].notna()][["prediction_id", "entity_id", "time", "version", "role"]]
     joined = rows.drop(columns="prediction_id").reset_index(names="row").merge(known, on="entity_id", how="left")
-    not_after = (joined["time"] <= joined["observed_at"]).fillna(False)
+    until = joined["observed_at"].where(~(joined["received_at"] < joined["observed_at"]), joined["received_at"])
+    not_after = (joined["time"] <= until).fillna(False)
     inside = not_after & (joined["time"] >= joined["observed_at"] - pd.Timedelta(horizon)).fillna(False)
     per_row = pd.DataFrame(
         {"row": joined["row"], "inside": inside, "not_after": not_after, "any": joined["time"].notna()}
@@ -175,6 +184,8 @@ def join(
     reason[rows["key"].isna()] = "incomplete"
     repeated = rows["key"].notna() & rows.duplicated(subset=["key", "actual"])
     reason[repeated] = "duplicate"
+    future = (rows["observed_at"] > rows["received_at"] + CLOCK_SKEW).fillna(False).astype(bool)
+    reason[future & reason.isna()] = "observed_after_received"
     live = rows[reason.isna()]
     by_id = live[live["prediction_id"].notna()]
     by_entity = live[live["prediction_id"].isna()]

@@ -239,3 +239,17 @@ def test_an_entity_outcome_labels_one_prediction_per_version_and_role_so_a_flood
     # then each version and role gets one labelled row: the latest at or before the observation
     assert labelled_ids(result) == ["f999", "k1", "s1"]
     assert result.labelled["by_entity"].all() and result.used == 1
+
+
+def test_an_outcome_dated_after_it_was_received_is_not_used_and_none_labels_a_later_prediction():
+    # given c1 predicted on day 0 and again just after the outcomes were received (day 2)
+    predictions = log(("p1", "c1", 0, "3", "production", 0.9), ("p2", "c1", 2.001, "3", "production", 0.1))
+    labels = by_entity(("c1", 10, "Yes"), ("c1", 2.002, "No"))
+    labels["received_at"] = T0 + pd.Timedelta(days=2)
+    # when joined: one observed on day 10 (in the future when it arrived), one 3 minutes after its arrival
+    result = join(predictions, labels, HORIZON, "Yes")
+    # then the future-dated one is not used and counted; the other labels only what was predicted before it came
+    assert result.unused["observed_after_received"] == 1
+    assert result.examples["observed_after_received"] == ("entity:c1@2026-03-11T12:00:00.000000Z",)
+    assert labelled_ids(result) == ["p1"] and not result.labelled["actual"].any()
+    assert sum(result.unused.values()) + result.used == len(labels)
