@@ -96,7 +96,11 @@ class ModelHolder:
         return swapped
 
     async def _read_quality(self) -> None:
-        """The serving versions' live quality verdicts into the metrics (a registry call each; kept on failure)."""
+        """The serving versions' live quality verdicts into the metrics (a registry call each; kept on failure).
+
+        A verdict gone, or no longer verifying, clears that version's quality gauges: a replica that read it before
+        would otherwise keep exporting it while one started since exports nothing, and the two would disagree.
+        """
         read = getattr(self.source, "quality", None)
         if self.metrics is None or not callable(read):
             return
@@ -108,7 +112,9 @@ class ModelHolder:
             except Exception as exc:  # the registry blinked: the last figures stand until the next poll
                 log.debug("quality verdict of version %s not read: %s", model.version, type(exc).__name__)
                 continue
-            if verdict is not None:
+            if verdict is None:
+                self.metrics.forget_quality(model.version)
+            else:
                 self.metrics.live_quality(model.version, verdict.verdict, verdict.figures)
 
     def _target(self) -> Target:

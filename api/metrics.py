@@ -283,15 +283,16 @@ class ServiceMetrics:
         if isinstance(f1.get("gate"), int | float):
             self.gate_f1.labels(version).set(f1["gate"])
 
+    def forget_quality(self, version: str) -> None:
+        """Remove `version`'s live quality gauges (its verdict is gone or no longer verifies): no stale figures."""
+        for metric in (self.quality_failed, self.live_f1, self.gate_f1, self.live_labelled):
+            _remove(metric, version)
+
     def forget(self, version: str) -> None:
         """Remove every series of `version` (a version long retired): its memory and its lines in /metrics."""
         for metric in vars(self).values():
             if isinstance(metric, MetricWrapperBase) and "version" in metric._labelnames:
-                at = metric._labelnames.index("version")
-                with metric._lock:
-                    keys = [key for key in metric._metrics if key[at] == version]
-                for key in keys:
-                    metric.remove(*key)
+                _remove(metric, version)
         self._children = {
             key: child
             for key, child in self._children.items()
@@ -305,6 +306,15 @@ class ServiceMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return cast(M, found)  # the child of `metric`, which labels() makes of its own type
+
+
+def _remove(metric: MetricWrapperBase, version: str) -> None:
+    """Remove the series of `metric` (labelled by version) whose version is `version`."""
+    at = metric._labelnames.index("version")
+    with metric._lock:
+        keys = [key for key in metric._metrics if key[at] == version]
+    for key in keys:
+        metric.remove(*key)
 
 
 class MetricsMiddleware:
