@@ -48,6 +48,7 @@ class LogJoin:
     label_rows: int
     ambiguous_ids: int  # predictions left out: their prediction_id appears more than once in the log
     result: JoinResult
+    unreadable_segments: tuple[str, ...] = ()  # log segments skipped (path: why)
 
     def counts(self) -> dict[str, int]:
         """The join's counts, for the reports: used, each reason not used, unlabelled predictions."""
@@ -61,6 +62,7 @@ class LogJoin:
             "conflicted_predictions": r.conflicted_predictions,
             "unlabelled_predictions": r.unlabelled,
             "ambiguous_prediction_ids": self.ambiguous_ids,
+            "unreadable_segments": len(self.unreadable_segments),
         }
 
 
@@ -107,7 +109,7 @@ def join_log(params: Params, log: PredictionLog, classes: Classes, since: dateti
     labels = log.labels()
     horizon = timedelta(days=params.rollout.outcomes.horizon_days)
     result = join(predictions, labels, horizon, classes.positive, classes.negative)
-    return LogJoin(predictions, len(labels), ambiguous, result)
+    return LogJoin(predictions, len(labels), ambiguous, result, tuple(log.unreadable))
 
 
 def unique_predictions(predictions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -142,6 +144,8 @@ def describe_join(joined: LogJoin) -> list[str]:
     if joined.ambiguous_ids:
         lines.append(f"  predictions left out, their prediction_id repeated in the log: {joined.ambiguous_ids}")
     lines.append(f"  unlabelled predictions (no usable outcome yet): {r.unlabelled}")
+    for segment in joined.unreadable_segments:
+        lines.append(f"  skipped an unreadable log segment: {segment}")
     return lines
 
 

@@ -3,6 +3,9 @@
 The root is PREDICTION_LOG_URI, a local folder or s3://BUCKET/PREFIX (default:
 predictions-log/ in the working directory). Only names ending .parquet that
 do not start with a dot are read: a segment being written aside is neither.
+A segment that is not readable Parquet (a torn write, a stray file) is
+skipped, never moved, and named in `unreadable`: one bad object must not stop
+quality, training-set or the gate.
 A labels file given to `outcomes` becomes one label segment named by the
 SHA-256 of its labels (canonical_digest), so the same labels fed twice are
 one object and the second feed writes nothing.
@@ -10,6 +13,7 @@ one object and the second feed writes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +60,7 @@ class PredictionLog:
 
     fs: pafs.FileSystem
     base: str
+    unreadable: list[str] = dataclasses.field(default_factory=list)  # segments skipped so far, and why
 
     @classmethod
     def open(cls, uri: str) -> PredictionLog:
@@ -76,8 +81,9 @@ class PredictionLog:
         for path in paths:
             try:
                 table = pq.read_table(path, filesystem=self.fs)
-            except pa.ArrowInvalid as exc:  # a segment is whole or absent: a broken one is not ours to skip
-                raise DataError(f"prediction log segment {path} is unreadable: {exc}") from None
+            except pa.ArrowInvalid as exc:  # skipped and named: the rest of the log still counts
+                self.unreadable.append(f"{path}: {exc}")
+                continue
             tables.append(_typed(table, schema, f"segment {path}"))
         joined = pa.concat_tables(tables) if tables else schema.empty_table()
         return joined.to_pandas()

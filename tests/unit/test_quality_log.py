@@ -108,3 +108,19 @@ def test_a_flush_stored_twice_keeps_one_copy_and_only_ids_whose_copies_differ_ar
     kept, ambiguous = unique_predictions(predictions)
     # then p1 is kept once, and every row of p2 (whose copies differ) is left out and counted
     assert kept["prediction_id"].tolist() == ["p1"] and ambiguous == 3
+
+
+def test_an_unreadable_segment_is_skipped_named_and_left_in_place(tmp_path):
+    # given two whole segments and one torn one between them
+    root = tmp_path / "log" / "predictions" / "m" / "2026-03-01"
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    segment(root, "120000.000000-a-000001.parquet", [at], ["p1"])
+    (root / "120001.000000-a-000002.parquet").write_bytes(b"PAR1 torn")
+    segment(root, "120002.000000-a-000003.parquet", [at], ["p3"])
+    log = PredictionLog.open(str(tmp_path / "log"))
+    # when the predictions are read
+    found = log.predictions("m")
+    # then the others are read, the torn one is named, and it is not moved
+    assert found["prediction_id"].tolist() == ["p1", "p3"]
+    assert len(log.unreadable) == 1 and "120001.000000-a-000002.parquet" in log.unreadable[0]
+    assert (root / "120001.000000-a-000002.parquet").exists()
