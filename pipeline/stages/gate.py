@@ -132,6 +132,8 @@ def _recent_outcomes(
     others = sorted(set(raw[training_runs.TARGET_COLUMN].dropna().astype(str)) - {positive})
     classes = Classes(positive, others[0] if len(others) == 1 else None, "the candidate's test set")
     joined = join_log(ctx.params, PredictionLog.open(ctx.env.prediction_log_uri), classes)
+    for segment in joined.unreadable_segments:
+        say(f"  recent_outcomes: skipped an unreadable log segment: {segment}")
     newest = split_newest(joined.result.labelled, settings.rows).newest
     features = dict(zip(joined.predictions["prediction_id"], joined.predictions["features"], strict=True))
     gates = ctx.params.gates
