@@ -80,7 +80,11 @@ def metric_floor(comparison: Comparison, minimum: float) -> RuleResult:
 def non_inferiority(
     comparison: Comparison | None, baseline: Baseline | None, max_drop: float, confidence: float | None
 ) -> RuleResult:
-    """The candidate may be worse than production by at most `max_drop`, judged on the CI's lower bound."""
+    """The candidate may be worse than production by at most `max_drop`, judged on the CI's lower bound.
+
+    A negative `max_drop` asks for a gain: the lower bound must reach +|max_drop| (a candidate identical to
+    production, whose interval is [0, 0], does not).
+    """
     name = comparison.metric if comparison else "f1"
     rule = f"max_{name}_drop"
     if baseline is None:
@@ -101,8 +105,13 @@ def non_inferiority(
         round(bound, 6),
         passed,
         f"{name} {comparison.candidate:.4f} vs production v{baseline.version} {comparison.production:.4f}: "
-        f"change {delta:+.4f}{_ci(ci)}; {how} {'≥' if passed else '<'} −{max_drop}",
+        f"change {delta:+.4f}{_ci(ci)}; {how} {'≥' if passed else '<'} {_margin(max_drop)}",
     )
+
+
+def _margin(max_drop: float) -> str:
+    """The bound a rule holds the CI's lower bound to: −drop tolerated, or +gain required (negative max_drop)."""
+    return f"+{-max_drop}" if max_drop < 0 else f"−{max_drop}"
 
 
 def slice_rule(column: str, results: list[SliceResult], max_drop: float, min_rows: int) -> RuleResult:

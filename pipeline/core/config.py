@@ -102,10 +102,13 @@ else:
 
 
 class MetricGate(Section):
-    """`min`: the candidate's value must reach it. `max_drop`: non-inferiority margin against production."""
+    """`min`: the candidate's value must reach it. `max_drop`: non-inferiority margin against production.
+
+    A negative `max_drop` is a gain the candidate must establish (the retrain's "beat production").
+    """
 
     min: float | None = None
-    max_drop: Annotated[float, Field(ge=0)] | None = None
+    max_drop: Annotated[float, Field(ge=-1)] | None = None
 
 
 class SliceGates(Section):
@@ -129,7 +132,7 @@ class RecentOutcomesGate(Section):
     rows: Annotated[int, Field(gt=0)] = 500  # the newest labelled log rows held out and judged
     min_rows: Annotated[int, Field(gt=0)] = 200  # fewer scorable rows: not judged
     metric: str = "f1"  # one the gate recomputes with intervals (gates/bootstrap.py METRICS)
-    max_drop: Annotated[float, Field(ge=0, le=1)] = 0.02  # as gates.metrics.<m>.max_drop: on the CI's lower bound
+    max_drop: Annotated[float, Field(ge=-1, le=1)] = 0.02  # as gates.metrics.<m>.max_drop (negative: a gain)
 
     @model_validator(mode="after")
     def _consistent(self) -> RecentOutcomesGate:

@@ -148,8 +148,8 @@ def test_a_retrain_that_does_not_beat_production_changes_nothing_and_says_so(tmp
     # then the step succeeds, tells the later steps to do nothing, and the job summary says why
     assert done.returncode == 0, done.stderr
     assert seen["args"] == (
-        "-m pipeline gate --run-id abc123 --set gates.metrics.f1.max_drop=0"
-        " --set gates.recent_outcomes={rows: 500, min_rows: 200, max_drop: 0}"
+        "-m pipeline gate --run-id abc123 --set gates.metrics.f1.max_drop=-0.001"
+        " --set gates.recent_outcomes={rows: 500, min_rows: 200, max_drop: -0.001}"
     )
     assert seen["output"] == "unchanged=true\n"
     assert seen["summary"].startswith("### Retrain: production unchanged\n")
@@ -200,7 +200,7 @@ def test_a_retrain_holds_out_of_its_training_set_the_newest_outcomes_its_gate_ju
     # given deploy.yml's candidate job: the training-set step and the gate step
     steps = workflow("deploy.yml")["jobs"]["candidate"]["steps"]
     [training_set] = [s for s in steps if "training-set" in str(s.get("run"))]
-    rule = '--set "gates.recent_outcomes={rows: 500, min_rows: 200, max_drop: 0}"'
+    rule = '--set "gates.recent_outcomes={rows: 500, min_rows: 200, max_drop: -0.001}"'
     # then both set the same recent_outcomes rule: the rows judged are the rows held out
     assert training_set["run"].endswith(rule) and rule in gate_step()["run"]
     # and the gate reads the log only on a retrain: a push's gate gets no log credentials

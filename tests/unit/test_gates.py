@@ -115,6 +115,18 @@ def test_non_inferiority_passes_on_the_lower_bound_of_the_delta_interval():
     assert non_inferiority(point, baseline, 0.02, None).value == -0.01
 
 
+def test_a_negative_max_drop_asks_for_an_established_gain_so_an_identical_candidate_does_not_beat_production():
+    baseline = Baseline("3", {"f1": 0.62})
+    # given a candidate identical to production (every paired resample's delta is 0), held to a gain of 0.001
+    same = Comparison("f1", 0.62, None, 0.62, 0.0, (0.0, 0.0))
+    refused = non_inferiority(same, baseline, -0.001, 0.95)
+    # then it does not beat production, and the report says what it had to reach
+    assert not refused.passed and refused.threshold == 0.001 and "< +0.001" in refused.detail
+    # and a candidate whose whole interval lies above that gain does
+    better = Comparison("f1", 0.65, None, 0.62, 0.03, (0.004, 0.05))
+    assert non_inferiority(better, baseline, -0.001, 0.95).passed
+
+
 def test_non_inferiority_without_production_passes_and_unscorable_production_fails_with_the_reason():
     c = Comparison("f1", 0.1, None)
     assert non_inferiority(c, None, 0.02, 0.95).passed
