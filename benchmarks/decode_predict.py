@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from api.model.compiled import CompiledPipeline  # noqa: E402
 from api.model.loaded_model import LoadedModel  # noqa: E402
 from api.model.schema import FeatureSpec  # noqa: E402
+from benchmarks.versions import registry_version, trained_version  # noqa: E402
 
 BUDGET_BATCH = 450e-6  # seconds a 1,000-record request may cost beyond the raw app's parse (75 % of its rows/s)
 BUDGET_ONE = 50e-6  # seconds of in-process work a one-record request may cost in all (half the raw app's req/s)
@@ -141,58 +141,6 @@ def old_predict(self: CompiledPipeline, columns: dict[str, Any], positive: int) 
 
 
 # --- the version ----------------------------------------------------------------------------------------------
-
-
-def registry_version(name: str, alias: str) -> tuple[LoadedModel, pd.DataFrame, str] | None:
-    """The registry's version (as the API loads it) and its test set; None when there is no registry with it."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (
-        f"sqlite:///{ROOT / 'mlflow.db'}" if (ROOT / "mlflow.db").exists() else ""
-    )
-    if not uri:
-        return None
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    from mlflow.tracking import MlflowClient
-
-    from api.settings import Settings
-    from api.source import RegistrySource
-    from pipeline.store.training_runs import load_test_set
-
-    try:
-        client = MlflowClient()
-        version = client.get_model_version_by_alias(name, alias)
-    except Exception:
-        return None
-    settings = Settings.probing_as_the_environment_says(model_name=name, model_version=str(version.version))
-    loaded = RegistrySource(settings).load(str(version.version))
-    X, _ = load_test_set(client, str(version.run_id))
-    return loaded, X, f"{name} version {version.version} from the registry ({uri})"
-
-
-def trained_version() -> tuple[LoadedModel, pd.DataFrame, str]:
-    """A version trained here on the default data and params."""
-    from mlflow.models import Model, infer_signature
-
-    from pipeline.core.churn_data import generate_churn
-    from pipeline.core.data import prepare
-    from pipeline.core.params_file import load_params
-    from pipeline.core.train import train
-
-    params = load_params(ROOT / "params.yaml")
-    csv = ROOT / "data" / "churn.csv"
-    frame = pd.read_csv(csv, dtype=str, keep_default_na=False) if csv.exists() else generate_churn().astype(str)
-    result = train(prepare(frame, params.data), params.model, test_size=0.25, seed=3)
-    X = result.split.X_train
-    signature = infer_signature(X, result.model.predict(X.head(5)))
-    model = LoadedModel(
-        pipeline=result.model,
-        features=[FeatureSpec(c.name, c.type.name, c.required) for c in signature.inputs.inputs],
-        positive_label="Yes",
-        max_batch_size=params.serving.max_batch_size,
-        info={"name": "churn", "version": "1"},
-        mlflow_model=Model(signature=signature),
-        parity_frames=[result.split.X_test.head(25)],
-    )
-    return model, result.split.X_test, "a version trained here on data/churn.csv with params.yaml (no registry)"
 
 
 # --- checks and timings ---------------------------------------------------------------------------------------
