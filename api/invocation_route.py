@@ -38,6 +38,7 @@ from api.model.scoring import (
     read_records,
     score,
     score_with_mlflow,
+    single_key_json,
     well_formed_columns,
 )
 from api.release.redact import redact
@@ -163,18 +164,12 @@ def mlflow_error(exc: RequestError) -> dict[str, object]:
 def by_id_columns(model: LoadedModel, body: bytes, content_type: str) -> Columns | None:
     """Records carrying only the customer's id (and request-time fields), features ABSENT; None: not such a body."""
     plan = model.plan
-    if plan is None or content_type.lower().replace(" ", "") not in (
-        "application/json",
-        "application/json;charset=utf-8",
-    ):
+    if plan is None:  # not read by id: the body is not parsed here at all
         return None
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    found = single_key_json(body, content_type)
+    if found is None:
         return None
-    if type(request) is not dict or len(request) != 1:
-        return None
-    ((key, payload),) = request.items()
+    key, payload = found
     if key == "dataframe_split":
         columns = model.by_id_types.from_split(payload, model.max_batch_size)
     elif key in RECORD_KEYS:

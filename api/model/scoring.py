@@ -132,8 +132,8 @@ def score(model: LoadedModel, body: bytes, content_type: str) -> Scored:
     return score_well_formed(model, body, content_type) or score_with_mlflow(model, body, content_type)
 
 
-def well_formed_columns(model: LoadedModel, body: bytes, content_type: str) -> Columns | None:
-    """The request's columns on the fast path (the customer's id too, when records carry it), or None."""
+def single_key_json(body: bytes, content_type: str) -> tuple[str, Any] | None:
+    """(key, payload) of a JSON body that is an object of one key, as MLflow's formats are; None otherwise."""
     if content_type.lower().replace(" ", "") not in ("application/json", "application/json;charset=utf-8"):
         return None
     try:
@@ -143,6 +143,15 @@ def well_formed_columns(model: LoadedModel, body: bytes, content_type: str) -> C
     if type(request) is not dict or len(request) != 1:
         return None
     ((key, payload),) = request.items()
+    return key, payload
+
+
+def well_formed_columns(model: LoadedModel, body: bytes, content_type: str) -> Columns | None:
+    """The request's columns on the fast path (the customer's id too, when records carry it), or None."""
+    found = single_key_json(body, content_type)
+    if found is None:
+        return None
+    key, payload = found
     limit = model.max_batch_size
     if key == "dataframe_split":
         columns = model.invocation_types.from_split(payload, limit)
