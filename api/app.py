@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from api.body_limit import BodyLimitMiddleware
 from api.client_budget import ClientBudget
@@ -33,6 +34,7 @@ from api.openapi import document
 from api.outcomes_route import Refused as OutcomesRefused
 from api.outcomes_route import answer as outcomes_answer
 from api.outcomes_route import authorized as outcomes_authorized
+from api.predict_route import PATH as PREDICT_PATH
 from api.predict_route import PredictRoute
 from api.prediction_log import PREDICTION_ID_HEADER, PredictionLog
 from api.prediction_log import request_id as prediction_request_id
@@ -51,7 +53,19 @@ class NotReady(Exception):
     """No model is serving yet: answered 503 with the reason."""
 
 
-def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI:
+class ChurnApp(FastAPI):
+    """FastAPI, with /predict answered in front of its middleware stack by `predict` (api/predict_route.py)."""
+
+    predict: PredictRoute
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """/predict to its handler, everything else (lifespan included) to FastAPI."""
+        if scope["type"] == "http" and scope["path"] == PREDICT_PATH:
+            return await self.predict(scope, receive, send)
+        return await super().__call__(scope, receive, send)
+
+
+def create_app(holder: ModelHolder, settings: Settings | None = None) -> ChurnApp:
     """The app serving `holder`'s model: its middlewares, routes and metrics (`settings` from the defaults if None)."""
     settings = settings or Settings()
     metrics = ServiceMetrics(settings.shared_metrics)
@@ -106,11 +120,11 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> FastAPI
 
     # FastAPI's native OpenTelemetry off: this API configures no provider, and asking on every request whether one
     # was configured (environment reads) cost ~4 µs of a one-record request's ~30 in process.
-    app = FastAPI(
+    app = ChurnApp(
         title="churn prediction API", lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
     )
-    # Innermost first: POST /predict is answered inside the body limit and the metrics.
-    app.add_middleware(PredictRoute, holder=holder, path=path)
+    app.predict = PredictRoute(holder, path, metrics, settings.max_body_bytes)  # its limit and metrics its own
+    # Innermost first: every other route is answered inside the body limit and the metrics.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -247,7 +261,7 @@ async def _flush_forever(flush: Callable[[], object], tidy: Callable[[], object]
         tidy()
 
 
-def _app_from_env() -> FastAPI:
+def _app_from_env() -> ChurnApp:
     from api.source import RegistrySource
 
     redact_logging("uvicorn", "uvicorn.error", "api", "mlflow")
@@ -257,7 +271,7 @@ def _app_from_env() -> FastAPI:
     return create_app(ModelHolder(source=source), settings)
 
 
-def __getattr__(name: str) -> FastAPI:
+def __getattr__(name: str) -> ChurnApp:
     # `uvicorn api.app:app` builds the app on first access, not at import time.
     if name == "app":
         return _app_from_env()

@@ -239,10 +239,7 @@ def test_the_scorer_stops_when_the_rollout_leaves_shadow(trained, records):
 
 def _scorer(client, timeout_s: float = 10.0):
     """The running app's shadow scorer, once the flush loop (every second) has started it."""
-    stack = client.app.middleware_stack  # built on first use: the PredictRoute middleware holds the Shadow
-    while stack is not None and not hasattr(stack, "shadow"):
-        stack = getattr(stack, "app", None)
-    assert stack is not None
+    stack = client.app.predict  # /predict's handler holds the Shadow
     deadline = time.monotonic() + timeout_s
     while (stack.shadow.scorer is None or not stack.shadow.scorer.alive) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -387,13 +387,8 @@ def test_without_a_token_configured_nobody_sees_the_canary(trained):
 
 
 def _decisions_of(client):
-    """The running app's Decisions (held by the PredictRoute middleware)."""
-    client.get("/health")  # the middleware stack is built on first use
-    stack = client.app.middleware_stack
-    while stack is not None and not hasattr(stack, "decisions"):
-        stack = getattr(stack, "app", None)
-    assert stack is not None
-    return stack.decisions
+    """The running app's Decisions (held by /predict's handler)."""
+    return client.app.predict.decisions
 
 
 def test_metrics_of_a_new_version_exist_at_zero(trained):
