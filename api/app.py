@@ -92,7 +92,10 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> ChurnAp
     holder.on_serve = serving
     holder.watch(metrics)
 
+    predict = PredictRoute(holder, path, metrics, settings.max_body_bytes)  # its limit and metrics its own
+
     def flush() -> None:
+        predict.flush()
         stats.flush(serving=(holder.current, holder.canary))  # and let go of the versions swapped out
         decisions.flush()
         metrics.body_budget(budget().in_flight, budget().refused)
@@ -123,7 +126,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> ChurnAp
     app = ChurnApp(
         title="churn prediction API", lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
     )
-    app.predict = PredictRoute(holder, path, metrics, settings.max_body_bytes)  # its limit and metrics its own
+    app.predict = predict
     # Innermost first: every other route is answered inside the body limit and the metrics.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

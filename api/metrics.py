@@ -30,6 +30,7 @@ VERSION_HEADER_BYTES = VERSION_HEADER.lower().encode()
 M = TypeVar("M", bound=MetricWrapperBase)
 
 
+REQUEST_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Buckets of predicted probabilities, and of the gap between two versions' probabilities on the same record.
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DELTA_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -72,7 +73,7 @@ class ServiceMetrics:
             "api_request_latency_seconds",
             "HTTP request latency by endpoint and model version",
             ["endpoint", "version"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            buckets=REQUEST_LATENCY_BUCKETS,
             registry=own,
         )
         self.predictions = Counter("api_predictions_total", "Records predicted", ["version"], registry=own)

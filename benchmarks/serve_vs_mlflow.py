@@ -4,11 +4,13 @@ Usage (after `make demo`, from the project root):
     .venv/bin/python benchmarks/serve_vs_mlflow.py [--duration 10] [--connections 8] [--rounds 5]
     .venv/bin/python benchmarks/serve_vs_mlflow.py --live-cost-only   # only the live counting side-by-side
 
-Four servers, one worker each, on loopback: this API (`python -m api`, the
+Five servers, one worker each, on loopback: this API (`python -m api`, the
 image's entry point), a raw ASGI app on the same uvicorn (uvloop, httptools)
 that reads and parses the body and answers a constant
 (`benchmarks/raw_asgi_app.py`: the stack's ceiling the goals are judged
-against), a no-op FastAPI app doing the same (`benchmarks/noop_app.py`), and
+against), the same raw app on the project's HTTP protocol
+(api/http_protocol.py: what the limits cost, and what one write an answer
+saves), a no-op FastAPI app doing the same (`benchmarks/noop_app.py`), and
 `mlflow models serve`. One-record /predict is also measured paced below
 saturation: each connection waits before each request so that together they
 ask 70 % of the rate they reached saturated (wrk's `delay` hook), and its
@@ -123,10 +125,11 @@ def mlflow_serve(model_uri: str):
     return serving(command, "/ping", port, env=env)
 
 
-def raw_serve():
+def raw_serve(http: str = "httptools"):
+    """The raw ASGI app on uvicorn: its own httptools protocol, or the project's (api.http_protocol.PROTOCOL)."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "benchmarks.raw_asgi_app:app", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
+               "--port", str(port), "--no-access-log", "--loop", "uvloop", "--http", http]  # fmt: skip
     return serving(command, "/", port, cwd=ROOT)
 
 
@@ -172,7 +175,14 @@ def main() -> int:
     env = {"MODEL_NAME": args.model, "MODEL_VERSION": str(version.version)}
     results = []
     reference = mlflow_serve(f"models:/{args.model}/{version.version}")
-    with reference as ref_url, noop_serve() as noop_url, raw_serve() as raw_url, uvicorn_process(env) as url:
+    limited = raw_serve("api.http_protocol:LimitedHttpToolsProtocol")
+    with (
+        reference as ref_url,
+        noop_serve() as noop_url,
+        raw_serve() as raw_url,
+        limited as limited_url,
+        uvicorn_process(env) as url,
+    ):
         wait_for(url + "/ready", 120)
         ours_all = httpx.post(url + "/invocations", json={"dataframe_split": split}, timeout=60).json()
         ref_all = httpx.post(ref_url + "/invocations", json={"dataframe_split": split}, timeout=60).json()
@@ -185,6 +195,7 @@ def main() -> int:
             for side, base, payload in (
                 ("api", url, body),
                 ("raw", raw_url, body),
+                ("raw, limits", limited_url, body),
                 ("no-op", noop_url, body),
                 ("mlflow", ref_url, ref_body),
             ):
@@ -202,23 +213,26 @@ def main() -> int:
     print(f"\nmodel {args.model} version {version.version} (fast path: {fast_path}); wrk 2 threads, "
           f"{args.connections} connections, {args.duration}s per side; one worker each. "
           "MLflow is always sent dataframe_split to /invocations.\n")  # fmt: skip
-    print(f"{'case':<28} {'':>7} {'this API':>11} {'raw ASGI':>11} {'no-op':>11} {'mlflow':>10} {'API/raw':>8} "
-          f"{'API/no-op':>10} {'API/mlflow':>11}  goal")  # fmt: skip
+    print("raw ASGI: the raw app on uvicorn's own httptools protocol (the ceiling the goals are judged against); "
+          "raw, limits: the same app on the project's protocol (api/http_protocol.py: the HTTP limits, one write "
+          "an answer)\n")  # fmt: skip
+    print(f"{'case':<28} {'':>7} {'this API':>11} {'raw ASGI':>11} {'raw,limits':>11} {'no-op':>11} {'mlflow':>10} "
+          f"{'API/raw':>8} {'API/no-op':>10} {'API/mlflow':>11}  goal")  # fmt: skip
     met = True
     for case, n, f in results:
-        api, raw, noop, ref = f["api"], f["raw"], f["no-op"], f["mlflow"]
+        api, raw, limited, noop, ref = f["api"], f["raw"], f["raw, limits"], f["no-op"], f["mlflow"]
         unit = "req/s" if n == 1 else "rows/s"
         against, least = GOALS[case.replace(str(rows), "1000")]
         ratio = api["rps"] / f[against]["rps"]
         ok = ratio >= least
         goal = f"{'met' if ok else 'MISSED'} (>= {least:g}{'x' if against == 'mlflow' else ''} {against})"
         met = met and ok
-        print(f"{case:<28} {unit:>7} {api['rps'] * n:>11,.0f} {raw['rps'] * n:>11,.0f} {noop['rps'] * n:>11,.0f} "
-              f"{ref['rps'] * n:>10,.0f} {api['rps'] / raw['rps']:>7.0%} {api['rps'] / noop['rps']:>9.0%} "
-              f"{api['rps'] / ref['rps']:>10.1f}x  {goal}")  # fmt: skip
+        print(f"{case:<28} {unit:>7} {api['rps'] * n:>11,.0f} {raw['rps'] * n:>11,.0f} {limited['rps'] * n:>11,.0f} "
+              f"{noop['rps'] * n:>11,.0f} {ref['rps'] * n:>10,.0f} {api['rps'] / raw['rps']:>7.0%} "
+              f"{api['rps'] / noop['rps']:>9.0%} {api['rps'] / ref['rps']:>10.1f}x  {goal}")  # fmt: skip
         for name in ("p50_ms", "p99_ms"):
-            print(f"{'':<28} {name.replace('_', ' '):>7} {api[name]:>11.2f} {raw[name]:>11.2f} {noop[name]:>11.2f} "
-                  f"{ref[name]:>10.2f}")  # fmt: skip
+            print(f"{'':<28} {name.replace('_', ' '):>7} {api[name]:>11.2f} {raw[name]:>11.2f} "
+                  f"{limited[name]:>11.2f} {noop[name]:>11.2f} {ref[name]:>10.2f}")  # fmt: skip
         if api["errors"] or ref["errors"] or noop["errors"] or raw["errors"]:
             print(f"{'':<28} non-2xx: API {api['errors']}, raw {raw['errors']}, no-op {noop['errors']}, "
                   f"mlflow {ref['errors']}")  # fmt: skip
