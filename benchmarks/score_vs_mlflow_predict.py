@@ -4,6 +4,7 @@ Usage (after `make demo`, from the project root):
     .venv/bin/python benchmarks/score_vs_mlflow_predict.py [--rows 2000000] [--big-rows 10000000]
     .venv/bin/python benchmarks/score_vs_mlflow_predict.py --rows 50000 --big-rows 200000   # a quick run
     .venv/bin/python benchmarks/score_vs_mlflow_predict.py --no-spark                       # without the Spark line
+    .venv/bin/python benchmarks/score_vs_mlflow_predict.py --repeat 3                       # a busy machine
 
 Input: churn-shaped customers from pipeline/core/churn_data.py::generate_churn (an id
 column and the features, typed as training types them: numbers as decimals,
@@ -15,7 +16,9 @@ deleted at the end; with --data DIR the CSVs are kept in DIR and reused by the
 next run with the same row counts (generating 10M rows takes minutes).
 
 On each file, one fresh process each, wall time from start to exit (start-up,
-imports and loading the version included, as a workflow step pays it):
+imports and loading the version included, as a workflow step pays it); with
+--repeat N the floor and score run N times each, alternating, and the fastest
+of each is kept (on a shared machine, others' work only ever slows a run down):
 
 - the I/O floor: pyarrow reads the CSV as `score` reads it (streaming, same
   block size and parse options, every column as text) and writes it back as
@@ -286,7 +289,14 @@ def spark_available() -> str:
 
 
 def measure(
-    csv: Path, rows: int, work: Path, version: str, model: str, with_mlflow: bool, spark_master: str | None
+    csv: Path,
+    rows: int,
+    work: Path,
+    version: str,
+    model: str,
+    with_mlflow: bool,
+    spark_master: str | None,
+    repeat: int = 1,
 ) -> tuple[list[Line], dict[str, object]]:
     from pipeline.scoring.csv_reader import BLOCK_BYTES
 
@@ -295,20 +305,31 @@ def measure(
     lines: list[Line] = []
     facts: dict[str, object] = {}
 
-    floor_out = work / f"floor-{tag}.csv"
-    floor = run([python, "-c", FLOOR, str(csv), str(floor_out), str(BLOCK_BYTES)], work / f"floor-{tag}").check("floor")
-    floor_rows = int(floor.stdout.strip() or 0)
-    if floor_rows != rows:
-        raise SystemExit(f"the floor read {floor_rows:,} rows of {rows:,}")
-    floor_out.unlink()
-    lines.append(Line("I/O floor (pyarrow read + write)", rows, floor))
-
-    ours_out = work / f"score-{tag}.csv"
-    score = run(
-        [python, "-m", "pipeline", "score", "--input", str(csv), "--output", str(ours_out), "--version", version],
-        work / f"score-{tag}",
-    ).check("pipeline score")
-    lines.append(Line("python -m pipeline score", rows, score, in_process_rate(score.stderr)))
+    floor_out, ours_out = work / f"floor-{tag}.csv", work / f"score-{tag}.csv"
+    floors: list[Run] = []
+    scores: list[Run] = []
+    for _ in range(repeat):  # alternating, so a burst of someone else's work slows one of each, not all of one
+        floor = run([python, "-c", FLOOR, str(csv), str(floor_out), str(BLOCK_BYTES)], work / f"floor-{tag}")
+        floor_rows = int(floor.check("floor").stdout.strip() or 0)
+        if floor_rows != rows:
+            raise SystemExit(f"the floor read {floor_rows:,} rows of {rows:,}")
+        floor_out.unlink()
+        floors.append(floor)
+        score = run(
+            [python, "-m", "pipeline", "score", "--input", str(csv), "--output", str(ours_out), "--version", version],
+            work / f"score-{tag}",
+        )
+        scores.append(score.check("pipeline score"))
+    floor, score = fastest(floors), fastest(scores)
+    lines.append(Line("I/O floor (pyarrow read + write)", rows, floor, of_runs(floors)))
+    lines.append(
+        Line(
+            "python -m pipeline score",
+            rows,
+            score,
+            "; ".join(filter(None, [in_process_rate(score.stderr), of_runs(scores)])),
+        )
+    )
     facts["score"], facts["floor"] = lines[-1], lines[0]
 
     if with_mlflow:
@@ -335,6 +356,16 @@ def measure(
 
     ours_out.unlink()
     return lines, facts
+
+
+def fastest(runs: list[Run]) -> Run:
+    """The run a shared machine disturbed least: the shortest (others' work only ever slows a run down)."""
+    return min(runs, key=lambda r: r.seconds)
+
+
+def of_runs(runs: list[Run]) -> str:
+    """Every run's wall time, when there was more than one (--repeat)."""
+    return "" if len(runs) < 2 else "fastest of " + ", ".join(f"{r.seconds:.1f}" for r in runs) + " s"
 
 
 def spark_check(local_csv: Path, dataset: Path) -> str:
@@ -381,7 +412,15 @@ def main() -> int:
     parser.add_argument(
         "--data", type=Path, default=None, help="keep the generated CSVs in this folder and reuse them next time"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the floor and score this many times each, alternating; keep the fastest of each (default 1)",
+    )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be 1 or more, got {args.repeat}")
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
 
     from mlflow.tracking import MlflowClient
@@ -416,7 +455,7 @@ def main() -> int:
         for n in sizes:
             mlflow_here = n == args.rows
             master = None if no_spark or n != args.rows else args.spark_master
-            lines, facts = measure(files[n], n, work, version, args.model, mlflow_here, master)
+            lines, facts = measure(files[n], n, work, version, args.model, mlflow_here, master, args.repeat)
             table(n, files[n].stat().st_size, lines)
             if not mlflow_here:
                 print(f"  {'mlflow models predict':<38} not run: it reads the whole file into memory (on 10M rows "
@@ -445,7 +484,9 @@ def main() -> int:
             ratio = score.rate / mlflow.rate
             print(f"  {n:>12,} rows: score {ratio:.1f}x mlflow models predict (>= {MLFLOW_RATIO_GOAL:g}x): "
                   f"{verdict(ratio >= MLFLOW_RATIO_GOAL)}")  # fmt: skip
-            same, how = facts["identical"]  # type: ignore[misc]
+            identical = facts["identical"]
+            assert isinstance(identical, tuple)
+            same, how = identical
             ok = ok and bool(same)
             print(f"  {n:>12,} rows: identical predictions to mlflow's: {how}")
         print(f"  {n:>12,} rows: score's peak RSS {score.run.maxrss / MB:,.0f} MB (< {RSS_GOAL / MB:,.0f} MB): "
