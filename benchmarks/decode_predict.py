@@ -10,7 +10,11 @@ it has missing values), in the same run and on the same bodies:
 - predict: `LoadedModel.predict_columns` (api/model/compiled.py) against the
   old compiled transform and predict, kept here verbatim as `old_predict`;
 - orjson.loads of the body: what a raw ASGI app that parses and answers a
-  constant pays (the ceiling's own work), for the share of the budget.
+  constant pays (the ceiling's own work), for the share of the budget;
+- the shared request step (api/request_path.py: choose the side, decode,
+  predict, live stats, the decisions' counting) against decode and predict
+  alone, then /predict's answer (ids, JSON) and the whole app as uvicorn
+  calls it (its request metrics): what each layer adds, in process.
 Before timing, the answers are checked equal: the columns value for value,
 the labels and the probabilities as floats, bit for bit, on the 1,000-record
 body and on every test record alone (the one-record path).
@@ -257,7 +261,74 @@ def main() -> int:
             print(f"    beyond the raw app's parse: {beyond_old * 1e6:.0f} -> {beyond_new * 1e6:.0f} µs, of a "
                   f"budget of ~{BUDGET_BATCH * 1e6:.0f} µs for all the API's extra work: "
                   f"{beyond_old / BUDGET_BATCH:.0%} -> {beyond_new / BUDGET_BATCH:.0%}")  # fmt: skip
+    request_step(model, one, batch, args.rounds)
     return 0
+
+
+def request_step(model: LoadedModel, one: bytes, batch: bytes, rounds: int) -> None:
+    """What the shared request step (api/request_path.py) adds to decode and predict, and what /predict adds to it.
+
+    Off: the door decodes and predicts itself. On: RequestPath.answer (choose
+    the side, decode, predict, live stats, the decisions' counting). Then
+    /predict's handler whole (request id, prediction ids, the answer's JSON,
+    its request metrics) and the whole app as uvicorn calls it, in process.
+    """
+    import asyncio
+
+    from api.app import create_app
+    from api.holder import ModelHolder
+    from api.settings import Settings
+
+    app = create_app(ModelHolder(model=model), Settings())
+    door, path = app.predict, app.predict.path
+    loop = asyncio.new_event_loop()
+    print("\nthe request step and the door, in process (µs a request; the app: as uvicorn calls it, no server):")
+    for body, n in ((one, 1), (batch, 1000)):
+        scope = {"type": "http", "method": "POST", "path": "/predict", "client": ("127.0.0.1", 1),
+                 "headers": [(b"content-length", str(len(body)).encode())]}  # fmt: skip
+        times = 100 if n == 1 else 10  # requests a timed call answers
+        traffic = door.holder.traffic
+        calls: dict[str, Callable[[], Any]] = {
+            "step": partial(path.answer, model, None, traffic, LoadedModel.request_columns, body, scope, 0.0, None),
+            "door": partial(door.answer, body, scope, None, "r"),
+            "app": partial(_app_call, app, scope, body),
+        }
+        steps: dict[str, Callable[[], object]] = {"off": partial(_decode_predict, model, body, times)}
+        for name, call in calls.items():
+            steps[name] = partial(_run, loop, call, times)
+        per = {name: seconds / times for name, seconds in timed(steps, 30 if n == 1 else 5, rounds).items()}
+        print(f"  {n:>5} record{'s' if n > 1 else ' '}: decode + predict {per['off'] * 1e6:8.1f}; "
+              f"the request step {per['step'] * 1e6:8.1f}; /predict's answer {per['door'] * 1e6:8.1f}; "
+              f"the app {per['app'] * 1e6:8.1f}")  # fmt: skip
+        door.flush()
+    loop.close()
+
+
+def _decode_predict(model: LoadedModel, body: bytes, times: int) -> None:
+    for _ in range(times):
+        model.predict_columns(model.request_columns(body))
+
+
+def _run(loop: Any, call: Callable[[], Any], times: int) -> None:
+    loop.run_until_complete(_repeated(call, times))
+
+
+async def _repeated(call: Callable[[], Any], times: int) -> None:
+    for _ in range(times):
+        await call()
+
+
+def _app_call(app: Any, scope: dict[str, Any], body: bytes) -> Any:
+    """The app called as uvicorn calls it, the body in one message, the answer dropped."""
+    message = {"type": "http.request", "body": body, "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    async def send(_: dict[str, Any]) -> None:
+        return None
+
+    return app(dict(scope), receive, send)
 
 
 if __name__ == "__main__":
