@@ -103,9 +103,9 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> ChurnAp
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-        if log is not None:
-            log.start()
         tasks = [asyncio.create_task(_flush_forever(flush, lambda: shadow.follow(holder.shadowed)))]
+        if log is not None:
+            tasks.append(asyncio.create_task(log.run()))
         if holder.source is not None:
             # Load in the background: /health answers at once, /ready once a model is in.
             # A pinned version is polled too, so a first load that failed is retried.

@@ -10,14 +10,18 @@ passes then walked the whole heap (one-record /predict lost a third of its
 throughput, its p99 went from 2 to 50-80 ms). A tuple of atoms is untracked
 by the collector at once. (Several records, or a version reading a feature
 store: their columns' dump and the model, rarer.)
-A background thread flushes PREDICTION_LOG_FLUSH_S seconds after the previous
-flush ended, and once more at shutdown: it builds the rows (one per record: `prediction_id` =
+A flush runs PREDICTION_LOG_FLUSH_S seconds after the previous one ended
+(`run`, a task of the app), and once more at shutdown: it builds the rows (one per record: `prediction_id` =
 `REQUEST_ID-i`, REQUEST_ID being `request_id`'s, the entity id, the score, the label, the features as JSON or,
 for a record read from the feature store by id, {"feature_service": NAME,
-"entity_id": ID}), column by column and in slices that let the event loop in,
-and writes one segment per model per flush for this replica (hostname-pid),
-whole or not at all. Its cost (benchmarks/prediction_log.py): about 1.5 µs a
-row in the flush thread and 2-3 µs an answer on the request path.
+"entity_id": ID}), column by column, on the event loop in slices of LOOP_SLICE
+rows with the loop let in between, then hands them to a worker thread that
+encodes and writes one segment per model per flush for this replica
+(hostname-pid), whole or not at all. Built in a thread instead, the rows'
+Python work fought the event loop for the interpreter lock: each handover
+waited up to the switch interval, and the log cost one-record /predict 14 %
+of its throughput for 2 % of its CPU; on the loop, in slices, nothing waits
+on a lock (benchmarks/prediction_log.py measures the log on and off).
 
 Memory is bounded: at most PREDICTION_LOG_MAX_ROWS rows, and at most
 PREDICTION_LOG_MAX_BYTES bytes of the strings they hold (each answer's record
@@ -48,6 +52,7 @@ production answer's prediction ids carried in each copy.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -56,8 +61,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, TypeAlias
 
 import orjson
@@ -122,7 +128,9 @@ def prediction_ids(request: str, records: int) -> list[str]:
 # hold, what the byte bound counts). The module's docstring says why no reference to the columns.
 Entry: TypeAlias = tuple[float, str, str, str, str, int, bytes, Any, Any, Any, LoadedModel | None, int]
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
-SLICE = 500  # one-record rows made at once (under a millisecond)
+SLICE = 500  # one-record rows made at once by a flush off the loop (under a millisecond)
+_NAME, _MODEL = itemgetter(2), itemgetter(10)  # an entry's model name; its model, when the flush needs it
+LOOP_SLICE = 200  # rows made at once by a flush on the event loop (~0.3 ms: what it may delay an answer by)
 ABSENT_MARK = "\x00absent"  # a value the feature store gives (ABSENT) in a record's JSON, until the flush reads it
 
 
@@ -240,13 +248,31 @@ class PredictionLog:
         self._appended_bytes += size
 
     def start(self) -> None:
-        """Flush every flush_s seconds from a background thread, until `close`."""
+        """Flush every flush_s seconds from a background thread, until `close` (without an event loop: `run`)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
             self._thread.start()
 
+    async def run(self) -> None:
+        """Flush every flush_s seconds, rows built on this event loop and written by a worker thread (the app's task).
+
+        Cancelled (the app stopping), the entries it had taken go back to the front of the queue for `close`.
+        """
+        while True:
+            await asyncio.sleep(self.flush_s)
+            entries, self._entries = self._entries, []
+            try:
+                built = await _on_loop(_table_steps(entries, LOOP_SLICE))
+            except asyncio.CancelledError:
+                self._entries[:0] = entries  # the loop's own list: nothing appends while this runs
+                raise
+            except Exception as exc:
+                self._unbuildable(entries, exc)
+                continue
+            await asyncio.to_thread(self._write, entries, built)
+
     def close(self) -> None:
-        """Stop the thread and flush what waits (at shutdown; a failure is counted and logged)."""
+        """Stop the thread (if any) and flush what waits (at shutdown; a failure is counted and logged)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -263,11 +289,19 @@ class PredictionLog:
             try:
                 built = _tables(entries)
             except Exception as exc:  # rows that cannot be built: dropped (counted), never retried forever
-                rows = sum(e[5] for e in entries)
-                self._settled += rows
-                self._settled_bytes += sum(e[11] for e in entries)
-                self._count_failure(f"{rows} rows could not be built: {type(exc).__name__}: {exc}", dropped=rows)
+                self._unbuildable(entries, exc)
                 return False
+            return self._write(entries, built, locked=True)
+
+    def _unbuildable(self, entries: list[Entry], exc: Exception) -> None:
+        rows = sum(e[5] for e in entries)
+        self._settled += rows
+        self._settled_bytes += sum(e[11] for e in entries)
+        self._count_failure(f"{rows} rows could not be built: {type(exc).__name__}: {exc}", dropped=rows)
+
+    def _write(self, entries: list[Entry], built: list[tuple[str, pa.Table]], locked: bool = False) -> bool:
+        """Write the tables built from `entries` (and those a failed flush held); True when nothing is left waiting."""
+        with contextlib.nullcontext() if locked else self._flushing:
             sizes: dict[str, int] = {}
             for entry in entries:
                 sizes[entry[2]] = sizes.get(entry[2], 0) + entry[11]
@@ -336,26 +370,55 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 def _tables(entries: list[Entry]) -> list[tuple[str, pa.Table]]:
-    """The entries' rows (PREDICTION_SCHEMA), one table per model name."""
+    """The entries' rows (PREDICTION_SCHEMA), one table per model name (off the event loop: a thread, shutdown)."""
+    steps = _table_steps(entries, SLICE)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        # The lock let go after each slice: one Arrow call holds it until it returns, and while this thread
+        # wants it, the event loop waits up to the switch interval (5 ms) every time it takes it back.
+        time.sleep(0)
+
+
+async def _on_loop(steps: Generator[None, None, list[tuple[str, pa.Table]]]) -> list[tuple[str, pa.Table]]:
+    """Run a build's steps on the event loop, letting it in between."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(0)
+
+
+def _table_steps(entries: list[Entry], rows: int) -> Generator[None, None, list[tuple[str, pa.Table]]]:
+    """Build the entries' tables (one per model name), yielding after each slice of about `rows` rows."""
     groups: dict[str, tuple[list[Entry], list[Entry]]] = {}
-    names = {e[2] for e in entries}
-    if len(names) == 1 and all(e[10] is None for e in entries):  # the common case: one model, one record each
+    names = set(map(_NAME, entries))  # C loops: a flush's first step is its longest (~1 ms for 30,000 entries)
+    if len(names) == 1 and not any(map(_MODEL, entries)):  # the common case: one model, one record each
         groups[names.pop()] = (entries, [])
     else:
         for entry in entries:
             quick, other = groups.setdefault(entry[2], ([], []))
             # One record of a version without a store: made without parsing (_quick_rows).
             (quick if entry[10] is None else other).append(entry)
+    yield
     tables = []
     for name, (quick, other) in groups.items():
         parts = []
-        for start in range(0, len(quick), SLICE):
-            parts.append(_quick_rows(name, quick[start : start + SLICE]))
-            # In slices, the lock let go after each: one Arrow call holds it until it returns, and while this thread
-            # wants it, the event loop waits up to the switch interval (5 ms) every time it takes it back.
-            time.sleep(0)
-        if other:
-            parts.append(pa.Table.from_pydict(_rows(name, other), schema=PREDICTION_SCHEMA))
+        for start in range(0, len(quick), rows):
+            parts.append(_quick_rows(name, quick[start : start + rows]))
+            yield
+        batch: list[Entry] = []
+        for entry in other:  # entries of several records, in batches of about `rows` rows (one entry at least)
+            batch.append(entry)
+            if sum(e[5] for e in batch) >= rows:
+                parts.append(pa.Table.from_pydict(_rows(name, batch), schema=PREDICTION_SCHEMA))
+                batch = []
+                yield
+        if batch:
+            parts.append(pa.Table.from_pydict(_rows(name, batch), schema=PREDICTION_SCHEMA))
         tables.append((name, parts[0] if len(parts) == 1 else pa.concat_tables(parts)))
     return tables
 
