@@ -6,6 +6,7 @@ trained in the child, records carrying a customer id (ENTITY_ID_FIELD).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -333,6 +334,41 @@ def test_the_bytes_waiting_are_bounded_held_tables_included(trained, records, tm
     assert log.flush() and log.waiting_bytes == 0
     answer(1)
     assert log.waiting == 1
+
+
+def test_a_flush_on_the_loop_lets_answers_in_between_and_a_stop_mid_build_loses_and_doubles_nothing(
+    trained, records, tmp_path
+):
+    # given: 1,000 one-record answers and 3 of several records waiting, and the log's flush task on an event loop
+    log = PredictionLog(str(tmp_path), flush_s=0.0, replica="r1")
+    model = make_model(trained)
+    one = {k: [v] for k, v in records[0].items()}
+    several = {k: [r[k] for r in records] for k in records[0]}
+    n = len(records)
+    for i in range(1000):
+        log.append(model, "production", f"one{i}", one, ["No"], [0.1])
+    for i in range(3):
+        log.append(model, "production", f"many{i}", several, ["No"] * n, [0.2] * n)
+    steps: list[int] = []
+
+    async def stopped_mid_build() -> None:
+        task = asyncio.create_task(log.run())
+        for step in range(4):  # the build yields after each slice: this loop runs between them
+            await asyncio.sleep(0)
+            steps.append(step)
+            log.append(model, "production", f"during{step}", one, ["Yes"], [0.9])
+        task.cancel()  # the app stopping, mid-build
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stopped_mid_build())
+    # then: answers were appended while it built, and the last flush (the lifespan's close) writes every row once
+    assert steps == [0, 1, 2, 3]
+    log.close()
+    ids = logged(tmp_path).column("prediction_id").to_pylist()
+    expected = [f"one{i}-0" for i in range(1000)] + [f"many{i}-{j}" for i in range(3) for j in range(n)]
+    assert sorted(ids) == sorted(expected + [f"during{step}-0" for step in range(4)])
+    assert log.waiting == 0
 
 
 def test_a_canary_answer_is_logged_in_the_canarys_role_and_version(trained, records, tmp_path):
