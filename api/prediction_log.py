@@ -127,9 +127,11 @@ def prediction_ids(request: str, records: int) -> list[str]:
 # flush needs it (several records, or a version reading a feature store), else None; then the bytes its strings
 # hold, what the byte bound counts). The module's docstring says why no reference to the columns.
 Entry: TypeAlias = tuple[float, str, str, str, str, int, bytes, Any, Any, Any, LoadedModel | None, int]
+Built: TypeAlias = list[tuple[str, pa.Table, int]]  # per model name: its rows, and its entries' bytes
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 SLICE = 500  # one-record rows made at once by a flush off the loop (under a millisecond)
-_NAME, _MODEL = itemgetter(2), itemgetter(10)  # an entry's model name; its model, when the flush needs it
+_NAME, _MODEL, _SIZE = itemgetter(2), itemgetter(10), itemgetter(11)  # an entry's model name, model, bytes
+LOOP_FREE = 2000  # entries let go of at once after a flush on the event loop (~0.2 ms)
 LOOP_SLICE = 200  # rows made at once by a flush on the event loop (~0.3 ms: what it may delay an answer by)
 ABSENT_MARK = "\x00absent"  # a value the feature store gives (ABSENT) in a record's JSON, until the flush reads it
 
@@ -269,7 +271,10 @@ class PredictionLog:
             except Exception as exc:
                 self._unbuildable(entries, exc)
                 continue
-            await asyncio.to_thread(self._write, entries, built)
+            await asyncio.to_thread(self._write, built)
+            while entries:  # let go of them in slices too: freeing 30,000 entries at once holds the loop for ms
+                del entries[-LOOP_FREE:]
+                await asyncio.sleep(0)
 
     def close(self) -> None:
         """Stop the thread (if any) and flush what waits (at shutdown; a failure is counted and logged)."""
@@ -291,7 +296,7 @@ class PredictionLog:
             except Exception as exc:  # rows that cannot be built: dropped (counted), never retried forever
                 self._unbuildable(entries, exc)
                 return False
-            return self._write(entries, built, locked=True)
+            return self._write(built, locked=True)
 
     def _unbuildable(self, entries: list[Entry], exc: Exception) -> None:
         rows = sum(e[5] for e in entries)
@@ -299,17 +304,14 @@ class PredictionLog:
         self._settled_bytes += sum(e[11] for e in entries)
         self._count_failure(f"{rows} rows could not be built: {type(exc).__name__}: {exc}", dropped=rows)
 
-    def _write(self, entries: list[Entry], built: list[tuple[str, pa.Table]], locked: bool = False) -> bool:
-        """Write the tables built from `entries` (and those a failed flush held); True when nothing is left waiting."""
+    def _write(self, built: Built, locked: bool = False) -> bool:
+        """Write the tables built (and those a failed flush held); True when nothing is left waiting."""
         with contextlib.nullcontext() if locked else self._flushing:
-            sizes: dict[str, int] = {}
-            for entry in entries:
-                sizes[entry[2]] = sizes.get(entry[2], 0) + entry[11]
             at = datetime.now(UTC)
-            for model, table in built:
+            for model, table, size in built:
                 self._seq += 1
                 path = prediction_segment(self.base, model, at, self.replica, self._seq)
-                self._held.append((path, table, sizes.get(model, 0)))
+                self._held.append((path, table, size))
             held, self._held = self._held, []
             for index, (path, table, size) in enumerate(held):
                 try:
@@ -369,7 +371,7 @@ def _parquet(table: pa.Table) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def _tables(entries: list[Entry]) -> list[tuple[str, pa.Table]]:
+def _tables(entries: list[Entry]) -> Built:
     """The entries' rows (PREDICTION_SCHEMA), one table per model name (off the event loop: a thread, shutdown)."""
     steps = _table_steps(entries, SLICE)
     while True:
@@ -382,7 +384,7 @@ def _tables(entries: list[Entry]) -> list[tuple[str, pa.Table]]:
         time.sleep(0)
 
 
-async def _on_loop(steps: Generator[None, None, list[tuple[str, pa.Table]]]) -> list[tuple[str, pa.Table]]:
+async def _on_loop(steps: Generator[None, None, Built]) -> Built:
     """Run a build's steps on the event loop, letting it in between."""
     while True:
         try:
@@ -392,17 +394,20 @@ async def _on_loop(steps: Generator[None, None, list[tuple[str, pa.Table]]]) -> 
         await asyncio.sleep(0)
 
 
-def _table_steps(entries: list[Entry], rows: int) -> Generator[None, None, list[tuple[str, pa.Table]]]:
+def _table_steps(entries: list[Entry], rows: int) -> Generator[None, None, Built]:
     """Build the entries' tables (one per model name), yielding after each slice of about `rows` rows."""
     groups: dict[str, tuple[list[Entry], list[Entry]]] = {}
+    sizes: dict[str, int] = {}
     names = set(map(_NAME, entries))  # C loops: a flush's first step is its longest (~1 ms for 30,000 entries)
     if len(names) == 1 and not any(map(_MODEL, entries)):  # the common case: one model, one record each
-        groups[names.pop()] = (entries, [])
+        name = names.pop()
+        groups[name], sizes[name] = (entries, []), sum(map(_SIZE, entries))
     else:
         for entry in entries:
             quick, other = groups.setdefault(entry[2], ([], []))
             # One record of a version without a store: made without parsing (_quick_rows).
             (quick if entry[10] is None else other).append(entry)
+            sizes[entry[2]] = sizes.get(entry[2], 0) + entry[11]
     yield
     tables = []
     for name, (quick, other) in groups.items():
@@ -419,7 +424,7 @@ def _table_steps(entries: list[Entry], rows: int) -> Generator[None, None, list[
                 yield
         if batch:
             parts.append(pa.Table.from_pydict(_rows(name, batch), schema=PREDICTION_SCHEMA))
-        tables.append((name, parts[0] if len(parts) == 1 else pa.concat_tables(parts)))
+        tables.append((name, parts[0] if len(parts) == 1 else pa.concat_tables(parts), sizes[name]))
     return tables
 
 
