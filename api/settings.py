@@ -19,11 +19,12 @@ from pydantic import Field, field_validator, model_validator
 
 from api.body_budget import LARGE_SHARE
 from api.release.env_settings import ProbeSettings, SettingsError
-from api.release.load_probe import ProbeCache, ProbeLimits
 from api.release.redact import redact
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from api.release.load_probe import ProbeCache, ProbeLimits
 
 __all__ = ["Settings", "SettingsError", "apply_mlflow_http_defaults", "refuse_placeholders", "share_metrics_through"]
 
@@ -203,11 +204,15 @@ class Settings(ProbeSettings):
     @property
     def probe_limits(self) -> ProbeLimits:
         """How long and how large a version's first load may be, in its probe child."""
+        from api.release.load_probe import ProbeLimits  # its module builds the skops allow-list: scikit-learn, pandas
+
         return ProbeLimits.of(self)
 
     @property
     def probe_cache(self) -> ProbeCache:
         """Where this machine remembers what probe children accepted."""
+        from api.release.load_probe import ProbeCache
+
         return ProbeCache.of(self)
 
     @property

@@ -15,9 +15,9 @@ from pipeline.core.churn_data import generate_churn
 
 from ..conftest import ROOT
 
-# What loads the version (the registry's client, its sqlite store, the skops loader): imported only once the input
-# is being read, so the reading thread parses while they load.
-VERSION_LIBRARIES = ("mlflow", "skops", "sqlalchemy", "alembic")
+# What loads the version (the registry's client, its sqlite store, the skops loader, the model's libraries): imported
+# only once the input is being read, so the reading thread parses while they load.
+VERSION_LIBRARIES = ("mlflow", "skops", "sqlalchemy", "alembic", "sklearn", "scipy", "pandas")
 
 OBSERVE_READING = """
 import json, sys
