@@ -115,6 +115,7 @@ def create_app(holder: ModelHolder, settings: Settings | None = None) -> ChurnAp
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        flush()  # the last second's counts, before the process ends (several workers: their shared files)
         shadow.follow(None)
         if log is not None:  # a graceful stop (SIGTERM) writes what the log holds before the process ends
             await asyncio.to_thread(log.close)

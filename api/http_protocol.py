@@ -78,7 +78,13 @@ class _Joining:
             self.transport.write(head + data if head else data)
 
     def close(self) -> None:
+        if self.head:  # a head whose body wrote nothing: written before the close, never after it
+            self.transport.write(self.head)
+            self.head = b""
         self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
 
 
 class OneWriteCycle(RequestResponseCycle):
@@ -97,7 +103,8 @@ class OneWriteCycle(RequestResponseCycle):
 
     async def send(self, message: ASGISendEvent) -> None:
         """Hold a response's start; write it with the first body part that follows, in one write."""
-        if message["type"] == "http.response.start" and not self.response_started:
+        # A HEAD answer's body writes nothing: its head goes out alone, at once, as uvicorn's would.
+        if message["type"] == "http.response.start" and not self.response_started and self.scope["method"] != "HEAD":
             self.held = message
             return
         held, self.held = self.held, None
@@ -107,7 +114,7 @@ class OneWriteCycle(RequestResponseCycle):
             await super().send(held)
             return await super().send(message)
         transport = self.transport
-        joining = self.transport = _Joining(transport)  # type: ignore[assignment]  # only write() and close() called
+        joining = self.transport = _Joining(transport)  # type: ignore[assignment]  # write(), close(), is_closing()
         try:
             await super().send(held)
             await super().send(message)

@@ -91,13 +91,13 @@ class PredictRoute:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> tuple[str, str]:
         """Read, answer and send; (status, version) for the metrics."""
+        declared = declared_length(scope["headers"])
+        if declared is not None and declared > self.max_bytes:  # first, as the body limit's middleware did: closed
+            await refuse(send, declared, self.max_bytes)
+            return "413", ""
         if scope["method"] != "POST":
             await _send(send, 405, orjson.dumps({"detail": "Method Not Allowed"}), [(b"allow", b"POST")])
             return "405", ""
-        declared = declared_length(scope["headers"])
-        if declared is not None and declared > self.max_bytes:
-            await refuse(send, declared, self.max_bytes)
-            return "413", ""
         try:
             body = await _read_body(receive, self.max_bytes)
         except BodyTooLarge as exc:

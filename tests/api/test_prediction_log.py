@@ -371,6 +371,41 @@ def test_a_flush_on_the_loop_lets_answers_in_between_and_a_stop_mid_build_loses_
     assert log.waiting == 0
 
 
+def test_a_flush_holding_a_large_batch_builds_it_off_the_loop_and_writes_every_row(
+    trained, records, tmp_path, monkeypatch
+):
+    # given: a 400-record answer waiting beside one-record ones (its rows would hold the loop in one step)
+    log = PredictionLog(str(tmp_path), flush_s=0.0, replica="r1")
+    model = make_model(trained)
+    big = {k: [r[k] for r in records] * (400 // len(records) + 1) for k in records[0]}
+    big = {k: v[:400] for k, v in big.items()}
+    log.append(model, "production", "big", big, ["No"] * 400, [0.3] * 400)
+    for i in range(10):
+        log.append(model, "production", f"one{i}", {k: [v] for k, v in records[0].items()}, ["No"], [0.1])
+    built_on: list[str] = []
+    tables = prediction_log._tables
+
+    def observed(entries):
+        built_on.append(threading.current_thread().name)
+        return tables(entries)
+
+    monkeypatch.setattr(prediction_log, "_tables", observed)
+
+    async def one_flush() -> None:
+        task = asyncio.create_task(log.run())
+        while log.waiting:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(one_flush())
+    # then: built by a worker thread, not the loop's, and every row written once
+    assert built_on and built_on[0] != threading.main_thread().name
+    ids = logged(tmp_path).column("prediction_id").to_pylist()
+    assert sorted(ids) == sorted([f"big-{j}" for j in range(400)] + [f"one{i}-0" for i in range(10)])
+
+
 def test_a_canary_answer_is_logged_in_the_canarys_role_and_version(trained, records, tmp_path):
     # given: a rollout sending every customer to canary version 2 (in process: the side is what matters here)
     holder, _ = rollout_serving(trained, Target("1", "2", Traffic("canary", "2", 100)))

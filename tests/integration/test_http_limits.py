@@ -227,6 +227,23 @@ def test_a_pipelined_request_over_the_limit_gets_431_after_the_answers_before_it
     assert refusal(bytes(buffer))[0] == 431  # and nothing after it is answered
 
 
+def test_a_head_request_is_answered_closing_or_pipelined_before_a_refusal(api):
+    # given: HEAD over HTTP/1.0 (the connection closes after it), as health checkers send it
+    with api.connect() as sock:
+        sock.sendall(b"HEAD /health HTTP/1.0\r\n\r\n")
+        received = read_until_closed(sock)
+    # then: its head (FastAPI's 405: /health is a GET route) arrives before the close, no body
+    assert received.startswith(b"HTTP/1.1 405 ") and received.endswith(b"\r\n\r\n")
+    # given: a kept-alive HEAD and, in the same write, a request over the header limit
+    big = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    with api.connect() as sock:
+        sock.sendall(b"HEAD /health HTTP/1.1\r\nHost: t\r\n\r\n" + big)
+        received = read_until_closed(sock)
+    # then: the HEAD's head first, then the 431, in order
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and refusal(rest)[0] == 431
+
+
 def test_health_answers_fast_while_hostile_clients_stream_and_trickle_headers(api):
     stop_at = time.monotonic() + 3
 

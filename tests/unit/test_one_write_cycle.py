@@ -97,3 +97,15 @@ def test_uvicorns_checks_still_refuse_a_body_longer_than_declared_after_writing_
 async def _send_all(made: OneWriteCycle, *messages: dict) -> None:
     for message in messages:
         await made.send(message)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_a_head_request_gets_its_head_at_once_and_before_any_close(keep_alive):
+    # given: a HEAD request (its body writes nothing), kept alive or closing
+    made, transport, completed = cycle(keep_alive=keep_alive)
+    made.scope["method"] = "HEAD"
+    asyncio.run(_send_all(made, START, BODY))
+    # then: its head alone was written, before the response was complete (and before the close)
+    assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"content-length: 5\r\n" in transport.writes[0] and transport.writes[0].endswith(b"\r\n\r\n")
+    assert completed == [transport.writes[0].decode()] and transport.closed is (not keep_alive)
