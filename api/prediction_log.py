@@ -15,7 +15,9 @@ A flush runs PREDICTION_LOG_FLUSH_S seconds after the previous one ended
 `REQUEST_ID-i`, REQUEST_ID being `request_id`'s, the entity id, the score, the label, the features as JSON or,
 for a record read from the feature store by id, {"feature_service": NAME,
 "entity_id": ID}), column by column, on the event loop in slices of LOOP_SLICE
-rows with the loop let in between, then hands them to a worker thread that
+rows with the loop let in between (a flush holding a batch of more than
+LOOP_SLICE records, whose rows are made in one step, builds in a worker thread
+instead), then hands them to a worker thread that
 encodes and writes one segment per model per flush for this replica
 (hostname-pid), whole or not at all. Built in a thread instead, the rows'
 Python work fought the event loop for the interpreter lock: each handover
