@@ -173,9 +173,7 @@ class PredictionLog:
         # retry after a write that landed but reported failure (a folder fsync, a lost S3 response) overwrites it.
         self._held: list[tuple[str, pa.Table, int]] = []  # and the bytes of the entries they were built from
         self._seq = 0
-        self._flushing = threading.Lock()  # one flush at a time (the thread's, the last one at shutdown)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._flushing = threading.Lock()  # one write at a time (run's worker thread's, the last one at shutdown)
 
     @property
     def replica(self) -> str:
@@ -252,12 +250,6 @@ class PredictionLog:
         self._appended += rows
         self._appended_bytes += size
 
-    def start(self) -> None:
-        """Flush every flush_s seconds from a background thread, until `close` (without an event loop: `run`)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-            self._thread.start()
-
     async def run(self) -> None:
         """Flush every flush_s seconds, rows built on this event loop and written by a worker thread (the app's task).
 
@@ -283,15 +275,8 @@ class PredictionLog:
                 await asyncio.sleep(0)
 
     def close(self) -> None:
-        """Stop the thread (if any) and flush what waits (at shutdown; a failure is counted and logged)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        """Flush what waits, once `run` is cancelled (at shutdown; a failure is counted and logged)."""
         self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            self.flush()
 
     def flush(self) -> bool:
         """Write what waits, one segment per model; True when nothing is left waiting. Never raises."""

@@ -258,9 +258,7 @@ async def _predict(model: LoadedModel, columns: Columns, in_thread: bool, quick:
     try:
         return await asyncio.to_thread(model.predict_columns, columns)
     except UNSCORABLE as exc:
-        if quick:
-            raise Declined(model) from None
-        raise model.unscorable(columns, exc) from None
+        raise _unscorable(model, columns, exc, quick) from None
 
 
 def _predict_now(model: LoadedModel, columns: Columns, quick: bool = False) -> Prediction:
@@ -268,9 +266,12 @@ def _predict_now(model: LoadedModel, columns: Columns, quick: bool = False) -> P
     try:
         return model.predict_columns(columns)
     except UNSCORABLE as exc:
-        if quick:
-            raise Declined(model) from None
-        raise model.unscorable(columns, exc) from None
+        raise _unscorable(model, columns, exc, quick) from None
+
+
+def _unscorable(model: LoadedModel, columns: Columns, exc: Exception, quick: bool) -> Exception:
+    """What values the model could not score become: Declined (`quick`: the door words it), else a RequestError."""
+    return Declined(model) if quick else model.unscorable(columns, exc)
 
 
 def records_body(columns: Columns) -> bytes:
